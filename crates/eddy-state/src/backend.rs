@@ -1,0 +1,80 @@
+//! The backend-independent face of one subtask's keyed state.
+
+use std::cell::Ref;
+use std::rc::Rc;
+
+use eddy_core::{Key, KeyGroupRange, Result, StateValue};
+
+use crate::descriptor::{ListStateDescriptor, MapStateDescriptor, ValueStateDescriptor};
+use crate::handle::{ListState, MapState, ValueState};
+use crate::heap::HeapKeyedStateBackend;
+use crate::key_context::KeyContext;
+
+/// The keyed state of one operator subtask: the current key plus the backend holding values.
+///
+/// The runtime creates one per keyed operator subtask, sets the current key before every call
+/// into user code, and hands it to the function's `open()` to create handles.
+pub struct KeyedStateBackend<K> {
+    context: Rc<KeyContext<K>>,
+    inner: BackendImpl<K>,
+}
+
+enum BackendImpl<K> {
+    Heap(HeapKeyedStateBackend<K>),
+}
+
+impl<K: Key> KeyedStateBackend<K> {
+    /// A heap backend for a subtask owning `range` out of `max_parallelism` key groups.
+    pub fn heap(range: KeyGroupRange, max_parallelism: usize) -> Self {
+        let context = Rc::new(KeyContext::new(range, max_parallelism));
+        let inner = BackendImpl::Heap(HeapKeyedStateBackend::new(Rc::clone(&context)));
+        KeyedStateBackend { context, inner }
+    }
+
+    /// The shared current-key context.
+    pub fn context(&self) -> &Rc<KeyContext<K>> {
+        &self.context
+    }
+
+    /// Sets the current key (see [`KeyContext::set_current_key`]).
+    #[inline]
+    pub fn set_current_key(&self, key: K) -> Result<()> {
+        self.context.set_current_key(key)
+    }
+
+    /// The current key, if one is set.
+    pub fn current_key(&self) -> Option<Ref<'_, K>> {
+        self.context.current_key()
+    }
+
+    /// The heap backend, if this is one (for inspection in tests and snapshots).
+    pub fn as_heap(&self) -> Option<&HeapKeyedStateBackend<K>> {
+        match &self.inner {
+            BackendImpl::Heap(heap) => Some(heap),
+        }
+    }
+
+    /// Creates a [`ValueState`] from its descriptor; the same name returns the same state.
+    pub fn value_state<T: StateValue>(&mut self, desc: &ValueStateDescriptor<T>) -> Result<ValueState<T>> {
+        match &mut self.inner {
+            BackendImpl::Heap(heap) => heap.value_state(desc),
+        }
+    }
+
+    /// Creates a [`ListState`] from its descriptor; the same name returns the same state.
+    pub fn list_state<T: StateValue>(&mut self, desc: &ListStateDescriptor<T>) -> Result<ListState<T>> {
+        match &mut self.inner {
+            BackendImpl::Heap(heap) => heap.list_state(desc),
+        }
+    }
+
+    /// Creates a [`MapState`] from its descriptor; the same name returns the same state.
+    pub fn map_state<UK: Key, UV: StateValue>(
+        &mut self,
+        desc: &MapStateDescriptor<UK, UV>,
+    ) -> Result<MapState<UK, UV>> {
+        match &mut self.inner {
+            BackendImpl::Heap(heap) => heap.map_state(desc),
+        }
+    }
+}

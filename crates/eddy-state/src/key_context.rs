@@ -1,0 +1,81 @@
+//! The current key: set by the runtime, read by every state handle.
+
+use std::cell::{Cell, Ref, RefCell};
+
+use eddy_core::{key_group::assign_to_key_group, EddyError, Key, KeyGroup, KeyGroupRange, Result};
+
+/// The key the runtime is processing right now in one subtask, and its key group.
+///
+/// Shared (by `Rc`) between the runtime and every state handle of one keyed operator
+/// subtask; single-threaded by construction, because a subtask is one timely worker.
+#[derive(Debug)]
+pub struct KeyContext<K> {
+    key: RefCell<Option<K>>,
+    /// Offset of the current key's key group inside `range`: the index of its table shard.
+    offset: Cell<usize>,
+    key_group: Cell<KeyGroup>,
+    range: KeyGroupRange,
+    max_parallelism: usize,
+}
+
+impl<K: Key> KeyContext<K> {
+    /// A context for a subtask that owns `range` out of `max_parallelism` key groups.
+    pub fn new(range: KeyGroupRange, max_parallelism: usize) -> Self {
+        KeyContext {
+            key: RefCell::new(None),
+            offset: Cell::new(0),
+            key_group: Cell::new(0),
+            range,
+            max_parallelism,
+        }
+    }
+
+    /// Makes `key` the current key. Its key group must belong to this subtask: a key routed
+    /// to the wrong subtask would silently split one key's state in two, so it is an error.
+    #[inline]
+    pub fn set_current_key(&self, key: K) -> Result<()> {
+        let kg = assign_to_key_group(&key, self.max_parallelism);
+        let offset = self.range.offset_of(kg).ok_or_else(|| {
+            EddyError::Internal(format!(
+                "key {key:?} is in key group {kg}, outside this subtask's range {:?}",
+                self.range
+            ))
+        })?;
+        self.offset.set(offset);
+        self.key_group.set(kg);
+        *self.key.borrow_mut() = Some(key);
+        Ok(())
+    }
+
+    /// The current key, or `None` before the first record.
+    pub fn current_key(&self) -> Option<Ref<'_, K>> {
+        Ref::filter_map(self.key.borrow(), Option::as_ref).ok()
+    }
+
+    /// The current key's key group.
+    pub fn current_key_group(&self) -> KeyGroup {
+        self.key_group.get()
+    }
+
+    /// The key groups this subtask owns.
+    pub fn key_group_range(&self) -> KeyGroupRange {
+        self.range
+    }
+
+    /// The job's number of key groups.
+    pub fn max_parallelism(&self) -> usize {
+        self.max_parallelism
+    }
+
+    /// Runs `f` with the current key and its key-group offset, or fails if no key is set.
+    #[inline]
+    pub(crate) fn with_key<R>(&self, state: &str, f: impl FnOnce(&K, usize) -> R) -> Result<R> {
+        match &*self.key.borrow() {
+            Some(key) => Ok(f(key, self.offset.get())),
+            None => Err(EddyError::state(
+                state,
+                "accessed outside a keyed context (no current key is set)",
+            )),
+        }
+    }
+}

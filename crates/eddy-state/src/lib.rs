@@ -1,0 +1,49 @@
+//! Eddy's managed keyed state: a sharded key-value store living inside the operators.
+//!
+//! This crate owns:
+//!
+//! * **Descriptors** ([`ValueStateDescriptor`], [`ListStateDescriptor`],
+//!   [`MapStateDescriptor`]): a state's name and type, registered once per subtask in the
+//!   function's `open()`.
+//! * **Handles** ([`ValueState`], [`ListState`], [`MapState`]): what user code calls. Every
+//!   access is scoped to the **current key**, which the runtime sets in the shared
+//!   [`KeyContext`] before each call into user code. User code never passes the key.
+//! * **Backends** ([`KeyedStateBackend`]): where the values live. The [heap
+//!   backend](heap::HeapKeyedStateBackend) keeps objects in per-key-group hash maps and never
+//!   serializes on access. State is organised *per key group* so that checkpoints can write,
+//!   and rescaling can move, whole key groups.
+//!
+//! It depends only on `eddy-core`. It must not depend on the runtime (timely dataflow) or on
+//! the user-facing API: the runtime drives it through [`KeyContext`] and [`KeyedStateBackend`].
+//!
+//! # Examples
+//!
+//! ```
+//! use eddy_core::KeyGroupRange;
+//! use eddy_state::{KeyedStateBackend, ValueStateDescriptor};
+//!
+//! // One backend per subtask; this subtask owns all 128 key groups.
+//! let mut backend = KeyedStateBackend::<u64>::heap(KeyGroupRange::new(0, 127), 128);
+//! let count = backend.value_state(&ValueStateDescriptor::<u64>::new("count")).unwrap();
+//!
+//! // The runtime sets the current key; the handle reads and writes that key's value.
+//! backend.set_current_key(7).unwrap();
+//! count.update(1).unwrap();
+//! backend.set_current_key(8).unwrap();
+//! assert_eq!(count.value().unwrap(), None);
+//! backend.set_current_key(7).unwrap();
+//! assert_eq!(count.value().unwrap(), Some(1));
+//! ```
+
+mod backend;
+mod descriptor;
+mod handle;
+pub mod heap;
+mod key_context;
+
+pub use backend::KeyedStateBackend;
+pub use descriptor::{ListStateDescriptor, MapStateDescriptor, StateKind, ValueStateDescriptor};
+pub use handle::{
+    ListState, ListStateAccess, MapState, MapStateAccess, StateIter, ValueState, ValueStateAccess,
+};
+pub use key_context::KeyContext;
