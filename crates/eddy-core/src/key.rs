@@ -51,6 +51,12 @@ pub trait StateValue: Clone + Serialize + DeserializeOwned + 'static {}
 
 impl<T: Clone + Serialize + DeserializeOwned + 'static> StateValue for T {}
 
+/// A record that can flow through a stream: owned, cloneable, sendable between subtasks, and
+/// serializable (timely serializes records that cross process boundaries).
+pub trait Data: Clone + Send + Serialize + DeserializeOwned + 'static {}
+
+impl<T: Clone + Send + Serialize + DeserializeOwned + 'static> Data for T {}
+
 /// A type a stream can be keyed by (`key_by`), with a hash that never changes.
 ///
 /// `Eq` and `std::hash::Hash` are used by in-memory tables only (they may be randomized);

@@ -32,5 +32,5 @@ pub mod key;
 pub mod key_group;
 
 pub use error::{EddyError, JobFailure, Result};
-pub use key::{java_string_hash, Key, StateValue};
+pub use key::{java_string_hash, Data, Key, StateValue};
 pub use key_group::{KeyGroup, KeyGroupRange, MAX_MAX_PARALLELISM};

@@ -1,0 +1,110 @@
+//! The job graph: typed nodes that every worker turns into its part of the timely dataflow.
+//!
+//! The job program builds the graph once (on the "client", in Flink's terms). At execution,
+//! every timely worker walks it from the sinks up and builds the same dataflow, cloning the
+//! user's functions into its operators: one instance per parallel subtask.
+
+use std::sync::Arc;
+
+use eddy_core::Result;
+use timely::dataflow::operators::probe::Handle as ProbeHandle;
+use timely::dataflow::{Scope, StreamVec};
+
+use crate::config::JobConfig;
+use crate::failure::FailureState;
+use crate::metrics::OperatorMetrics;
+use crate::Epoch;
+
+/// What a node needs to know about the worker it is built on.
+pub struct WorkerContext {
+    /// The worker's index: the subtask index of every operator on it.
+    pub index: usize,
+    /// The number of workers: the job's parallelism.
+    pub peers: usize,
+    /// The number of key groups.
+    pub max_parallelism: usize,
+    /// The job's configuration.
+    pub config: JobConfig,
+    pub(crate) job_name: String,
+    /// Frontier of the sinks' inputs on this worker; sources pace themselves against it.
+    pub(crate) probe: ProbeHandle<Epoch>,
+    pub(crate) failures: Arc<FailureState>,
+}
+
+impl WorkerContext {
+    /// Records a failure of `operator` on this worker and aborts the job.
+    pub fn fail(&self, operator: &str, error: eddy_core::EddyError) {
+        self.failures.fail(&self.job_name, operator, self.index, error);
+    }
+
+    pub(crate) fn failures(&self) -> Arc<FailureState> {
+        Arc::clone(&self.failures)
+    }
+}
+
+/// A node of the job graph that produces a stream of `T`.
+pub trait StreamNode<T>: Send + Sync {
+    /// Builds this node (and, recursively, its inputs) into `scope` on one worker.
+    fn build<'s>(&self, scope: Scope<'s, Epoch>, worker: &WorkerContext) -> StreamVec<'s, Epoch, T>;
+
+    /// On how many workers (`0..n`) this stream carries records, given the job's parallelism.
+    fn parallelism(&self, job_parallelism: usize) -> usize;
+
+    /// Sets the parallelism of the operator that produces this stream, if it has its own.
+    fn set_parallelism(&mut self, parallelism: usize) -> Result<()>;
+
+    /// Checks this node and its inputs against the job's parallelism.
+    fn validate(&self, job_parallelism: usize) -> Result<()>;
+}
+
+/// A terminal node: a sink and, recursively, everything upstream of it.
+pub trait SinkNode: Send + Sync {
+    /// Builds the sink and its inputs into `scope` on one worker.
+    fn build<'s>(&self, scope: Scope<'s, Epoch>, worker: &WorkerContext);
+
+    /// Sets the sink's parallelism.
+    fn set_parallelism(&mut self, parallelism: usize);
+
+    /// Checks the node's settings against the job's (e.g. parallelism bounds).
+    fn validate(&self, config: &JobConfig) -> Result<()>;
+}
+
+/// A whole job: its sinks (each reaching back to its sources) and its operators' counters.
+#[derive(Default)]
+pub struct JobGraph {
+    sinks: Vec<Box<dyn SinkNode>>,
+    metrics: Vec<Arc<OperatorMetrics>>,
+}
+
+impl JobGraph {
+    /// An empty graph.
+    pub fn new() -> Self {
+        JobGraph::default()
+    }
+
+    /// Adds a sink; returns its index for [`sink_mut`](Self::sink_mut).
+    pub fn add_sink(&mut self, sink: Box<dyn SinkNode>) -> usize {
+        self.sinks.push(sink);
+        self.sinks.len() - 1
+    }
+
+    /// The sink added as `index`.
+    pub fn sink_mut(&mut self, index: usize) -> Option<&mut (dyn SinkNode + 'static)> {
+        self.sinks.get_mut(index).map(|s| &mut **s)
+    }
+
+    /// Registers the counters of a new operator called `name`.
+    pub fn register_operator(&mut self, name: &str) -> Arc<OperatorMetrics> {
+        let metrics = Arc::new(OperatorMetrics::new(name));
+        self.metrics.push(Arc::clone(&metrics));
+        metrics
+    }
+
+    pub(crate) fn sinks(&self) -> &[Box<dyn SinkNode>] {
+        &self.sinks
+    }
+
+    pub(crate) fn metrics(&self) -> &[Arc<OperatorMetrics>] {
+        &self.metrics
+    }
+}

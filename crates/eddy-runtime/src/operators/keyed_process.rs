@@ -1,0 +1,224 @@
+//! The keyed process operator: `key_by` exchange plus one function instance per subtask.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use eddy_core::key_group::{assign_to_key_group, subtask_for_key_group};
+use eddy_core::{EddyError, KeyGroupRange, Result};
+use eddy_state::{KeyContext, KeyedStateBackend};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::{Scope, StreamVec};
+
+use crate::config::StateBackendKind;
+use crate::function::{Collector, Context, KeyedProcessFunction, OpenContext};
+use crate::graph::{StreamNode, WorkerContext};
+use crate::metrics::OperatorMetrics;
+use crate::operators::check_parallelism;
+use crate::Epoch;
+
+/// `key_by(selector).process(function)` in the job graph.
+pub struct KeyedProcessNode<F: KeyedProcessFunction, KS> {
+    name: String,
+    input: Box<dyn StreamNode<F::In>>,
+    key_selector: KS,
+    function: F,
+    parallelism: Option<usize>,
+    metrics: Arc<OperatorMetrics>,
+}
+
+impl<F, KS> KeyedProcessNode<F, KS>
+where
+    F: KeyedProcessFunction,
+    KS: Fn(&F::In) -> F::Key + Clone + Send + Sync + 'static,
+{
+    /// Partitions `input` by `key_selector` and runs `function` on every partition.
+    pub fn new(
+        name: impl Into<String>,
+        input: Box<dyn StreamNode<F::In>>,
+        key_selector: KS,
+        function: F,
+        metrics: Arc<OperatorMetrics>,
+    ) -> Self {
+        KeyedProcessNode {
+            name: name.into(),
+            input,
+            key_selector,
+            function,
+            parallelism: None,
+            metrics,
+        }
+    }
+
+}
+
+impl<F, KS> StreamNode<F::Out> for KeyedProcessNode<F, KS>
+where
+    F: KeyedProcessFunction,
+    KS: Fn(&F::In) -> F::Key + Clone + Send + Sync + 'static,
+{
+    fn build<'s>(&self, scope: Scope<'s, Epoch>, worker: &WorkerContext) -> StreamVec<'s, Epoch, F::Out> {
+        let input = self.input.build(scope, worker);
+        let parallelism = self.parallelism(worker.peers);
+        let max_parallelism = worker.max_parallelism;
+        let selector = self.key_selector.clone();
+        // `key_by`: every record goes to the subtask owning its key's key group. Timely routes
+        // to `h % peers`, and the subtask index is `< peers`, so this picks exactly that worker.
+        let route = move |event: &F::In| {
+            let key_group = assign_to_key_group(&selector(event), max_parallelism);
+            subtask_for_key_group(max_parallelism, parallelism, key_group) as u64
+        };
+        let mut subtask = (worker.index < parallelism)
+            .then(|| KeyedSubtask::open(self, worker, parallelism))
+            .and_then(|opened| opened.map_err(|error| worker.fail(&self.name, error)).ok());
+        let failures = worker.failures();
+        let (job, name, index) = (worker.job_name.clone(), self.name.clone(), worker.index);
+        let fail = move |error: EddyError| failures.fail(&job, &name, index, error);
+        let aborted = worker.failures();
+
+        input.unary_frontier::<CapacityContainerBuilder<Vec<F::Out>>, _, _, _>(
+            Exchange::new(route),
+            &self.name,
+            move |default_cap, _info| {
+                // Held at the input frontier so `close()` can still emit; never ahead of it.
+                let mut cap = Some(default_cap);
+                move |(input, frontier), output| {
+                    input.for_each_stamp(|stamp, batches| {
+                        let Some(task) = subtask.as_mut() else { return };
+                        if aborted.is_aborted() {
+                            return;
+                        }
+                        for batch in batches {
+                            if let Err(error) = task.process_batch(batch) {
+                                fail(error);
+                                subtask = None;
+                                return;
+                            }
+                        }
+                        task.flush(&mut output.session(&stamp));
+                    });
+                    match frontier.frontier().first() {
+                        Some(time) => {
+                            if let Some(c) = cap.as_mut() {
+                                if c.time() < time {
+                                    c.downgrade(time);
+                                }
+                            }
+                        }
+                        None => {
+                            if let (Some(task), Some(c)) = (subtask.as_mut(), cap.as_ref()) {
+                                if let Err(error) = task.close() {
+                                    fail(error);
+                                }
+                                task.flush(&mut output.session(c));
+                            }
+                            subtask = None;
+                            cap = None;
+                        }
+                    }
+                }
+            },
+        )
+    }
+
+    fn parallelism(&self, job: usize) -> usize {
+        self.parallelism.unwrap_or(job)
+    }
+
+    fn validate(&self, job: usize) -> Result<()> {
+        check_parallelism(&self.name, self.parallelism, job)?;
+        self.input.validate(job)
+    }
+
+    fn set_parallelism(&mut self, parallelism: usize) -> Result<()> {
+        self.parallelism = Some(parallelism);
+        Ok(())
+    }
+}
+
+/// One subtask of a keyed process operator: the function instance, its state and its keys.
+struct KeyedSubtask<F: KeyedProcessFunction, KS> {
+    function: F,
+    state: F::State,
+    /// Kept alive for the handles in `state`; the runtime itself talks to `keys`.
+    _backend: KeyedStateBackend<F::Key>,
+    keys: Rc<KeyContext<F::Key>>,
+    key_selector: KS,
+    output: Vec<F::Out>,
+    metrics: Arc<OperatorMetrics>,
+    subtask: usize,
+}
+
+impl<F, KS> KeyedSubtask<F, KS>
+where
+    F: KeyedProcessFunction,
+    KS: Fn(&F::In) -> F::Key + Clone + Send + Sync + 'static,
+{
+    /// Clones the function into this subtask and calls its `open()` once.
+    fn open(node: &KeyedProcessNode<F, KS>, worker: &WorkerContext, parallelism: usize) -> Result<Self> {
+        let range = KeyGroupRange::for_subtask(worker.max_parallelism, parallelism, worker.index);
+        let mut backend = match worker.config.state_backend {
+            StateBackendKind::Heap => KeyedStateBackend::heap(range, worker.max_parallelism),
+        };
+        let mut function = node.function.clone();
+        let state = function.open(&mut OpenContext {
+            backend: &mut backend,
+            operator: &node.name,
+            subtask: worker.index,
+            parallelism,
+        })?;
+        Ok(KeyedSubtask {
+            function,
+            state,
+            keys: Rc::clone(backend.context()),
+            _backend: backend,
+            key_selector: node.key_selector.clone(),
+            output: Vec::new(),
+            metrics: Arc::clone(&node.metrics),
+            subtask: worker.index,
+        })
+    }
+
+    /// Sets each event's key as the current key, then hands the event to the function.
+    #[inline]
+    fn process_batch(&mut self, batch: &mut Vec<F::In>) -> Result<()> {
+        self.metrics.add_in(batch.len());
+        for event in batch.drain(..) {
+            self.keys.set_current_key((self.key_selector)(&event))?;
+            let key = self
+                .keys
+                .current_key()
+                .ok_or_else(|| EddyError::Internal("current key vanished".into()))?;
+            let mut ctx = Context {
+                key,
+                key_group: self.keys.current_key_group(),
+                subtask: self.subtask,
+            };
+            let mut out = Collector {
+                buffer: &mut self.output,
+            };
+            self.function
+                .process_element(&mut self.state, event, &mut ctx, &mut out)?;
+        }
+        Ok(())
+    }
+
+    fn close(&mut self) -> Result<()> {
+        let mut out = Collector {
+            buffer: &mut self.output,
+        };
+        self.function.close(&mut self.state, &mut out)
+    }
+
+    /// Sends what the function emitted under the capability of its input.
+    fn flush<CT>(&mut self, session: &mut timely::dataflow::operators::generic::Session<'_, '_, Epoch, CapacityContainerBuilder<Vec<F::Out>>, CT>)
+    where
+        CT: timely::dataflow::operators::CapabilityTrait<Epoch>,
+    {
+        if !self.output.is_empty() {
+            self.metrics.add_out(self.output.len());
+            session.give_iterator(self.output.drain(..));
+        }
+    }
+}

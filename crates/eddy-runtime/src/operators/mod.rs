@@ -1,0 +1,23 @@
+//! The operators Eddy builds into timely dataflows, one file each.
+
+mod keyed_process;
+mod sink;
+mod source;
+mod stateless;
+
+pub use keyed_process::KeyedProcessNode;
+pub use sink::SinkOperatorNode;
+pub use source::SourceNode;
+pub use stateless::{FilterNode, FlatMapNode, MapNode};
+
+use eddy_core::{EddyError, Result};
+
+/// Checks an operator's own parallelism against the job's.
+pub(crate) fn check_parallelism(operator: &str, own: Option<usize>, job: usize) -> Result<()> {
+    match own {
+        Some(p) if p == 0 || p > job => Err(EddyError::Config(format!(
+            "operator \"{operator}\" has parallelism {p}, but it must be between 1 and the job's parallelism {job}"
+        ))),
+        _ => Ok(()),
+    }
+}

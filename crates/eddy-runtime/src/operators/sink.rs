@@ -1,0 +1,142 @@
+//! The sink operator: hands batches to a [`Sink`], at its own parallelism.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use eddy_core::{Data, EddyError, Result};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Probe;
+use timely::dataflow::Scope;
+
+use timely::dataflow::operators::generic::{InputHandleCore, OutputBuilderSession};
+use timely::progress::frontier::MutableAntichain;
+
+use crate::config::JobConfig;
+use crate::failure::FailureState;
+use crate::graph::{SinkNode, StreamNode, WorkerContext};
+use crate::metrics::OperatorMetrics;
+use crate::operators::check_parallelism;
+use crate::sink::{Sink, SinkContext};
+use crate::Epoch;
+
+/// A sink in the job graph.
+pub struct SinkOperatorNode<T, S> {
+    name: String,
+    input: Box<dyn StreamNode<T>>,
+    sink: S,
+    parallelism: Option<usize>,
+    metrics: Arc<OperatorMetrics>,
+    _records: PhantomData<fn(T)>,
+}
+
+impl<T: Data, S: Sink<T>> SinkOperatorNode<T, S> {
+    /// Writes every record of `input` to `sink`.
+    pub fn new(name: impl Into<String>, input: Box<dyn StreamNode<T>>, sink: S, metrics: Arc<OperatorMetrics>) -> Self {
+        SinkOperatorNode {
+            name: name.into(),
+            input,
+            sink,
+            parallelism: None,
+            metrics,
+            _records: PhantomData,
+        }
+    }
+}
+
+impl<T: Data, S: Sink<T>> SinkNode for SinkOperatorNode<T, S> {
+    fn build<'s>(&self, scope: Scope<'s, Epoch>, worker: &WorkerContext) {
+        let input = self.input.build(scope, worker);
+        let parallelism = self.parallelism.unwrap_or(worker.peers);
+        let mut sink = (worker.index < parallelism).then(|| self.sink.clone());
+        if let Some(s) = sink.as_mut() {
+            let ctx = SinkContext {
+                subtask: worker.index,
+                parallelism,
+            };
+            if let Err(error) = s.open(ctx) {
+                worker.fail(&self.name, error);
+                sink = None;
+            }
+        }
+        let mut task = SinkTask {
+            sink,
+            _records: PhantomData,
+            metrics: Arc::clone(&self.metrics),
+            failures: worker.failures(),
+            job: worker.job_name.clone(),
+            name: self.name.clone(),
+            subtask: worker.index,
+        };
+        type Out<'a> = OutputBuilderSession<'a, Epoch, CapacityContainerBuilder<Vec<()>>>;
+        let done = if self.input.parallelism(worker.peers) <= parallelism {
+            input.unary_frontier(Pipeline, &self.name, move |_cap, _info| {
+                move |(input, frontier), _output: &mut Out<'_>| task.activate(input, frontier)
+            })
+        } else {
+            // Rebalance round-robin onto the sink's `parallelism` workers, as Flink does when
+            // an operator's parallelism differs from its input's.
+            let mut next = worker.index;
+            let route = move |_: &T| {
+                next = (next + 1) % parallelism;
+                next as u64
+            };
+            input.unary_frontier(Exchange::new(route), &self.name, move |_cap, _info| {
+                move |(input, frontier), _output: &mut Out<'_>| task.activate(input, frontier)
+            })
+        };
+        done.probe_with(&worker.probe);
+    }
+
+    fn set_parallelism(&mut self, parallelism: usize) {
+        self.parallelism = Some(parallelism);
+    }
+
+    fn validate(&self, config: &JobConfig) -> Result<()> {
+        check_parallelism(&self.name, self.parallelism, config.parallelism)?;
+        self.input.validate(config.parallelism)
+    }
+}
+
+/// The per-worker state of a sink operator.
+struct SinkTask<T, S> {
+    /// `None` on workers above the sink's parallelism, and after a failure or `close()`.
+    sink: Option<S>,
+    metrics: Arc<OperatorMetrics>,
+    failures: Arc<FailureState>,
+    job: String,
+    name: String,
+    subtask: usize,
+    _records: PhantomData<fn(T)>,
+}
+
+impl<T: Data, S: Sink<T>> SinkTask<T, S> {
+    fn activate<P>(&mut self, input: &mut InputHandleCore<Epoch, Vec<T>, P>, frontier: &MutableAntichain<Epoch>)
+    where
+        P: timely::communication::Pull<timely::dataflow::channels::Message<Epoch, Vec<T>>>,
+    {
+        input.for_each_stamp(|_stamp, batches| {
+            let Some(sink) = self.sink.as_mut() else { return };
+            for batch in batches {
+                self.metrics.add_in(batch.len());
+                if let Err(error) = sink.write_batch(batch) {
+                    self.fail(error);
+                    return;
+                }
+            }
+        });
+        if frontier.is_empty() {
+            if let Some(mut sink) = self.sink.take() {
+                if let Err(error) = sink.close() {
+                    self.fail(error);
+                }
+            }
+        }
+    }
+
+    fn fail(&mut self, error: EddyError) {
+        self.failures.fail(&self.job, &self.name, self.subtask, error);
+        self.sink = None;
+    }
+}

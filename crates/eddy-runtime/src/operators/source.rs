@@ -1,0 +1,182 @@
+//! The source operator: polls a reader, advances epochs, and paces itself against the sinks.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use eddy_core::Result;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::operators::generic::operator::source;
+use timely::dataflow::{Scope, StreamVec};
+
+use crate::graph::{StreamNode, WorkerContext};
+use crate::metrics::OperatorMetrics;
+use crate::operators::check_parallelism;
+use crate::source::{Source, SourceContext, SourceReader, SourceStatus};
+use crate::Epoch;
+
+/// Records requested from a reader per poll: large enough to amortize the call and the
+/// channel's per-message cost, small enough to stay in cache.
+const POLL_BATCH: usize = 1024;
+
+/// Polls per activation before yielding to the worker's other operators.
+const POLLS_PER_ACTIVATION: usize = 8;
+
+/// How long a paced source waits before checking the sinks' progress again.
+const PACING_RETRY: Duration = Duration::from_micros(50);
+
+/// A source in the job graph.
+pub struct SourceNode<S> {
+    name: String,
+    source: S,
+    parallelism: Option<usize>,
+    metrics: Arc<OperatorMetrics>,
+}
+
+impl<S: Source> SourceNode<S> {
+    /// A source called `name` reading from `source`, counting into `metrics`.
+    pub fn new(name: impl Into<String>, source: S, metrics: Arc<OperatorMetrics>) -> Self {
+        SourceNode {
+            name: name.into(),
+            source,
+            parallelism: None,
+            metrics,
+        }
+    }
+
+}
+
+impl<S: Source> StreamNode<S::Item> for SourceNode<S> {
+    fn build<'s>(&self, scope: Scope<'s, Epoch>, worker: &WorkerContext) -> StreamVec<'s, Epoch, S::Item> {
+        let parallelism = self.parallelism(worker.peers);
+        let reader = if worker.index < parallelism {
+            let ctx = SourceContext {
+                subtask: worker.index,
+                parallelism,
+            };
+            match self.source.create_reader(ctx) {
+                Ok(reader) => Some(reader),
+                Err(error) => {
+                    worker.fail(&self.name, error);
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let mut task = SourceTask {
+            reader,
+            buffer: Vec::with_capacity(POLL_BATCH),
+            records_in_epoch: 0,
+            epoch_records: worker.config.epoch_records,
+            max_epochs_in_flight: worker.config.max_epochs_in_flight,
+            probe: worker.probe.clone(),
+            failures: worker.failures(),
+            metrics: Arc::clone(&self.metrics),
+            name: self.name.clone(),
+            job: worker.job_name.clone(),
+            subtask: worker.index,
+        };
+        source::<_, CapacityContainerBuilder<Vec<S::Item>>, _, _>(scope, &self.name, move |cap, info| {
+            let activator = scope.activator_for(info.address);
+            let mut capability = task.reader.is_some().then_some(cap);
+            move |output| {
+                let Some(cap) = capability.as_mut() else { return };
+                match task.step(cap, output) {
+                    Step::Continue => activator.activate(),
+                    Step::Paced => activator.activate_after(PACING_RETRY),
+                    // Dropping the capability tells every downstream operator this input is done.
+                    Step::Done => capability = None,
+                }
+            }
+        })
+    }
+
+    fn parallelism(&self, job: usize) -> usize {
+        self.parallelism.unwrap_or(job)
+    }
+
+    fn validate(&self, job: usize) -> Result<()> {
+        check_parallelism(&self.name, self.parallelism, job)
+    }
+
+    fn set_parallelism(&mut self, parallelism: usize) -> Result<()> {
+        self.parallelism = Some(parallelism);
+        Ok(())
+    }
+}
+
+enum Step {
+    Continue,
+    Paced,
+    Done,
+}
+
+/// The per-worker state of a source operator.
+struct SourceTask<R: SourceReader> {
+    reader: Option<R>,
+    buffer: Vec<R::Item>,
+    records_in_epoch: usize,
+    epoch_records: usize,
+    max_epochs_in_flight: u64,
+    probe: timely::dataflow::operators::probe::Handle<Epoch>,
+    failures: Arc<crate::failure::FailureState>,
+    metrics: Arc<OperatorMetrics>,
+    name: String,
+    job: String,
+    subtask: usize,
+}
+
+type Output<'a, T> =
+    timely::dataflow::operators::generic::OutputBuilderSession<'a, Epoch, CapacityContainerBuilder<Vec<T>>>;
+
+impl<R: SourceReader> SourceTask<R>
+where
+    R::Item: 'static,
+{
+    fn step(&mut self, cap: &mut timely::dataflow::operators::Capability<Epoch>, output: &mut Output<'_, R::Item>) -> Step {
+        if self.failures.is_aborted() {
+            return Step::Done;
+        }
+        // Timely has no flow control: without this, a fast source would fill the channels
+        // with its whole input. Wait until the sinks have completed epoch `now - max`.
+        let epoch = *cap.time();
+        if let Some(waited_for) = epoch.checked_sub(self.max_epochs_in_flight) {
+            if self.probe.less_equal(&waited_for) {
+                return Step::Paced;
+            }
+        }
+        let Some(reader) = self.reader.as_mut() else { return Step::Done };
+        for _ in 0..POLLS_PER_ACTIVATION {
+            let want = POLL_BATCH.min(self.epoch_records - self.records_in_epoch);
+            let status = match reader.poll(&mut self.buffer, want) {
+                Ok(status) => status,
+                Err(error) => {
+                    self.failures.fail(&self.job, &self.name, self.subtask, error);
+                    return Step::Done;
+                }
+            };
+            let read = self.buffer.len();
+            if read > 0 {
+                self.metrics.add_in(read);
+                self.metrics.add_out(read);
+                self.records_in_epoch += read;
+                output.session(&*cap).give_container(&mut self.buffer);
+                // The channel may hand back a recycled container: start from empty.
+                self.buffer.clear();
+                if self.buffer.capacity() < POLL_BATCH {
+                    self.buffer = Vec::with_capacity(POLL_BATCH);
+                }
+            }
+            if status == SourceStatus::Finished {
+                self.reader = None;
+                return Step::Done;
+            }
+            if self.records_in_epoch >= self.epoch_records {
+                self.records_in_epoch = 0;
+                cap.downgrade(&(epoch + 1));
+                return Step::Continue;
+            }
+        }
+        Step::Continue
+    }
+}

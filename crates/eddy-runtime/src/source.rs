@@ -1,0 +1,44 @@
+//! Sources: where a job's records come from.
+
+use eddy_core::{Data, Result};
+
+/// Where one source subtask reads.
+#[derive(Clone, Copy, Debug)]
+pub struct SourceContext {
+    /// This subtask's index, `0..parallelism`.
+    pub subtask: usize,
+    /// The source's parallelism.
+    pub parallelism: usize,
+}
+
+/// A (possibly bounded) source of records, split between its parallel subtasks.
+///
+/// The source value is built once by the job program and shared by all subtasks; each subtask
+/// creates its own [`SourceReader`] for its share of the input (like Flink's splits).
+pub trait Source: Send + Sync + 'static {
+    /// The records it produces.
+    type Item: Data;
+    /// The per-subtask reader.
+    type Reader: SourceReader<Item = Self::Item>;
+
+    /// Creates the reader of subtask `ctx.subtask`.
+    fn create_reader(&self, ctx: SourceContext) -> Result<Self::Reader>;
+}
+
+/// What a [`SourceReader::poll`] call left behind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceStatus {
+    /// More records may follow.
+    More,
+    /// The reader's input is exhausted; it will not be polled again.
+    Finished,
+}
+
+/// Reads one subtask's share of a source.
+pub trait SourceReader: 'static {
+    /// The records it produces.
+    type Item;
+
+    /// Appends at most `max` records to `out`.
+    fn poll(&mut self, out: &mut Vec<Self::Item>, max: usize) -> Result<SourceStatus>;
+}
