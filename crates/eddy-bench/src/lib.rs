@@ -1,1 +1,263 @@
-//! placeholder
+//! The benchmark workloads W0–W3 of the Flink keyed-state anchor, on Eddy.
+//!
+//! Each workload is the anchor's (`shared/anchors/flink/README.md`), on the same event stream
+//! ([`TransactionGenerator`]) with the same per-event state operations and emit rules:
+//!
+//! | id | state | per event |
+//! | --- | --- | --- |
+//! | W0 | none | forward the event (source + `key_by` shuffle + keyed dispatch + sink) |
+//! | W1 | `ValueState<Transaction>` | `value()`; if none or `in.timestamp >= cur.timestamp`, `update(in)` and emit `in`, else `update(cur)` |
+//! | W2 | `ListState<Transaction>` | `add(in)`; when `transaction_id % E == 0`, iterate the list and emit the sum of amounts |
+//! | W3 | `MapState<u64, u64>` | `mk = transaction_id % 100`; `put(mk, get(mk) + amount)`; when `transaction_id % E == 0`, emit it |
+//!
+//! The sink counts records and sums a checksum (W0/W1: transaction ids; W2: sums; W3: map
+//! values), so a run's *results* can be compared, not only its speed.
+//!
+//! This crate is used by the `eddy-bench` binary and by the `eddy` CLI; it must not be used
+//! by the engine crates.
+
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use eddy::prelude::*;
+
+/// The benchmark workloads.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// Stateless baseline.
+    W0,
+    /// `ValueState`: the latest transaction per customer.
+    W1,
+    /// `ListState`: all transactions per customer, summed every E-th event.
+    W2,
+    /// `MapState`: sums per customer and `transaction_id % 100`.
+    W3,
+}
+
+/// The workload parameters (the anchor's flags).
+#[derive(Args, Clone, Debug)]
+pub struct WorkloadArgs {
+    /// Number of events (N).
+    #[arg(long = "n", default_value_t = 20_000_000)]
+    pub events: u64,
+    /// Number of distinct customers (K).
+    #[arg(long = "k", default_value_t = 1_000_000)]
+    pub customers: u64,
+    /// Generator seed.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// W2/W3 read or emit on events with `transaction_id % E == 0`.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub emit_every: u64,
+    /// Checkpoint interval in ms; 0 = off (checkpoints are not implemented yet).
+    #[arg(long, default_value_t = 0)]
+    pub checkpoint_ms: u64,
+}
+
+/// What one run measured.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// The workload.
+    pub workload: Workload,
+    /// The job's parallelism.
+    pub parallelism: usize,
+    /// N.
+    pub events: u64,
+    /// K.
+    pub customers: u64,
+    /// From job start to the last record at the sink.
+    pub job_time: Duration,
+    /// Records that reached the sink.
+    pub emitted: u64,
+    /// Events seen by the keyed function.
+    pub processed: u64,
+    /// Wrapping sum of the sink records' checksums.
+    pub checksum: u64,
+}
+
+impl Report {
+    /// N / job time.
+    pub fn events_per_second(&self) -> f64 {
+        self.events as f64 / self.job_time.as_secs_f64().max(f64::MIN_POSITIVE)
+    }
+}
+
+/// Runs `workload` with `args` in `env` and checks that every event was processed.
+pub fn run(workload: Workload, args: &WorkloadArgs, env: &StreamExecutionEnvironment) -> Result<Report> {
+    if args.checkpoint_ms != 0 {
+        return Err(EddyError::Config(
+            "--checkpoint-ms: checkpoints are not implemented yet; use 0".into(),
+        ));
+    }
+    let source = TransactionGenerator::new(args.customers, args.seed).source(args.events);
+    let keyed = env
+        .from_source_named("transactions", source)
+        .key_by(|tx: &Transaction| tx.customer_id);
+    let e = args.emit_every;
+    let (sink_count, sink_checksum): (Box<dyn Fn() -> u64>, Box<dyn Fn() -> u64>) = match workload {
+        Workload::W0 => {
+            let sink = CountingSink::with_checksum(|tx: &Transaction| tx.transaction_id);
+            keyed.process_named("process", Forward).sink(sink.clone());
+            counters(sink)
+        }
+        Workload::W1 => {
+            let sink = CountingSink::with_checksum(|tx: &Transaction| tx.transaction_id);
+            keyed.process_named("process", LatestTransaction).sink(sink.clone());
+            counters(sink)
+        }
+        Workload::W2 => {
+            let sink = CountingSink::with_checksum(|sum: &u64| *sum);
+            keyed.process_named("process", ListSum { emit_every: e }).sink(sink.clone());
+            counters(sink)
+        }
+        Workload::W3 => {
+            let sink = CountingSink::with_checksum(|value: &u64| *value);
+            keyed.process_named("process", MapSums { emit_every: e }).sink(sink.clone());
+            counters(sink)
+        }
+    };
+    let result = env.execute(&format!("bench-{workload:?}"))?;
+    let processed = result.operator("process").map_or(0, |o| o.records_in);
+    if processed != args.events {
+        return Err(EddyError::Internal(format!(
+            "processed {processed} events, expected {}",
+            args.events
+        )));
+    }
+    Ok(Report {
+        workload,
+        parallelism: result.parallelism,
+        events: args.events,
+        customers: args.customers,
+        job_time: result.duration,
+        emitted: sink_count(),
+        processed,
+        checksum: sink_checksum(),
+    })
+}
+
+type Counter = Box<dyn Fn() -> u64>;
+
+fn counters<T: 'static>(sink: CountingSink<T>) -> (Counter, Counter) {
+    let other = sink.clone();
+    (Box::new(move || sink.count()), Box::new(move || other.checksum()))
+}
+
+/// W0: forwards every event.
+#[derive(Clone)]
+pub struct Forward;
+
+impl KeyedProcessFunction for Forward {
+    type Key = u64;
+    type In = Transaction;
+    type Out = Transaction;
+    type State = ();
+
+    fn open(&mut self, _: &mut OpenContext<'_, u64>) -> Result<()> {
+        Ok(())
+    }
+
+    #[inline]
+    fn process_element(&mut self, _: &mut (), tx: Transaction, _: &mut Context<'_, u64>, out: &mut Collector<'_, Transaction>) -> Result<()> {
+        out.collect(tx);
+        Ok(())
+    }
+}
+
+/// W1: the latest transaction per customer, with exactly one read and one write per event.
+#[derive(Clone)]
+pub struct LatestTransaction;
+
+impl KeyedProcessFunction for LatestTransaction {
+    type Key = u64;
+    type In = Transaction;
+    type Out = Transaction;
+    type State = ValueState<Transaction>;
+
+    fn open(&mut self, ctx: &mut OpenContext<'_, u64>) -> Result<Self::State> {
+        ctx.value_state(&ValueStateDescriptor::new("latest"))
+    }
+
+    #[inline]
+    fn process_element(
+        &mut self,
+        latest: &mut Self::State,
+        tx: Transaction,
+        _: &mut Context<'_, u64>,
+        out: &mut Collector<'_, Transaction>,
+    ) -> Result<()> {
+        match latest.value()? {
+            Some(current) if tx.timestamp < current.timestamp => latest.update(current),
+            _ => {
+                latest.update(tx)?;
+                out.collect(tx);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// W2: every transaction per customer in a list; every E-th event emits the sum of amounts.
+#[derive(Clone)]
+pub struct ListSum {
+    /// E.
+    pub emit_every: u64,
+}
+
+impl KeyedProcessFunction for ListSum {
+    type Key = u64;
+    type In = Transaction;
+    type Out = u64;
+    type State = ListState<Transaction>;
+
+    fn open(&mut self, ctx: &mut OpenContext<'_, u64>) -> Result<Self::State> {
+        ctx.list_state(&ListStateDescriptor::new("transactions"))
+    }
+
+    #[inline]
+    fn process_element(&mut self, list: &mut Self::State, tx: Transaction, _: &mut Context<'_, u64>, out: &mut Collector<'_, u64>) -> Result<()> {
+        list.add(tx)?;
+        if tx.transaction_id % self.emit_every == 0 {
+            let sum = list.get()?.fold(0u64, |sum, t| sum.wrapping_add(t.amount));
+            out.collect(sum);
+        }
+        Ok(())
+    }
+}
+
+/// W3: per customer, a map from `transaction_id % 100` to the sum of amounts.
+#[derive(Clone)]
+pub struct MapSums {
+    /// E.
+    pub emit_every: u64,
+}
+
+impl KeyedProcessFunction for MapSums {
+    type Key = u64;
+    type In = Transaction;
+    type Out = u64;
+    type State = MapState<u64, u64>;
+
+    fn open(&mut self, ctx: &mut OpenContext<'_, u64>) -> Result<Self::State> {
+        ctx.map_state(&MapStateDescriptor::new("sums"))
+    }
+
+    #[inline]
+    fn process_element(&mut self, sums: &mut Self::State, tx: Transaction, _: &mut Context<'_, u64>, out: &mut Collector<'_, u64>) -> Result<()> {
+        let bucket = tx.transaction_id % 100;
+        let sum = sums.get(&bucket)?.unwrap_or(0) + tx.amount;
+        sums.put(bucket, sum)?;
+        if tx.transaction_id % self.emit_every == 0 {
+            out.collect(sum);
+        }
+        Ok(())
+    }
+}
+
+/// The peak resident set size of this process in MiB (`VmHWM`), if the OS reports it.
+pub fn peak_rss_mb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}

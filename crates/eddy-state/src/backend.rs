@@ -42,6 +42,17 @@ impl<K: Key> KeyedStateBackend<K> {
         self.context.set_current_key(key)
     }
 
+    /// Loads `key`'s state into the CPU caches ahead of processing it (see
+    /// [`HeapKeyedStateBackend::warm_up`]). Keys outside this subtask's range are ignored.
+    #[inline]
+    pub fn warm_up(&self, key: &K) {
+        let kg = eddy_core::key_group::assign_to_key_group(key, self.context.max_parallelism());
+        let Some(offset) = self.context.key_group_range().offset_of(kg) else { return };
+        match &self.inner {
+            BackendImpl::Heap(heap) => heap.warm_up(offset, key),
+        }
+    }
+
     /// The current key, if one is set.
     pub fn current_key(&self) -> Option<Ref<'_, K>> {
         self.context.current_key()

@@ -2,7 +2,7 @@
 //!
 //! # Layout and guarantees
 //!
-//! Each registered state is a [`ShardedTable`]: one `FxHashMap<K, V>` per key group of the
+//! Each registered state is a [`ShardedTable`]: one [`ProbeTable<K, V>`] per key group of the
 //! subtask's range (`V` is `T` for value state, `Vec<T>` for list state, and a map of user
 //! keys for map state). Sharding by key group costs nothing on access (the shard index is
 //! computed once per record, when the runtime sets the current key) and lets a checkpoint
@@ -20,24 +20,25 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use eddy_core::{EddyError, Key, KeyGroupRange, Result, StateValue};
-use rustc_hash::FxHashMap;
 
 use crate::descriptor::{ListStateDescriptor, MapStateDescriptor, StateKind, ValueStateDescriptor};
 use crate::handle::{
     ListState, ListStateAccess, MapState, MapStateAccess, StateIter, ValueState, ValueStateAccess,
 };
 use crate::key_context::KeyContext;
+use crate::probe_table::ProbeTable;
+use crate::small_map::SmallMap;
 
-/// One hash map per key group of a subtask's range.
+/// One hash table per key group of a subtask's range.
 #[derive(Debug)]
 pub struct ShardedTable<K, V> {
-    shards: Vec<FxHashMap<K, V>>,
+    shards: Vec<ProbeTable<K, V>>,
 }
 
 impl<K: Key, V> ShardedTable<K, V> {
     fn new(range: KeyGroupRange) -> Self {
         ShardedTable {
-            shards: (0..range.len()).map(|_| FxHashMap::default()).collect(),
+            shards: (0..range.len()).map(|_| ProbeTable::new()).collect(),
         }
     }
 
@@ -52,7 +53,7 @@ impl<K: Key, V> ShardedTable<K, V> {
     }
 
     /// The entries of one key group (by its offset in the subtask's range).
-    pub fn shard(&self, offset: usize) -> Option<&FxHashMap<K, V>> {
+    pub fn shard(&self, offset: usize) -> Option<&ProbeTable<K, V>> {
         self.shards.get(offset)
     }
 
@@ -69,14 +70,7 @@ impl<K: Key, V> ShardedTable<K, V> {
     /// The value of `key`, inserted with `default` first if absent; clones the key only then.
     #[inline]
     fn get_or_insert_with(&mut self, offset: usize, key: &K, default: impl FnOnce() -> V) -> &mut V {
-        let shard = &mut self.shards[offset];
-        if !shard.contains_key(key) {
-            shard.insert(key.clone(), default());
-        }
-        match shard.get_mut(key) {
-            Some(value) => value,
-            None => unreachable!("the entry was found or inserted just above"),
-        }
+        self.shards[offset].get_or_insert_with(key, || key.clone(), default)
     }
 
     #[inline]
@@ -101,10 +95,33 @@ struct Registered {
     table: Rc<dyn Any>,
 }
 
+/// Loads a key's entry of one table into the CPU caches.
+trait WarmUp<K> {
+    fn warm_up(&self, offset: usize, key: &K);
+}
+
+/// A table plus how to warm one key's entry of it.
+struct Warmer<K, V> {
+    table: Table<K, V>,
+    warm: fn(&ProbeTable<K, V>, &K),
+}
+
+impl<K: Key, V> WarmUp<K> for Warmer<K, V> {
+    #[inline]
+    fn warm_up(&self, offset: usize, key: &K) {
+        if let Ok(table) = self.table.try_borrow() {
+            if let Some(shard) = table.shards.get(offset) {
+                (self.warm)(shard, key);
+            }
+        }
+    }
+}
+
 /// The heap backend of one keyed operator subtask.
 pub struct HeapKeyedStateBackend<K> {
     context: Rc<KeyContext<K>>,
     states: BTreeMap<String, Registered>,
+    warmers: Vec<Rc<dyn WarmUp<K>>>,
 }
 
 type Table<K, V> = Rc<RefCell<ShardedTable<K, V>>>;
@@ -115,6 +132,19 @@ impl<K: Key> HeapKeyedStateBackend<K> {
         HeapKeyedStateBackend {
             context,
             states: BTreeMap::new(),
+            warmers: Vec::new(),
+        }
+    }
+
+    /// Loads `key`'s entries of every state into the CPU caches, without changing anything.
+    ///
+    /// The runtime calls this for the next few records of a batch before processing them:
+    /// the lookups are independent, so their cache misses overlap instead of being paid one
+    /// after the other inside user code. `offset` is the key group's offset in the range.
+    #[inline]
+    pub fn warm_up(&self, offset: usize, key: &K) {
+        for warmer in &self.warmers {
+            warmer.warm_up(offset, key);
         }
     }
 
@@ -140,15 +170,24 @@ impl<K: Key> HeapKeyedStateBackend<K> {
     }
 
     /// Returns the table registered under `name`, registering an empty one first if needed.
-    fn table<V: 'static>(&mut self, name: &str, kind: StateKind) -> Result<Table<K, V>> {
-        let range = self.context.key_group_range();
+    fn table<V: 'static>(
+        &mut self,
+        name: &str,
+        kind: StateKind,
+        warm: fn(&ProbeTable<K, V>, &K),
+    ) -> Result<Table<K, V>> {
+        if !self.states.contains_key(name) {
+            let table = Rc::new(RefCell::new(ShardedTable::<K, V>::new(self.context.key_group_range())));
+            self.warmers.push(Rc::new(Warmer {
+                table: Rc::clone(&table),
+                warm,
+            }));
+            self.states.insert(name.to_string(), Registered { kind, table });
+        }
         let registered = self
             .states
-            .entry(name.to_string())
-            .or_insert_with(|| Registered {
-                kind,
-                table: Rc::new(RefCell::new(ShardedTable::<K, V>::new(range))),
-            });
+            .get(name)
+            .ok_or_else(|| EddyError::Internal(format!("state \"{name}\" vanished")))?;
         if registered.kind != kind {
             return Err(EddyError::state(
                 name,
@@ -170,13 +209,13 @@ impl<K: Key> HeapKeyedStateBackend<K> {
 
     /// Creates (or re-opens) a value state.
     pub fn value_state<T: StateValue>(&mut self, desc: &ValueStateDescriptor<T>) -> Result<ValueState<T>> {
-        let table = self.table::<T>(desc.name(), StateKind::Value)?;
+        let table = self.table::<T>(desc.name(), StateKind::Value, ProbeTable::warm)?;
         Ok(ValueState::from_access(Box::new(HeapHandle::new(desc.name(), &self.context, table))))
     }
 
     /// Creates (or re-opens) a list state.
     pub fn list_state<T: StateValue>(&mut self, desc: &ListStateDescriptor<T>) -> Result<ListState<T>> {
-        let table = self.table::<Vec<T>>(desc.name(), StateKind::List)?;
+        let table = self.table::<Vec<T>>(desc.name(), StateKind::List, ProbeTable::warm)?;
         Ok(ListState::from_access(Box::new(HeapHandle::new(desc.name(), &self.context, table))))
     }
 
@@ -186,7 +225,12 @@ impl<K: Key> HeapKeyedStateBackend<K> {
         UK: Key,
         UV: StateValue,
     {
-        let table = self.table::<FxHashMap<UK, UV>>(desc.name(), StateKind::Map)?;
+        // Warming follows the key's slot into its map's first entries.
+        let table = self.table::<SmallMap<UK, UV>>(desc.name(), StateKind::Map, |shard, key| {
+            if let Some(map) = shard.get(key) {
+                map.warm();
+            }
+        })?;
         Ok(MapState::from_access(Box::new(HeapHandle::new(desc.name(), &self.context, table))))
     }
 }
@@ -321,7 +365,7 @@ impl<K: Key, T: StateValue> ListStateAccess<T> for HeapHandle<K, Vec<T>> {
     }
 }
 
-impl<K: Key, UK: Key, UV: StateValue> MapStateAccess<UK, UV> for HeapHandle<K, FxHashMap<UK, UV>> {
+impl<K: Key, UK: Key, UV: StateValue> MapStateAccess<UK, UV> for HeapHandle<K, SmallMap<UK, UV>> {
     #[inline]
     fn get(&self, user_key: &UK) -> Result<Option<UV>> {
         self.read(|map| map.and_then(|m| m.get(user_key)).cloned())
@@ -330,7 +374,7 @@ impl<K: Key, UK: Key, UV: StateValue> MapStateAccess<UK, UV> for HeapHandle<K, F
     #[inline]
     fn put(&self, user_key: UK, value: UV) -> Result<()> {
         self.write(|table, key, offset| {
-            table.get_or_insert_with(offset, key, FxHashMap::default).insert(user_key, value);
+            table.get_or_insert_with(offset, key, SmallMap::default).insert(user_key, value);
         })
     }
 
@@ -339,7 +383,10 @@ impl<K: Key, UK: Key, UV: StateValue> MapStateAccess<UK, UV> for HeapHandle<K, F
             return Ok(());
         }
         self.write(|table, key, offset| {
-            table.get_or_insert_with(offset, key, FxHashMap::default).extend(entries);
+            let map = table.get_or_insert_with(offset, key, SmallMap::default);
+            for (user_key, value) in entries {
+                map.insert(user_key, value);
+            }
         })
     }
 
@@ -355,7 +402,7 @@ impl<K: Key, UK: Key, UV: StateValue> MapStateAccess<UK, UV> for HeapHandle<K, F
     }
 
     fn contains(&self, user_key: &UK) -> Result<bool> {
-        self.read(|map| map.is_some_and(|m| m.contains_key(user_key)))
+        self.read(|map| map.is_some_and(|m| m.get(user_key).is_some()))
     }
 
     fn entries(&self) -> Result<StateIter<'_, (UK, UV)>> {
@@ -363,11 +410,11 @@ impl<K: Key, UK: Key, UV: StateValue> MapStateAccess<UK, UV> for HeapHandle<K, F
     }
 
     fn keys(&self) -> Result<StateIter<'_, UK>> {
-        self.iter_entry(|m| m.keys().cloned().collect())
+        self.iter_entry(|m| m.iter().map(|(k, _)| k.clone()).collect())
     }
 
     fn values(&self) -> Result<StateIter<'_, UV>> {
-        self.iter_entry(|m| m.values().cloned().collect())
+        self.iter_entry(|m| m.iter().map(|(_, v)| v.clone()).collect())
     }
 
     fn is_empty(&self) -> Result<bool> {

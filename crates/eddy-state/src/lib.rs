@@ -40,6 +40,8 @@ mod descriptor;
 mod handle;
 pub mod heap;
 mod key_context;
+pub mod probe_table;
+pub mod small_map;
 
 pub use backend::KeyedStateBackend;
 pub use descriptor::{ListStateDescriptor, MapStateDescriptor, StateKind, ValueStateDescriptor};

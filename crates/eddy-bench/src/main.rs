@@ -1,0 +1,48 @@
+//! `eddy-bench`: runs one workload and prints one summary line in the Flink anchor's shape.
+//!
+//! ```text
+//! cargo run --release -p eddy-bench -- w1 heap --n 20000000 --k 1000000 --parallelism 2
+//! ```
+
+use clap::Parser;
+use eddy::{JobFlags, StreamExecutionEnvironment};
+use eddy_bench::{peak_rss_mb, run, Workload, WorkloadArgs};
+
+/// Runs one keyed-state workload of the Flink anchor on Eddy and prints one summary line.
+#[derive(Parser, Debug)]
+#[command(name = "eddy-bench")]
+struct Cli {
+    /// The workload.
+    #[arg(value_enum)]
+    workload: Workload,
+    /// The state backend (the same values as --state-backend).
+    #[arg(value_enum)]
+    backend: eddy::BackendFlag,
+    #[command(flatten)]
+    args: WorkloadArgs,
+    #[command(flatten)]
+    job: JobFlags,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let mut flags = cli.job.clone();
+    flags.state_backend = cli.backend;
+    let env = StreamExecutionEnvironment::from_flags(&flags)?;
+    let report = run(cli.workload, &cli.args, &env)?;
+    let backend = format!("{:?}", cli.backend).to_lowercase();
+    println!(
+        "workload={:?} backend={backend} parallelism={} N={} K={} job_s={:.3} eps_job={:.0} emitted={} processed={} checksum={} peak_rss_mb={}",
+        report.workload,
+        report.parallelism,
+        report.events,
+        report.customers,
+        report.job_time.as_secs_f64(),
+        report.events_per_second(),
+        report.emitted,
+        report.processed,
+        report.checksum,
+        peak_rss_mb().map_or_else(|| "?".to_string(), |mb| mb.to_string()),
+    );
+    Ok(())
+}

@@ -1,1 +1,0 @@
-//! File sources and sinks (JSON lines, CSV).

@@ -1,0 +1,127 @@
+//! The per-key map of the heap backend's `MapState`: a vector while small, hashed when large.
+//!
+//! Most keys hold few map entries (W3 holds about 20 per key). A short vector keeps them in a
+//! few consecutive cache lines, which a linear scan reads faster than a hash table's scattered
+//! slots; past [`INLINE_MAX`] entries the map switches to a [`ProbeTable`] for O(1) access.
+
+use std::hash::{BuildHasher, Hash};
+
+use rustc_hash::FxBuildHasher;
+
+use crate::probe_table::ProbeTable;
+
+/// Entries kept in a vector before the map switches to hashing.
+pub const INLINE_MAX: usize = 32;
+
+/// A map from `UK` to `UV`, small-vector or hashed depending on its size.
+#[derive(Debug, Clone)]
+pub enum SmallMap<UK, UV> {
+    /// Up to [`INLINE_MAX`] entries, scanned linearly.
+    Inline(Vec<(UK, UV)>),
+    /// More entries, hashed.
+    Hashed(ProbeTable<UK, UV>),
+}
+
+impl<UK, UV> Default for SmallMap<UK, UV> {
+    fn default() -> Self {
+        SmallMap::Inline(Vec::new())
+    }
+}
+
+impl<UK: Hash + Eq, UV> SmallMap<UK, UV> {
+    /// The number of entries.
+    pub fn len(&self) -> usize {
+        match self {
+            SmallMap::Inline(v) => v.len(),
+            SmallMap::Hashed(t) => t.len(),
+        }
+    }
+
+    /// Whether the map has no entry.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The value of `key`.
+    #[inline]
+    pub fn get(&self, key: &UK) -> Option<&UV> {
+        match self {
+            SmallMap::Inline(v) => v.iter().find(|(k, _)| k == key).map(|(_, value)| value),
+            SmallMap::Hashed(t) => t.get(key),
+        }
+    }
+
+    /// Sets `key` to `value`.
+    #[inline]
+    pub fn insert(&mut self, key: UK, value: UV) {
+        match self {
+            SmallMap::Inline(v) => {
+                if let Some(slot) = v.iter_mut().find(|(k, _)| *k == key) {
+                    slot.1 = value;
+                } else if v.len() < INLINE_MAX {
+                    v.push((key, value));
+                } else {
+                    let mut table = ProbeTable::new();
+                    for (k, old) in v.drain(..) {
+                        table.insert(k, old);
+                    }
+                    table.insert(key, value);
+                    *self = SmallMap::Hashed(table);
+                }
+            }
+            SmallMap::Hashed(t) => {
+                t.insert(key, value);
+            }
+        }
+    }
+
+    /// Removes `key`, returning its value.
+    pub fn remove(&mut self, key: &UK) -> Option<UV> {
+        match self {
+            SmallMap::Inline(v) => {
+                let position = v.iter().position(|(k, _)| k == key)?;
+                Some(v.swap_remove(position).1)
+            }
+            SmallMap::Hashed(t) => t.remove(key),
+        }
+    }
+
+    /// The entries, in unspecified order.
+    pub fn iter(&self) -> Box<dyn Iterator<Item = (&UK, &UV)> + '_> {
+        match self {
+            SmallMap::Inline(v) => Box::new(v.iter().map(|(k, value)| (k, value))),
+            SmallMap::Hashed(t) => Box::new(t.iter()),
+        }
+    }
+
+    /// Loads the first entry into the CPU caches (hashing its key forces the read).
+    #[inline]
+    pub fn warm(&self) {
+        if let SmallMap::Inline(v) = self {
+            std::hint::black_box(v.first().map(|(k, _)| FxBuildHasher.hash_one(k)));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn switches_to_hashing_past_the_inline_limit_and_keeps_entries() {
+        let mut m = SmallMap::default();
+        for k in 0..(INLINE_MAX as u64 + 10) {
+            m.insert(k, k * 2);
+        }
+        assert!(matches!(m, SmallMap::Hashed(_)));
+        assert_eq!(m.len(), INLINE_MAX + 10);
+        for k in 0..(INLINE_MAX as u64 + 10) {
+            assert_eq!(m.get(&k), Some(&(k * 2)));
+        }
+        assert_eq!(m.remove(&3), Some(6));
+        assert_eq!(m.get(&3), None);
+        m.insert(1, 7);
+        assert_eq!(m.get(&1), Some(&7));
+        m.warm();
+    }
+}

@@ -1,0 +1,129 @@
+//! The standard job flags every Eddy job program accepts, through one `clap` parser.
+
+use clap::{Args, Parser, ValueEnum};
+use eddy_core::Result;
+use eddy_runtime::{JobConfig, StateBackendKind};
+
+/// The flags of every Eddy job (`--parallelism`, `--max-parallelism`, `--state-backend`, ...).
+///
+/// A job program with no flags of its own calls
+/// [`StreamExecutionEnvironment::from_args`](crate::StreamExecutionEnvironment::from_args); one
+/// with its own flags flattens these into its parser:
+///
+/// ```
+/// use clap::Parser;
+///
+/// #[derive(Parser)]
+/// struct MyJob {
+///     /// How many events to generate.
+///     #[arg(long, default_value_t = 1000)]
+///     events: u64,
+///     #[command(flatten)]
+///     job: eddy::JobFlags,
+/// }
+///
+/// let args = MyJob::parse_from(["my-job", "--events", "5", "--parallelism", "2"]);
+/// assert_eq!(args.events, 5);
+/// assert_eq!(args.job.to_config().unwrap().parallelism, 2);
+/// ```
+#[derive(Args, Clone, Debug, PartialEq, Eq)]
+pub struct JobFlags {
+    /// Parallel subtasks (timely worker threads) of the job [default: number of CPUs].
+    #[arg(long, short = 'p', default_value_t = default_parallelism(), hide_default_value = true, value_parser = clap::value_parser!(u64).range(1..=32768))]
+    pub parallelism: u64,
+
+    /// Number of key groups (fixed for the job's life; default: Flink's rule, at least 128).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=32768))]
+    pub max_parallelism: Option<u64>,
+
+    /// Keyed-state backend.
+    #[arg(long, value_enum, default_value_t = BackendFlag::Heap)]
+    pub state_backend: BackendFlag,
+
+    /// Records a source subtask emits per checkpoint epoch (a timely timestamp).
+    #[arg(long, default_value_t = 16 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub epoch_records: u64,
+}
+
+/// The values of `--state-backend`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendFlag {
+    /// Objects in memory, no serialization on access.
+    Heap,
+}
+
+impl Default for JobFlags {
+    fn default() -> Self {
+        JobFlags {
+            parallelism: default_parallelism(),
+            max_parallelism: None,
+            state_backend: BackendFlag::Heap,
+            epoch_records: 16 * 1024,
+        }
+    }
+}
+
+/// Flink's default for a local environment: one subtask per CPU.
+fn default_parallelism() -> u64 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u64)
+}
+
+impl JobFlags {
+    /// The job configuration these flags describe; every error names the flag.
+    pub fn to_config(&self) -> Result<JobConfig> {
+        let config = JobConfig {
+            parallelism: self.parallelism as usize,
+            max_parallelism: self.max_parallelism.map(|m| m as usize),
+            state_backend: match self.state_backend {
+                BackendFlag::Heap => StateBackendKind::Heap,
+            },
+            epoch_records: self.epoch_records as usize,
+            ..JobConfig::default()
+        };
+        config.validate().map_err(|e| {
+            eddy_core::EddyError::Config(format!("{e} (from --parallelism / --max-parallelism)"))
+        })?;
+        Ok(config)
+    }
+}
+
+/// A command line of job flags only.
+#[derive(Parser, Debug)]
+#[command(about = "An Eddy job")]
+pub(crate) struct JobCommandLine {
+    #[command(flatten)]
+    pub(crate) flags: JobFlags,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> std::result::Result<JobFlags, clap::Error> {
+        JobCommandLine::try_parse_from(std::iter::once("job").chain(args.iter().copied()))
+            .map(|c| c.flags)
+    }
+
+    #[test]
+    fn defaults_and_flags() {
+        assert_eq!(parse(&[]).ok(), Some(JobFlags::default()));
+        let flags = parse(&["--parallelism", "4", "--max-parallelism", "256"]).ok();
+        assert_eq!(flags.as_ref().map(|f| f.parallelism), Some(4));
+        assert_eq!(flags.and_then(|f| f.max_parallelism), Some(256));
+    }
+
+    #[test]
+    fn wrong_flags_are_clear_errors() {
+        let err = parse(&["--parallelism", "0"]).err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("--parallelism")));
+        let err = parse(&["--state-backend", "cassandra"]).err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("cassandra")));
+        let too_many = JobFlags {
+            parallelism: 200,
+            max_parallelism: Some(128),
+            ..JobFlags::default()
+        };
+        let err = too_many.to_config().err().map(|e| e.to_string());
+        assert!(err.as_ref().is_some_and(|e| e.contains("parallelism")), "{err:?}");
+    }
+}
