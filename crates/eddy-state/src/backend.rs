@@ -7,7 +7,7 @@ use eddy_core::{Key, KeyGroupRange, Result, StateValue};
 
 use crate::descriptor::{ListStateDescriptor, MapStateDescriptor, ValueStateDescriptor};
 use crate::handle::{ListState, MapState, ValueState};
-use crate::heap::HeapKeyedStateBackend;
+use crate::heap::{HeapKeyedStateBackend, PrefetchDepth};
 use crate::key_context::KeyContext;
 
 /// The keyed state of one operator subtask: the current key plus the backend holding values.
@@ -42,14 +42,14 @@ impl<K: Key> KeyedStateBackend<K> {
         self.context.set_current_key(key)
     }
 
-    /// Loads `key`'s state into the CPU caches ahead of processing it (see
-    /// [`HeapKeyedStateBackend::warm_up`]). Keys outside this subtask's range are ignored.
+    /// Starts loading `key`'s state into the CPU caches ahead of processing it (see
+    /// [`HeapKeyedStateBackend::prefetch`]). Keys outside this subtask's range are ignored.
     #[inline]
-    pub fn warm_up(&self, key: &K) {
+    pub fn prefetch(&self, key: &K, depth: PrefetchDepth) {
         let kg = eddy_core::key_group::assign_to_key_group(key, self.context.max_parallelism());
         let Some(offset) = self.context.key_group_range().offset_of(kg) else { return };
         match &self.inner {
-            BackendImpl::Heap(heap) => heap.warm_up(offset, key),
+            BackendImpl::Heap(heap) => heap.prefetch(offset, key, depth),
         }
     }
 

@@ -26,6 +26,7 @@ use crate::handle::{
     ListState, ListStateAccess, MapState, MapStateAccess, StateIter, ValueState, ValueStateAccess,
 };
 use crate::key_context::KeyContext;
+use crate::prefetch::prefetch_read;
 use crate::probe_table::ProbeTable;
 use crate::small_map::SmallMap;
 
@@ -95,23 +96,38 @@ struct Registered {
     table: Rc<dyn Any>,
 }
 
-/// Loads a key's entry of one table into the CPU caches.
-trait WarmUp<K> {
-    fn warm_up(&self, offset: usize, key: &K);
+/// Prefetches a key's entry of one table (see [`HeapKeyedStateBackend::prefetch`]).
+trait Prefetch<K> {
+    fn prefetch(&self, offset: usize, key: &K, depth: PrefetchDepth);
 }
 
-/// A table plus how to warm one key's entry of it.
-struct Warmer<K, V> {
+/// How far into a key's state a prefetch reaches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrefetchDepth {
+    /// The key's slot in its table: needs only the key's hash.
+    Slot,
+    /// What the slot points to (a list's tail, a map's entries): reads the slot, so issue it
+    /// only once the `Slot` prefetch has had time to land.
+    Contents,
+}
+
+/// A table plus how to prefetch what one of its values points to.
+struct Prefetcher<K, V> {
     table: Table<K, V>,
-    warm: fn(&ProbeTable<K, V>, &K),
+    contents: fn(&V),
 }
 
-impl<K: Key, V> WarmUp<K> for Warmer<K, V> {
+impl<K: Key, V> Prefetch<K> for Prefetcher<K, V> {
     #[inline]
-    fn warm_up(&self, offset: usize, key: &K) {
-        if let Ok(table) = self.table.try_borrow() {
-            if let Some(shard) = table.shards.get(offset) {
-                (self.warm)(shard, key);
+    fn prefetch(&self, offset: usize, key: &K, depth: PrefetchDepth) {
+        let Ok(table) = self.table.try_borrow() else { return };
+        let Some(shard) = table.shards.get(offset) else { return };
+        match depth {
+            PrefetchDepth::Slot => shard.prefetch(key),
+            PrefetchDepth::Contents => {
+                if let Some(value) = shard.get(key) {
+                    (self.contents)(value);
+                }
             }
         }
     }
@@ -121,7 +137,7 @@ impl<K: Key, V> WarmUp<K> for Warmer<K, V> {
 pub struct HeapKeyedStateBackend<K> {
     context: Rc<KeyContext<K>>,
     states: BTreeMap<String, Registered>,
-    warmers: Vec<Rc<dyn WarmUp<K>>>,
+    prefetchers: Vec<Rc<dyn Prefetch<K>>>,
 }
 
 type Table<K, V> = Rc<RefCell<ShardedTable<K, V>>>;
@@ -132,19 +148,19 @@ impl<K: Key> HeapKeyedStateBackend<K> {
         HeapKeyedStateBackend {
             context,
             states: BTreeMap::new(),
-            warmers: Vec::new(),
+            prefetchers: Vec::new(),
         }
     }
 
-    /// Loads `key`'s entries of every state into the CPU caches, without changing anything.
+    /// Starts loading `key`'s entries of every state into the CPU caches; changes nothing.
     ///
-    /// The runtime calls this for the next few records of a batch before processing them:
-    /// the lookups are independent, so their cache misses overlap instead of being paid one
-    /// after the other inside user code. `offset` is the key group's offset in the range.
+    /// The runtime calls this for records a few positions ahead of the one it processes, so
+    /// the memory latency of large tables overlaps with work instead of stalling user code.
+    /// `offset` is the key group's offset in the subtask's range.
     #[inline]
-    pub fn warm_up(&self, offset: usize, key: &K) {
-        for warmer in &self.warmers {
-            warmer.warm_up(offset, key);
+    pub fn prefetch(&self, offset: usize, key: &K, depth: PrefetchDepth) {
+        for prefetcher in &self.prefetchers {
+            prefetcher.prefetch(offset, key, depth);
         }
     }
 
@@ -174,13 +190,13 @@ impl<K: Key> HeapKeyedStateBackend<K> {
         &mut self,
         name: &str,
         kind: StateKind,
-        warm: fn(&ProbeTable<K, V>, &K),
+        contents: fn(&V),
     ) -> Result<Table<K, V>> {
         if !self.states.contains_key(name) {
             let table = Rc::new(RefCell::new(ShardedTable::<K, V>::new(self.context.key_group_range())));
-            self.warmers.push(Rc::new(Warmer {
+            self.prefetchers.push(Rc::new(Prefetcher {
                 table: Rc::clone(&table),
-                warm,
+                contents,
             }));
             self.states.insert(name.to_string(), Registered { kind, table });
         }
@@ -209,13 +225,16 @@ impl<K: Key> HeapKeyedStateBackend<K> {
 
     /// Creates (or re-opens) a value state.
     pub fn value_state<T: StateValue>(&mut self, desc: &ValueStateDescriptor<T>) -> Result<ValueState<T>> {
-        let table = self.table::<T>(desc.name(), StateKind::Value, ProbeTable::warm)?;
+        let table = self.table::<T>(desc.name(), StateKind::Value, |_| {})?;
         Ok(ValueState::from_access(Box::new(HeapHandle::new(desc.name(), &self.context, table))))
     }
 
     /// Creates (or re-opens) a list state.
     pub fn list_state<T: StateValue>(&mut self, desc: &ListStateDescriptor<T>) -> Result<ListState<T>> {
-        let table = self.table::<Vec<T>>(desc.name(), StateKind::List, ProbeTable::warm)?;
+        // `add` writes after the last element.
+        let table = self.table::<Vec<T>>(desc.name(), StateKind::List, |list| {
+            prefetch_read(list.as_ptr().wrapping_add(list.len()));
+        })?;
         Ok(ListState::from_access(Box::new(HeapHandle::new(desc.name(), &self.context, table))))
     }
 
@@ -225,12 +244,7 @@ impl<K: Key> HeapKeyedStateBackend<K> {
         UK: Key,
         UV: StateValue,
     {
-        // Warming follows the key's slot into its map's first entries.
-        let table = self.table::<SmallMap<UK, UV>>(desc.name(), StateKind::Map, |shard, key| {
-            if let Some(map) = shard.get(key) {
-                map.warm();
-            }
-        })?;
+        let table = self.table::<SmallMap<UK, UV>>(desc.name(), StateKind::Map, SmallMap::prefetch)?;
         Ok(MapState::from_access(Box::new(HeapHandle::new(desc.name(), &self.context, table))))
     }
 }

@@ -40,6 +40,7 @@ mod descriptor;
 mod handle;
 pub mod heap;
 mod key_context;
+pub mod prefetch;
 pub mod probe_table;
 pub mod small_map;
 
@@ -48,4 +49,5 @@ pub use descriptor::{ListStateDescriptor, MapStateDescriptor, StateKind, ValueSt
 pub use handle::{
     ListState, ListStateAccess, MapState, MapStateAccess, StateIter, ValueState, ValueStateAccess,
 };
+pub use heap::PrefetchDepth;
 pub use key_context::KeyContext;

@@ -4,10 +4,9 @@
 //! few consecutive cache lines, which a linear scan reads faster than a hash table's scattered
 //! slots; past [`INLINE_MAX`] entries the map switches to a [`ProbeTable`] for O(1) access.
 
-use std::hash::{BuildHasher, Hash};
+use std::hash::Hash;
 
-use rustc_hash::FxBuildHasher;
-
+use crate::prefetch::prefetch_read;
 use crate::probe_table::ProbeTable;
 
 /// Entries kept in a vector before the map switches to hashing.
@@ -94,11 +93,13 @@ impl<UK: Hash + Eq, UV> SmallMap<UK, UV> {
         }
     }
 
-    /// Loads the first entry into the CPU caches (hashing its key forces the read).
+    /// Starts loading the first entries into the CPU caches.
     #[inline]
-    pub fn warm(&self) {
+    pub fn prefetch(&self) {
         if let SmallMap::Inline(v) = self {
-            std::hint::black_box(v.first().map(|(k, _)| FxBuildHasher.hash_one(k)));
+            // A linear scan reads consecutive lines; the hardware prefetcher follows the first.
+            prefetch_read(v.as_ptr());
+            prefetch_read(v.as_ptr().wrapping_add(4));
         }
     }
 }
@@ -122,6 +123,6 @@ mod tests {
         assert_eq!(m.get(&3), None);
         m.insert(1, 7);
         assert_eq!(m.get(&1), Some(&7));
-        m.warm();
+        m.prefetch();
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use eddy_core::key_group::{assign_to_key_group, subtask_for_key_group};
 use eddy_core::{EddyError, KeyGroupRange, Result};
-use eddy_state::{KeyContext, KeyedStateBackend};
+use eddy_state::{KeyContext, KeyedStateBackend, PrefetchDepth};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
@@ -18,8 +18,10 @@ use crate::metrics::OperatorMetrics;
 use crate::operators::check_parallelism;
 use crate::Epoch;
 
-/// Events whose state is warmed into the caches together before they are processed.
-const WARM_UP_CHUNK: usize = 16;
+/// How many events ahead the state slot of an event is prefetched.
+const SLOT_DISTANCE: usize = 16;
+/// How many events ahead the contents behind a slot (list tail, map entries) are prefetched.
+const CONTENTS_DISTANCE: usize = 8;
 
 /// `key_by(selector).process(function)` in the job graph.
 pub struct KeyedProcessNode<F: KeyedProcessFunction, KS> {
@@ -184,20 +186,30 @@ where
 
     /// Sets each event's key as the current key, then hands the event to the function.
     ///
-    /// Events are taken in chunks: the state of a chunk's keys is first warmed into the CPU
-    /// caches in one tight loop (independent lookups, so their cache misses overlap), then the
-    /// events are processed one by one against warm state.
+    /// While it processes event `i`, it prefetches the state of event `i + SLOT_DISTANCE`
+    /// (its table slot) and of event `i + CONTENTS_DISTANCE` (what that slot points to, by
+    /// then in cache): the memory latency of state far larger than the CPU caches then
+    /// overlaps with processing instead of stalling it.
     #[inline]
     fn process_batch(&mut self, batch: &mut Vec<F::In>) -> Result<()> {
         self.metrics.add_in(batch.len());
         let mut events = std::mem::take(batch).into_iter();
-        while !events.as_slice().is_empty() {
-            for event in events.as_slice().iter().take(WARM_UP_CHUNK) {
-                self.backend.warm_up(&(self.key_selector)(event));
+        for (i, event) in events.as_slice().iter().take(SLOT_DISTANCE).enumerate() {
+            let key = (self.key_selector)(event);
+            self.backend.prefetch(&key, PrefetchDepth::Slot);
+            if i < CONTENTS_DISTANCE {
+                self.backend.prefetch(&key, PrefetchDepth::Contents);
             }
-            for event in events.by_ref().take(WARM_UP_CHUNK) {
-                self.process_event(event)?;
+        }
+        while let Some(event) = events.next() {
+            let ahead = events.as_slice();
+            if let Some(far) = ahead.get(SLOT_DISTANCE - 1) {
+                self.backend.prefetch(&(self.key_selector)(far), PrefetchDepth::Slot);
             }
+            if let Some(near) = ahead.get(CONTENTS_DISTANCE - 1) {
+                self.backend.prefetch(&(self.key_selector)(near), PrefetchDepth::Contents);
+            }
+            self.process_event(event)?;
         }
         Ok(())
     }
