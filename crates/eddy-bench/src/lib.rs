@@ -83,7 +83,11 @@ impl Report {
 }
 
 /// Runs `workload` with `args` in `env` and checks that every event was processed.
-pub fn run(workload: Workload, args: &WorkloadArgs, env: &StreamExecutionEnvironment) -> Result<Report> {
+pub fn run(
+    workload: Workload,
+    args: &WorkloadArgs,
+    env: &StreamExecutionEnvironment,
+) -> Result<Report> {
     if args.checkpoint_ms != 0 {
         return Err(EddyError::Config(
             "--checkpoint-ms: checkpoints are not implemented yet; use 0".into(),
@@ -94,7 +98,7 @@ pub fn run(workload: Workload, args: &WorkloadArgs, env: &StreamExecutionEnviron
         .from_source_named("transactions", source)
         .key_by(|tx: &Transaction| tx.customer_id);
     let e = args.emit_every;
-    let (sink_count, sink_checksum): (Box<dyn Fn() -> u64>, Box<dyn Fn() -> u64>) = match workload {
+    let (sink_count, sink_checksum): (Counter, Counter) = match workload {
         Workload::W0 => {
             let sink = CountingSink::with_checksum(|tx: &Transaction| tx.transaction_id);
             keyed.process_named("process", Forward).sink(sink.clone());
@@ -102,17 +106,23 @@ pub fn run(workload: Workload, args: &WorkloadArgs, env: &StreamExecutionEnviron
         }
         Workload::W1 => {
             let sink = CountingSink::with_checksum(|tx: &Transaction| tx.transaction_id);
-            keyed.process_named("process", LatestTransaction).sink(sink.clone());
+            keyed
+                .process_named("process", LatestTransaction)
+                .sink(sink.clone());
             counters(sink)
         }
         Workload::W2 => {
             let sink = CountingSink::with_checksum(|sum: &u64| *sum);
-            keyed.process_named("process", ListSum { emit_every: e }).sink(sink.clone());
+            keyed
+                .process_named("process", ListSum { emit_every: e })
+                .sink(sink.clone());
             counters(sink)
         }
         Workload::W3 => {
             let sink = CountingSink::with_checksum(|value: &u64| *value);
-            keyed.process_named("process", MapSums { emit_every: e }).sink(sink.clone());
+            keyed
+                .process_named("process", MapSums { emit_every: e })
+                .sink(sink.clone());
             counters(sink)
         }
     };
@@ -140,7 +150,10 @@ type Counter = Box<dyn Fn() -> u64>;
 
 fn counters<T: 'static>(sink: CountingSink<T>) -> (Counter, Counter) {
     let other = sink.clone();
-    (Box::new(move || sink.count()), Box::new(move || other.checksum()))
+    (
+        Box::new(move || sink.count()),
+        Box::new(move || other.checksum()),
+    )
 }
 
 /// W0: forwards every event.
@@ -158,7 +171,13 @@ impl KeyedProcessFunction for Forward {
     }
 
     #[inline]
-    fn process_element(&mut self, _: &mut (), tx: Transaction, _: &mut Context<'_, u64>, out: &mut Collector<'_, Transaction>) -> Result<()> {
+    fn process_element(
+        &mut self,
+        _: &mut (),
+        tx: Transaction,
+        _: &mut Context<'_, u64>,
+        out: &mut Collector<'_, Transaction>,
+    ) -> Result<()> {
         out.collect(tx);
         Ok(())
     }
@@ -215,7 +234,13 @@ impl KeyedProcessFunction for ListSum {
     }
 
     #[inline]
-    fn process_element(&mut self, list: &mut Self::State, tx: Transaction, _: &mut Context<'_, u64>, out: &mut Collector<'_, u64>) -> Result<()> {
+    fn process_element(
+        &mut self,
+        list: &mut Self::State,
+        tx: Transaction,
+        _: &mut Context<'_, u64>,
+        out: &mut Collector<'_, u64>,
+    ) -> Result<()> {
         list.add(tx)?;
         if tx.transaction_id % self.emit_every == 0 {
             let sum = list.get()?.fold(0u64, |sum, t| sum.wrapping_add(t.amount));
@@ -243,7 +268,13 @@ impl KeyedProcessFunction for MapSums {
     }
 
     #[inline]
-    fn process_element(&mut self, sums: &mut Self::State, tx: Transaction, _: &mut Context<'_, u64>, out: &mut Collector<'_, u64>) -> Result<()> {
+    fn process_element(
+        &mut self,
+        sums: &mut Self::State,
+        tx: Transaction,
+        _: &mut Context<'_, u64>,
+        out: &mut Collector<'_, u64>,
+    ) -> Result<()> {
         let bucket = tx.transaction_id % 100;
         let sum = sums.get(&bucket)?.unwrap_or(0) + tx.amount;
         sums.put(bucket, sum)?;

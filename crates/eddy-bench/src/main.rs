@@ -8,6 +8,11 @@ use clap::Parser;
 use eddy::{JobFlags, StreamExecutionEnvironment};
 use eddy_bench::{peak_rss_mb, run, Workload, WorkloadArgs};
 
+/// mimalloc: the heap backend allocates per key (lists, small maps); glibc's malloc made W2
+/// about a quarter slower in our measurements (see BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Runs one keyed-state workload of the Flink anchor on Eddy and prints one summary line.
 #[derive(Parser, Debug)]
 #[command(name = "eddy-bench")]

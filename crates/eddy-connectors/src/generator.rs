@@ -156,7 +156,9 @@ impl Generator for TransactionGenerator {
 
     #[inline]
     fn generate(&self, i: u64) -> Transaction {
-        let base = self.seed.wrapping_add(i.wrapping_mul(2).wrapping_mul(GOLDEN));
+        let base = self
+            .seed
+            .wrapping_add(i.wrapping_mul(2).wrapping_mul(GOLDEN));
         let r0 = mix(base.wrapping_add(GOLDEN));
         let r1 = mix(base.wrapping_add(GOLDEN.wrapping_mul(2)));
         Transaction {

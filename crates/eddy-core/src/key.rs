@@ -73,8 +73,9 @@ pub trait Key: StateValue + Eq + Hash + Send + std::fmt::Debug {
 
 /// Java's `String.hashCode`: `s[0]*31^(n-1) + ... + s[n-1]` over UTF-16 code units.
 pub fn java_string_hash(s: &str) -> i32 {
-    s.encode_utf16()
-        .fold(0i32, |h, unit| h.wrapping_mul(31).wrapping_add(i32::from(unit)))
+    s.encode_utf16().fold(0i32, |h, unit| {
+        h.wrapping_mul(31).wrapping_add(i32::from(unit))
+    })
 }
 
 impl Key for u64 {
@@ -172,7 +173,10 @@ mod tests {
         assert_eq!((1u64 << 32).stable_hash(), 1);
         assert_eq!(u64::MAX.stable_hash(), 0);
         assert_eq!((-1i64).stable_hash(), 0);
-        assert_eq!(0x1234_5678_9abc_def0u64.stable_hash(), 0x1234_5678 ^ 0x9abc_def0u32 as i32);
+        assert_eq!(
+            0x1234_5678_9abc_def0u64.stable_hash(),
+            0x1234_5678 ^ 0x9abc_def0u32 as i32
+        );
     }
 
     #[test]

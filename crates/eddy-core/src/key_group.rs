@@ -60,7 +60,7 @@ pub fn key_group_for_hash(key_hash: i32, max_parallelism: usize) -> KeyGroup {
 
 /// The key group of `key` (Flink's `assignToKeyGroup`).
 #[inline]
-pub fn assign_to_key_group<K: Key + ?Sized>(key: &K, max_parallelism: usize) -> KeyGroup {
+pub fn assign_to_key_group<K: Key>(key: &K, max_parallelism: usize) -> KeyGroup {
     key_group_for_hash(key.stable_hash(), max_parallelism)
 }
 
@@ -200,9 +200,18 @@ mod tests {
     #[test]
     fn subtask_ranges_match_flink_formulas() {
         // max 128, p 3: Flink gives [0,42], [43,85], [86,127].
-        assert_eq!(KeyGroupRange::for_subtask(128, 3, 0), KeyGroupRange::new(0, 42));
-        assert_eq!(KeyGroupRange::for_subtask(128, 3, 1), KeyGroupRange::new(43, 85));
-        assert_eq!(KeyGroupRange::for_subtask(128, 3, 2), KeyGroupRange::new(86, 127));
+        assert_eq!(
+            KeyGroupRange::for_subtask(128, 3, 0),
+            KeyGroupRange::new(0, 42)
+        );
+        assert_eq!(
+            KeyGroupRange::for_subtask(128, 3, 1),
+            KeyGroupRange::new(43, 85)
+        );
+        assert_eq!(
+            KeyGroupRange::for_subtask(128, 3, 2),
+            KeyGroupRange::new(86, 127)
+        );
         assert_eq!(subtask_for_key_group(128, 3, 42), 0);
         assert_eq!(subtask_for_key_group(128, 3, 43), 1);
         assert_eq!(subtask_for_key_group(128, 3, 127), 2);

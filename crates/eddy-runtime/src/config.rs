@@ -58,7 +58,9 @@ impl JobConfig {
     pub fn validate(&self) -> Result<()> {
         validate_parallelism(self.parallelism, self.effective_max_parallelism())?;
         if self.epoch_records == 0 {
-            return Err(eddy_core::EddyError::Config("epoch_records must be at least 1".into()));
+            return Err(eddy_core::EddyError::Config(
+                "epoch_records must be at least 1".into(),
+            ));
         }
         if self.max_epochs_in_flight == 0 {
             return Err(eddy_core::EddyError::Config(

@@ -77,7 +77,11 @@ pub trait KeyedProcessFunction: Clone + Send + Sync + 'static {
     ) -> Result<()>;
 
     /// Called once per subtask after the last event of a bounded input.
-    fn close(&mut self, _state: &mut Self::State, _out: &mut Collector<'_, Self::Out>) -> Result<()> {
+    fn close(
+        &mut self,
+        _state: &mut Self::State,
+        _out: &mut Collector<'_, Self::Out>,
+    ) -> Result<()> {
         Ok(())
     }
 }
@@ -92,12 +96,18 @@ pub struct OpenContext<'a, K> {
 
 impl<K: Key> OpenContext<'_, K> {
     /// Creates (or re-opens, after a restore) the [`ValueState`] described by `desc`.
-    pub fn value_state<T: StateValue>(&mut self, desc: &ValueStateDescriptor<T>) -> Result<ValueState<T>> {
+    pub fn value_state<T: StateValue>(
+        &mut self,
+        desc: &ValueStateDescriptor<T>,
+    ) -> Result<ValueState<T>> {
         self.backend.value_state(desc)
     }
 
     /// Creates (or re-opens) the [`ListState`] described by `desc`.
-    pub fn list_state<T: StateValue>(&mut self, desc: &ListStateDescriptor<T>) -> Result<ListState<T>> {
+    pub fn list_state<T: StateValue>(
+        &mut self,
+        desc: &ListStateDescriptor<T>,
+    ) -> Result<ListState<T>> {
         self.backend.list_state(desc)
     }
 

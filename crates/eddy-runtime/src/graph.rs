@@ -34,7 +34,8 @@ pub struct WorkerContext {
 impl WorkerContext {
     /// Records a failure of `operator` on this worker and aborts the job.
     pub fn fail(&self, operator: &str, error: eddy_core::EddyError) {
-        self.failures.fail(&self.job_name, operator, self.index, error);
+        self.failures
+            .fail(&self.job_name, operator, self.index, error);
     }
 
     pub(crate) fn failures(&self) -> Arc<FailureState> {
@@ -45,7 +46,8 @@ impl WorkerContext {
 /// A node of the job graph that produces a stream of `T`.
 pub trait StreamNode<T>: Send + Sync {
     /// Builds this node (and, recursively, its inputs) into `scope` on one worker.
-    fn build<'s>(&self, scope: Scope<'s, Epoch>, worker: &WorkerContext) -> StreamVec<'s, Epoch, T>;
+    fn build<'s>(&self, scope: Scope<'s, Epoch>, worker: &WorkerContext)
+        -> StreamVec<'s, Epoch, T>;
 
     /// On how many workers (`0..n`) this stream carries records, given the job's parallelism.
     fn parallelism(&self, job_parallelism: usize) -> usize;

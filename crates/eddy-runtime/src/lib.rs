@@ -35,7 +35,9 @@ pub use execute::{execute, JobResult};
 pub use function::{Collector, Context, KeyedProcessFunction, OpenContext};
 pub use graph::{JobGraph, SinkNode, StreamNode, WorkerContext};
 pub use metrics::{OperatorMetrics, OperatorSummary};
-pub use operators::{FilterNode, FlatMapNode, KeyedProcessNode, MapNode, SinkOperatorNode, SourceNode};
+pub use operators::{
+    FilterNode, FlatMapNode, KeyedProcessNode, MapNode, SinkOperatorNode, SourceNode,
+};
 pub use sink::{Sink, SinkContext};
 pub use source::{Source, SourceContext, SourceReader, SourceStatus};
 

@@ -47,9 +47,18 @@ impl<K: Key> KeyedStateBackend<K> {
     #[inline]
     pub fn prefetch(&self, key: &K, depth: PrefetchDepth) {
         let kg = eddy_core::key_group::assign_to_key_group(key, self.context.max_parallelism());
-        let Some(offset) = self.context.key_group_range().offset_of(kg) else { return };
+        let Some(offset) = self.context.key_group_range().offset_of(kg) else {
+            return;
+        };
         match &self.inner {
             BackendImpl::Heap(heap) => heap.prefetch(offset, key, depth),
+        }
+    }
+
+    /// Whether [`PrefetchDepth::Contents`] prefetches do anything for the registered states.
+    pub fn has_contents(&self) -> bool {
+        match &self.inner {
+            BackendImpl::Heap(heap) => heap.has_contents(),
         }
     }
 
@@ -66,14 +75,20 @@ impl<K: Key> KeyedStateBackend<K> {
     }
 
     /// Creates a [`ValueState`] from its descriptor; the same name returns the same state.
-    pub fn value_state<T: StateValue>(&mut self, desc: &ValueStateDescriptor<T>) -> Result<ValueState<T>> {
+    pub fn value_state<T: StateValue>(
+        &mut self,
+        desc: &ValueStateDescriptor<T>,
+    ) -> Result<ValueState<T>> {
         match &mut self.inner {
             BackendImpl::Heap(heap) => heap.value_state(desc),
         }
     }
 
     /// Creates a [`ListState`] from its descriptor; the same name returns the same state.
-    pub fn list_state<T: StateValue>(&mut self, desc: &ListStateDescriptor<T>) -> Result<ListState<T>> {
+    pub fn list_state<T: StateValue>(
+        &mut self,
+        desc: &ListStateDescriptor<T>,
+    ) -> Result<ListState<T>> {
         match &mut self.inner {
             BackendImpl::Heap(heap) => heap.list_state(desc),
         }

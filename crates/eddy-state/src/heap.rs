@@ -70,7 +70,12 @@ impl<K: Key, V> ShardedTable<K, V> {
 
     /// The value of `key`, inserted with `default` first if absent; clones the key only then.
     #[inline]
-    fn get_or_insert_with(&mut self, offset: usize, key: &K, default: impl FnOnce() -> V) -> &mut V {
+    fn get_or_insert_with(
+        &mut self,
+        offset: usize,
+        key: &K,
+        default: impl FnOnce() -> V,
+    ) -> &mut V {
         self.shards[offset].get_or_insert_with(key, || key.clone(), default)
     }
 
@@ -114,19 +119,24 @@ pub enum PrefetchDepth {
 /// A table plus how to prefetch what one of its values points to.
 struct Prefetcher<K, V> {
     table: Table<K, V>,
-    contents: fn(&V),
+    /// `None` when a value holds no pointer worth following (value state).
+    contents: Option<fn(&V)>,
 }
 
 impl<K: Key, V> Prefetch<K> for Prefetcher<K, V> {
     #[inline]
     fn prefetch(&self, offset: usize, key: &K, depth: PrefetchDepth) {
-        let Ok(table) = self.table.try_borrow() else { return };
-        let Some(shard) = table.shards.get(offset) else { return };
+        let Ok(table) = self.table.try_borrow() else {
+            return;
+        };
+        let Some(shard) = table.shards.get(offset) else {
+            return;
+        };
         match depth {
             PrefetchDepth::Slot => shard.prefetch(key),
             PrefetchDepth::Contents => {
-                if let Some(value) = shard.get(key) {
-                    (self.contents)(value);
+                if let (Some(contents), Some(value)) = (self.contents, shard.get(key)) {
+                    contents(value);
                 }
             }
         }
@@ -138,6 +148,8 @@ pub struct HeapKeyedStateBackend<K> {
     context: Rc<KeyContext<K>>,
     states: BTreeMap<String, Registered>,
     prefetchers: Vec<Rc<dyn Prefetch<K>>>,
+    /// Whether any registered state prefetches at [`PrefetchDepth::Contents`].
+    has_contents: bool,
 }
 
 type Table<K, V> = Rc<RefCell<ShardedTable<K, V>>>;
@@ -149,6 +161,7 @@ impl<K: Key> HeapKeyedStateBackend<K> {
             context,
             states: BTreeMap::new(),
             prefetchers: Vec::new(),
+            has_contents: false,
         }
     }
 
@@ -159,9 +172,17 @@ impl<K: Key> HeapKeyedStateBackend<K> {
     /// `offset` is the key group's offset in the subtask's range.
     #[inline]
     pub fn prefetch(&self, offset: usize, key: &K, depth: PrefetchDepth) {
+        if depth == PrefetchDepth::Contents && !self.has_contents {
+            return;
+        }
         for prefetcher in &self.prefetchers {
             prefetcher.prefetch(offset, key, depth);
         }
+    }
+
+    /// Whether any state holds values with contents worth a second prefetch.
+    pub fn has_contents(&self) -> bool {
+        self.has_contents
     }
 
     /// The names of the registered states, in order.
@@ -175,13 +196,22 @@ impl<K: Key> HeapKeyedStateBackend<K> {
     }
 
     /// The table of a registered list state (for inspection and snapshots).
-    pub fn list_table<T: StateValue>(&self, name: &str) -> Option<Ref<'_, ShardedTable<K, Vec<T>>>> {
+    pub fn list_table<T: StateValue>(
+        &self,
+        name: &str,
+    ) -> Option<Ref<'_, ShardedTable<K, Vec<T>>>> {
         self.table_ref::<Vec<T>>(name, StateKind::List)
     }
 
-    fn table_ref<V: 'static>(&self, name: &str, kind: StateKind) -> Option<Ref<'_, ShardedTable<K, V>>> {
+    fn table_ref<V: 'static>(
+        &self,
+        name: &str,
+        kind: StateKind,
+    ) -> Option<Ref<'_, ShardedTable<K, V>>> {
         let registered = self.states.get(name).filter(|r| r.kind == kind)?;
-        let table = registered.table.downcast_ref::<RefCell<ShardedTable<K, V>>>()?;
+        let table = registered
+            .table
+            .downcast_ref::<RefCell<ShardedTable<K, V>>>()?;
         table.try_borrow().ok()
     }
 
@@ -190,15 +220,19 @@ impl<K: Key> HeapKeyedStateBackend<K> {
         &mut self,
         name: &str,
         kind: StateKind,
-        contents: fn(&V),
+        contents: Option<fn(&V)>,
     ) -> Result<Table<K, V>> {
         if !self.states.contains_key(name) {
-            let table = Rc::new(RefCell::new(ShardedTable::<K, V>::new(self.context.key_group_range())));
+            let table = Rc::new(RefCell::new(ShardedTable::<K, V>::new(
+                self.context.key_group_range(),
+            )));
+            self.has_contents |= contents.is_some();
             self.prefetchers.push(Rc::new(Prefetcher {
                 table: Rc::clone(&table),
                 contents,
             }));
-            self.states.insert(name.to_string(), Registered { kind, table });
+            self.states
+                .insert(name.to_string(), Registered { kind, table });
         }
         let registered = self
             .states
@@ -207,7 +241,10 @@ impl<K: Key> HeapKeyedStateBackend<K> {
         if registered.kind != kind {
             return Err(EddyError::state(
                 name,
-                format!("already registered as {:?} state, requested as {kind:?} state", registered.kind),
+                format!(
+                    "already registered as {:?} state, requested as {kind:?} state",
+                    registered.kind
+                ),
             ));
         }
         Rc::clone(&registered.table)
@@ -224,28 +261,52 @@ impl<K: Key> HeapKeyedStateBackend<K> {
     }
 
     /// Creates (or re-opens) a value state.
-    pub fn value_state<T: StateValue>(&mut self, desc: &ValueStateDescriptor<T>) -> Result<ValueState<T>> {
-        let table = self.table::<T>(desc.name(), StateKind::Value, |_| {})?;
-        Ok(ValueState::from_access(Box::new(HeapHandle::new(desc.name(), &self.context, table))))
+    pub fn value_state<T: StateValue>(
+        &mut self,
+        desc: &ValueStateDescriptor<T>,
+    ) -> Result<ValueState<T>> {
+        let table = self.table::<T>(desc.name(), StateKind::Value, None)?;
+        Ok(ValueState::from_access(Box::new(HeapHandle::new(
+            desc.name(),
+            &self.context,
+            table,
+        ))))
     }
 
     /// Creates (or re-opens) a list state.
-    pub fn list_state<T: StateValue>(&mut self, desc: &ListStateDescriptor<T>) -> Result<ListState<T>> {
+    pub fn list_state<T: StateValue>(
+        &mut self,
+        desc: &ListStateDescriptor<T>,
+    ) -> Result<ListState<T>> {
         // `add` writes after the last element.
-        let table = self.table::<Vec<T>>(desc.name(), StateKind::List, |list| {
-            prefetch_read(list.as_ptr().wrapping_add(list.len()));
-        })?;
-        Ok(ListState::from_access(Box::new(HeapHandle::new(desc.name(), &self.context, table))))
+        let table = self.table::<Vec<T>>(
+            desc.name(),
+            StateKind::List,
+            Some(|list| prefetch_read(list.as_ptr().wrapping_add(list.len()))),
+        )?;
+        Ok(ListState::from_access(Box::new(HeapHandle::new(
+            desc.name(),
+            &self.context,
+            table,
+        ))))
     }
 
     /// Creates (or re-opens) a map state.
-    pub fn map_state<UK, UV>(&mut self, desc: &MapStateDescriptor<UK, UV>) -> Result<MapState<UK, UV>>
+    pub fn map_state<UK, UV>(
+        &mut self,
+        desc: &MapStateDescriptor<UK, UV>,
+    ) -> Result<MapState<UK, UV>>
     where
         UK: Key,
         UV: StateValue,
     {
-        let table = self.table::<SmallMap<UK, UV>>(desc.name(), StateKind::Map, SmallMap::prefetch)?;
-        Ok(MapState::from_access(Box::new(HeapHandle::new(desc.name(), &self.context, table))))
+        let table =
+            self.table::<SmallMap<UK, UV>>(desc.name(), StateKind::Map, Some(SmallMap::prefetch))?;
+        Ok(MapState::from_access(Box::new(HeapHandle::new(
+            desc.name(),
+            &self.context,
+            table,
+        ))))
     }
 }
 
@@ -270,7 +331,8 @@ impl<K: Key, V> HeapHandle<K, V> {
     #[inline]
     fn read<R>(&self, f: impl FnOnce(Option<&V>) -> R) -> Result<R> {
         let table = self.borrow()?;
-        self.context.with_key(&self.name, |key, offset| f(table.get(offset, key)))
+        self.context
+            .with_key(&self.name, |key, offset| f(table.get(offset, key)))
     }
 
     #[inline]
@@ -288,7 +350,8 @@ impl<K: Key, V> HeapHandle<K, V> {
                 "cannot modify the state while an iterator over it is alive",
             )
         })?;
-        self.context.with_key(&self.name, |key, offset| f(&mut table, key, offset))
+        self.context
+            .with_key(&self.name, |key, offset| f(&mut table, key, offset))
     }
 
     /// An iterator over the current key's entry, holding a shared borrow of the table.
@@ -351,7 +414,11 @@ impl<K: Key, T: StateValue> ListStateAccess<T> for HeapHandle<K, Vec<T>> {
         if values.is_empty() {
             return Ok(());
         }
-        self.write(|table, key, offset| table.get_or_insert_with(offset, key, Vec::new).extend(values))
+        self.write(|table, key, offset| {
+            table
+                .get_or_insert_with(offset, key, Vec::new)
+                .extend(values)
+        })
     }
 
     fn get(&self) -> Result<StateIter<'_, T>> {
@@ -388,7 +455,9 @@ impl<K: Key, UK: Key, UV: StateValue> MapStateAccess<UK, UV> for HeapHandle<K, S
     #[inline]
     fn put(&self, user_key: UK, value: UV) -> Result<()> {
         self.write(|table, key, offset| {
-            table.get_or_insert_with(offset, key, SmallMap::default).insert(user_key, value);
+            table
+                .get_or_insert_with(offset, key, SmallMap::default)
+                .insert(user_key, value);
         })
     }
 

@@ -62,7 +62,9 @@ impl<K: Hash + Eq, V> ProbeTable<K, V> {
     /// well-mixed high bits pick the slot).
     #[inline]
     fn home(&self, key: &K) -> usize {
-        let hash = FxBuildHasher.hash_one(key).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let hash = FxBuildHasher
+            .hash_one(key)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let bits = self.slots.len().trailing_zeros();
         if bits == 0 {
             0
@@ -118,7 +120,9 @@ impl<K: Hash + Eq, V> ProbeTable<K, V> {
     #[inline]
     pub fn insert(&mut self, key: K, value: V) -> Option<V> {
         if let Some(i) = self.find(&key) {
-            return self.slots[i].as_mut().map(|(_, v)| std::mem::replace(v, value));
+            return self.slots[i]
+                .as_mut()
+                .map(|(_, v)| std::mem::replace(v, value));
         }
         self.insert_new(key, value);
         None
@@ -127,7 +131,12 @@ impl<K: Hash + Eq, V> ProbeTable<K, V> {
     /// The value of `key`, inserting `make_key()` -> `default()` first if it is absent
     /// (so a key is cloned only when it is inserted).
     #[inline]
-    pub fn get_or_insert_with(&mut self, key: &K, make_key: impl FnOnce() -> K, default: impl FnOnce() -> V) -> &mut V {
+    pub fn get_or_insert_with(
+        &mut self,
+        key: &K,
+        make_key: impl FnOnce() -> K,
+        default: impl FnOnce() -> V,
+    ) -> &mut V {
         let i = match self.find(key) {
             Some(i) => i,
             None => self.insert_new(make_key(), default()),
@@ -191,7 +200,9 @@ impl<K: Hash + Eq, V> ProbeTable<K, V> {
 
     /// The entries, in unspecified order.
     pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
-        self.slots.iter().filter_map(|slot| slot.as_ref().map(|(k, v)| (k, v)))
+        self.slots
+            .iter()
+            .filter_map(|slot| slot.as_ref().map(|(k, v)| (k, v)))
     }
 }
 

@@ -2,7 +2,9 @@
 
 use eddy_core::key_group::{assign_to_key_group, subtask_for_key_group};
 use eddy_core::{EddyError, KeyGroupRange};
-use eddy_state::{KeyedStateBackend, ListStateDescriptor, MapStateDescriptor, ValueStateDescriptor};
+use eddy_state::{
+    KeyedStateBackend, ListStateDescriptor, MapStateDescriptor, ValueStateDescriptor,
+};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 
@@ -24,7 +26,9 @@ fn value_state_holds_one_value_per_key_not_per_instance() -> Result<(), EddyErro
     }
     b.set_current_key(100)?;
     assert_eq!(v.value()?, None);
-    let heap = b.as_heap().ok_or_else(|| EddyError::Internal("heap".into()))?;
+    let heap = b
+        .as_heap()
+        .ok_or_else(|| EddyError::Internal("heap".into()))?;
     assert_eq!(heap.value_table::<String>("v").map(|t| t.len()), Some(100));
     Ok(())
 }
@@ -59,7 +63,9 @@ fn registering_a_name_twice_shares_the_state_and_checks_the_kind() -> Result<(),
     a.update(5)?;
     assert_eq!(again.value()?, Some(5));
     assert!(b.list_state(&ListStateDescriptor::<u64>::new("s")).is_err());
-    assert!(b.value_state(&ValueStateDescriptor::<String>::new("s")).is_err());
+    assert!(b
+        .value_state(&ValueStateDescriptor::<String>::new("s"))
+        .is_err());
     Ok(())
 }
 
@@ -107,7 +113,10 @@ fn map_state_operations() -> Result<(), EddyError> {
     assert!(!m.contains(&"z".into())?);
     let mut entries: Vec<_> = m.entries()?.collect();
     entries.sort();
-    assert_eq!(entries, vec![("a".into(), 10), ("b".into(), 2), ("c".into(), 3)]);
+    assert_eq!(
+        entries,
+        vec![("a".into(), 10), ("b".into(), 2), ("c".into(), 3)]
+    );
     let mut keys: Vec<_> = m.keys()?.collect();
     keys.sort();
     assert_eq!(keys, vec!["a".to_string(), "b".into(), "c".into()]);

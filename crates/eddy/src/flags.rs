@@ -116,7 +116,9 @@ mod tests {
     fn wrong_flags_are_clear_errors() {
         let err = parse(&["--parallelism", "0"]).err().map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("--parallelism")));
-        let err = parse(&["--state-backend", "cassandra"]).err().map(|e| e.to_string());
+        let err = parse(&["--state-backend", "cassandra"])
+            .err()
+            .map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("cassandra")));
         let too_many = JobFlags {
             parallelism: 200,
@@ -124,6 +126,9 @@ mod tests {
             ..JobFlags::default()
         };
         let err = too_many.to_config().err().map(|e| e.to_string());
-        assert!(err.as_ref().is_some_and(|e| e.contains("parallelism")), "{err:?}");
+        assert!(
+            err.as_ref().is_some_and(|e| e.contains("parallelism")),
+            "{err:?}"
+        );
     }
 }

@@ -24,7 +24,10 @@ impl<T: Data> DataStream<T> {
         DataStream { env, node }
     }
 
-    fn then<U>(self, node: impl FnOnce(Box<dyn StreamNode<T>>) -> Box<dyn StreamNode<U>>) -> DataStream<U> {
+    fn then<U>(
+        self,
+        node: impl FnOnce(Box<dyn StreamNode<T>>) -> Box<dyn StreamNode<U>>,
+    ) -> DataStream<U> {
         DataStream {
             env: self.env,
             node: node(self.node),
@@ -87,9 +90,9 @@ impl<T: Data> DataStream<T> {
         let mut env = self.env.borrow_mut();
         let name = env.unique_name(name);
         let metrics = env.graph.register_operator(&name);
-        let index = env
-            .graph
-            .add_sink(Box::new(SinkOperatorNode::new(name, self.node, sink, metrics)));
+        let index = env.graph.add_sink(Box::new(SinkOperatorNode::new(
+            name, self.node, sink, metrics,
+        )));
         drop(env);
         DataStreamSink {
             env: self.env,

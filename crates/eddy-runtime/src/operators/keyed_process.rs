@@ -19,9 +19,9 @@ use crate::operators::check_parallelism;
 use crate::Epoch;
 
 /// How many events ahead the state slot of an event is prefetched.
-const SLOT_DISTANCE: usize = 16;
+const SLOT_DISTANCE: usize = 8;
 /// How many events ahead the contents behind a slot (list tail, map entries) are prefetched.
-const CONTENTS_DISTANCE: usize = 8;
+const CONTENTS_DISTANCE: usize = 4;
 
 /// `key_by(selector).process(function)` in the job graph.
 pub struct KeyedProcessNode<F: KeyedProcessFunction, KS> {
@@ -55,7 +55,6 @@ where
             metrics,
         }
     }
-
 }
 
 impl<F, KS> StreamNode<F::Out> for KeyedProcessNode<F, KS>
@@ -63,7 +62,11 @@ where
     F: KeyedProcessFunction,
     KS: Fn(&F::In) -> F::Key + Clone + Send + Sync + 'static,
 {
-    fn build<'s>(&self, scope: Scope<'s, Epoch>, worker: &WorkerContext) -> StreamVec<'s, Epoch, F::Out> {
+    fn build<'s>(
+        &self,
+        scope: Scope<'s, Epoch>,
+        worker: &WorkerContext,
+    ) -> StreamVec<'s, Epoch, F::Out> {
         let input = self.input.build(scope, worker);
         let parallelism = self.parallelism(worker.peers);
         let max_parallelism = worker.max_parallelism;
@@ -160,7 +163,11 @@ where
     KS: Fn(&F::In) -> F::Key + Clone + Send + Sync + 'static,
 {
     /// Clones the function into this subtask and calls its `open()` once.
-    fn open(node: &KeyedProcessNode<F, KS>, worker: &WorkerContext, parallelism: usize) -> Result<Self> {
+    fn open(
+        node: &KeyedProcessNode<F, KS>,
+        worker: &WorkerContext,
+        parallelism: usize,
+    ) -> Result<Self> {
         let range = KeyGroupRange::for_subtask(worker.max_parallelism, parallelism, worker.index);
         let mut backend = match worker.config.state_backend {
             StateBackendKind::Heap => KeyedStateBackend::heap(range, worker.max_parallelism),
@@ -193,21 +200,26 @@ where
     #[inline]
     fn process_batch(&mut self, batch: &mut Vec<F::In>) -> Result<()> {
         self.metrics.add_in(batch.len());
+        let contents = self.backend.has_contents();
         let mut events = std::mem::take(batch).into_iter();
         for (i, event) in events.as_slice().iter().take(SLOT_DISTANCE).enumerate() {
             let key = (self.key_selector)(event);
             self.backend.prefetch(&key, PrefetchDepth::Slot);
-            if i < CONTENTS_DISTANCE {
+            if contents && i < CONTENTS_DISTANCE {
                 self.backend.prefetch(&key, PrefetchDepth::Contents);
             }
         }
         while let Some(event) = events.next() {
             let ahead = events.as_slice();
             if let Some(far) = ahead.get(SLOT_DISTANCE - 1) {
-                self.backend.prefetch(&(self.key_selector)(far), PrefetchDepth::Slot);
+                self.backend
+                    .prefetch(&(self.key_selector)(far), PrefetchDepth::Slot);
             }
-            if let Some(near) = ahead.get(CONTENTS_DISTANCE - 1) {
-                self.backend.prefetch(&(self.key_selector)(near), PrefetchDepth::Contents);
+            if contents {
+                if let Some(near) = ahead.get(CONTENTS_DISTANCE - 1) {
+                    self.backend
+                        .prefetch(&(self.key_selector)(near), PrefetchDepth::Contents);
+                }
             }
             self.process_event(event)?;
         }
@@ -241,13 +253,23 @@ where
     }
 
     /// Sends what the function emitted under the capability of its input.
-    fn flush<CT>(&mut self, session: &mut timely::dataflow::operators::generic::Session<'_, '_, Epoch, CapacityContainerBuilder<Vec<F::Out>>, CT>)
-    where
+    fn flush<CT>(
+        &mut self,
+        session: &mut timely::dataflow::operators::generic::Session<
+            '_,
+            '_,
+            Epoch,
+            CapacityContainerBuilder<Vec<F::Out>>,
+            CT,
+        >,
+    ) where
         CT: timely::dataflow::operators::CapabilityTrait<Epoch>,
     {
         if !self.output.is_empty() {
             self.metrics.add_out(self.output.len());
-            session.give_iterator(self.output.drain(..));
+            // Hand the whole buffer over instead of copying record by record.
+            session.give_container(&mut self.output);
+            self.output.clear();
         }
     }
 }

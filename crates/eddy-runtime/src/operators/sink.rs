@@ -33,7 +33,12 @@ pub struct SinkOperatorNode<T, S> {
 
 impl<T: Data, S: Sink<T>> SinkOperatorNode<T, S> {
     /// Writes every record of `input` to `sink`.
-    pub fn new(name: impl Into<String>, input: Box<dyn StreamNode<T>>, sink: S, metrics: Arc<OperatorMetrics>) -> Self {
+    pub fn new(
+        name: impl Into<String>,
+        input: Box<dyn StreamNode<T>>,
+        sink: S,
+        metrics: Arc<OperatorMetrics>,
+    ) -> Self {
         SinkOperatorNode {
             name: name.into(),
             input,
@@ -112,12 +117,17 @@ struct SinkTask<T, S> {
 }
 
 impl<T: Data, S: Sink<T>> SinkTask<T, S> {
-    fn activate<P>(&mut self, input: &mut InputHandleCore<Epoch, Vec<T>, P>, frontier: &MutableAntichain<Epoch>)
-    where
+    fn activate<P>(
+        &mut self,
+        input: &mut InputHandleCore<Epoch, Vec<T>, P>,
+        frontier: &MutableAntichain<Epoch>,
+    ) where
         P: timely::communication::Pull<timely::dataflow::channels::Message<Epoch, Vec<T>>>,
     {
         input.for_each_stamp(|_stamp, batches| {
-            let Some(sink) = self.sink.as_mut() else { return };
+            let Some(sink) = self.sink.as_mut() else {
+                return;
+            };
             for batch in batches {
                 self.metrics.add_in(batch.len());
                 if let Err(error) = sink.write_batch(batch) {
@@ -136,7 +146,8 @@ impl<T: Data, S: Sink<T>> SinkTask<T, S> {
     }
 
     fn fail(&mut self, error: EddyError) {
-        self.failures.fail(&self.job, &self.name, self.subtask, error);
+        self.failures
+            .fail(&self.job, &self.name, self.subtask, error);
         self.sink = None;
     }
 }

@@ -42,11 +42,14 @@ impl<S: Source> SourceNode<S> {
             metrics,
         }
     }
-
 }
 
 impl<S: Source> StreamNode<S::Item> for SourceNode<S> {
-    fn build<'s>(&self, scope: Scope<'s, Epoch>, worker: &WorkerContext) -> StreamVec<'s, Epoch, S::Item> {
+    fn build<'s>(
+        &self,
+        scope: Scope<'s, Epoch>,
+        worker: &WorkerContext,
+    ) -> StreamVec<'s, Epoch, S::Item> {
         let parallelism = self.parallelism(worker.peers);
         let reader = if worker.index < parallelism {
             let ctx = SourceContext {
@@ -76,19 +79,25 @@ impl<S: Source> StreamNode<S::Item> for SourceNode<S> {
             job: worker.job_name.clone(),
             subtask: worker.index,
         };
-        source::<_, CapacityContainerBuilder<Vec<S::Item>>, _, _>(scope, &self.name, move |cap, info| {
-            let activator = scope.activator_for(info.address);
-            let mut capability = task.reader.is_some().then_some(cap);
-            move |output| {
-                let Some(cap) = capability.as_mut() else { return };
-                match task.step(cap, output) {
-                    Step::Continue => activator.activate(),
-                    Step::Paced => activator.activate_after(PACING_RETRY),
-                    // Dropping the capability tells every downstream operator this input is done.
-                    Step::Done => capability = None,
+        source::<_, CapacityContainerBuilder<Vec<S::Item>>, _, _>(
+            scope,
+            &self.name,
+            move |cap, info| {
+                let activator = scope.activator_for(info.address);
+                let mut capability = task.reader.is_some().then_some(cap);
+                move |output| {
+                    let Some(cap) = capability.as_mut() else {
+                        return;
+                    };
+                    match task.step(cap, output) {
+                        Step::Continue => activator.activate(),
+                        Step::Paced => activator.activate_after(PACING_RETRY),
+                        // Dropping the capability tells every downstream operator this input is done.
+                        Step::Done => capability = None,
+                    }
                 }
-            }
-        })
+            },
+        )
     }
 
     fn parallelism(&self, job: usize) -> usize {
@@ -126,14 +135,21 @@ struct SourceTask<R: SourceReader> {
     subtask: usize,
 }
 
-type Output<'a, T> =
-    timely::dataflow::operators::generic::OutputBuilderSession<'a, Epoch, CapacityContainerBuilder<Vec<T>>>;
+type Output<'a, T> = timely::dataflow::operators::generic::OutputBuilderSession<
+    'a,
+    Epoch,
+    CapacityContainerBuilder<Vec<T>>,
+>;
 
 impl<R: SourceReader> SourceTask<R>
 where
     R::Item: 'static,
 {
-    fn step(&mut self, cap: &mut timely::dataflow::operators::Capability<Epoch>, output: &mut Output<'_, R::Item>) -> Step {
+    fn step(
+        &mut self,
+        cap: &mut timely::dataflow::operators::Capability<Epoch>,
+        output: &mut Output<'_, R::Item>,
+    ) -> Step {
         if self.failures.is_aborted() {
             return Step::Done;
         }
@@ -145,13 +161,16 @@ where
                 return Step::Paced;
             }
         }
-        let Some(reader) = self.reader.as_mut() else { return Step::Done };
+        let Some(reader) = self.reader.as_mut() else {
+            return Step::Done;
+        };
         for _ in 0..POLLS_PER_ACTIVATION {
             let want = POLL_BATCH.min(self.epoch_records - self.records_in_epoch);
             let status = match reader.poll(&mut self.buffer, want) {
                 Ok(status) => status,
                 Err(error) => {
-                    self.failures.fail(&self.job, &self.name, self.subtask, error);
+                    self.failures
+                        .fail(&self.job, &self.name, self.subtask, error);
                     return Step::Done;
                 }
             };

@@ -30,7 +30,11 @@ impl<I: 'static, O: 'static, F> StreamNode<O> for MapNode<I, F>
 where
     F: Fn(I) -> O + Clone + Send + Sync + 'static,
 {
-    fn build<'s>(&self, scope: Scope<'s, Epoch>, worker: &WorkerContext) -> StreamVec<'s, Epoch, O> {
+    fn build<'s>(
+        &self,
+        scope: Scope<'s, Epoch>,
+        worker: &WorkerContext,
+    ) -> StreamVec<'s, Epoch, O> {
         let f = self.f.clone();
         self.input.build(scope, worker).map(f)
     }
@@ -65,7 +69,11 @@ impl<T: 'static, P> StreamNode<T> for FilterNode<T, P>
 where
     P: Fn(&T) -> bool + Clone + Send + Sync + 'static,
 {
-    fn build<'s>(&self, scope: Scope<'s, Epoch>, worker: &WorkerContext) -> StreamVec<'s, Epoch, T> {
+    fn build<'s>(
+        &self,
+        scope: Scope<'s, Epoch>,
+        worker: &WorkerContext,
+    ) -> StreamVec<'s, Epoch, T> {
         let predicate = self.predicate.clone();
         self.input.build(scope, worker).filter(predicate)
     }
@@ -101,7 +109,11 @@ where
     It: IntoIterator<Item = O>,
     F: Fn(I) -> It + Clone + Send + Sync + 'static,
 {
-    fn build<'s>(&self, scope: Scope<'s, Epoch>, worker: &WorkerContext) -> StreamVec<'s, Epoch, O> {
+    fn build<'s>(
+        &self,
+        scope: Scope<'s, Epoch>,
+        worker: &WorkerContext,
+    ) -> StreamVec<'s, Epoch, O> {
         let f = self.f.clone();
         self.input.build(scope, worker).flat_map(f)
     }
