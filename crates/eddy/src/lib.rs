@@ -65,6 +65,11 @@
 //! # Ok::<(), eddy::EddyError>(())
 //! ```
 
+/// The README's examples are compiled and run as doctests.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 mod environment;
 mod flags;
 mod stream;

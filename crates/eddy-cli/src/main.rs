@@ -1,0 +1,118 @@
+//! `eddy`: runs Eddy's built-in jobs with the standard job flags.
+//!
+//! ```text
+//! eddy run latest-transaction --parallelism 2
+//! eddy run w1 --n 20000000 --k 1000000 --parallelism 2
+//! eddy jobs
+//! ```
+//!
+//! Every job accepts the same job flags (`--parallelism`, `--max-parallelism`,
+//! `--state-backend`, ...) as any program built on Eddy, through [`eddy::JobFlags`].
+
+use clap::{Args, Parser, Subcommand};
+use eddy::{JobFlags, StreamExecutionEnvironment};
+use eddy_bench::{peak_rss_mb, Workload, WorkloadArgs};
+use eddy_examples::latest_transaction::{self, LatestTransactionArgs};
+
+/// The heap backend allocates per key; mimalloc keeps that cheap (see BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Eddy: stream processing with Flink-grade managed keyed state.
+#[derive(Parser, Debug)]
+#[command(name = "eddy", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Runs a built-in job to completion, embedded in this process.
+    Run {
+        #[command(subcommand)]
+        job: Job,
+    },
+    /// Lists the built-in jobs.
+    Jobs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Job {
+    /// The Flink Cookbook's latest transaction per customer (ValueState).
+    LatestTransaction(LatestTransactionJob),
+    /// Benchmark W0: stateless keyed forwarding.
+    W0(WorkloadJob),
+    /// Benchmark W1: ValueState, one read and one write per event.
+    W1(WorkloadJob),
+    /// Benchmark W2: ListState append, periodic full read.
+    W2(WorkloadJob),
+    /// Benchmark W3: MapState get and put per event.
+    W3(WorkloadJob),
+}
+
+#[derive(Args, Debug)]
+struct LatestTransactionJob {
+    #[command(flatten)]
+    args: LatestTransactionArgs,
+    #[command(flatten)]
+    job: JobFlags,
+}
+
+#[derive(Args, Debug)]
+struct WorkloadJob {
+    #[command(flatten)]
+    args: WorkloadArgs,
+    #[command(flatten)]
+    job: JobFlags,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Jobs => {
+            println!("latest-transaction  the Cookbook's latest transaction per customer");
+            println!("w0 | w1 | w2 | w3   the keyed-state benchmark workloads (see BENCHMARKS.md)");
+            Ok(())
+        }
+        Command::Run { job } => run(job),
+    }
+}
+
+fn run(job: Job) -> anyhow::Result<()> {
+    let (workload, job) = match job {
+        Job::LatestTransaction(job) => return run_latest_transaction(&job),
+        Job::W0(job) => (Workload::W0, job),
+        Job::W1(job) => (Workload::W1, job),
+        Job::W2(job) => (Workload::W2, job),
+        Job::W3(job) => (Workload::W3, job),
+    };
+    let env = StreamExecutionEnvironment::from_flags(&job.job)?;
+    let report = eddy_bench::run(workload, &job.args, &env)?;
+    println!(
+        "{:?}: {} events in {:.2} s = {:.0} events/s at parallelism {}; emitted {}, checksum {}, peak RSS {} MB",
+        report.workload,
+        report.events,
+        report.job_time.as_secs_f64(),
+        report.events_per_second(),
+        report.parallelism,
+        report.emitted,
+        report.checksum,
+        peak_rss_mb().map_or_else(|| "?".into(), |mb| mb.to_string()),
+    );
+    Ok(())
+}
+
+fn run_latest_transaction(job: &LatestTransactionJob) -> anyhow::Result<()> {
+    let env = StreamExecutionEnvironment::from_flags(&job.job)?;
+    let summary = latest_transaction::run(&env, &job.args)?;
+    println!(
+        "latest-transaction: {} transactions from {} customers in {:.2} s = {:.0} events/s at parallelism {}; {} new latest transactions emitted",
+        summary.events,
+        job.args.customers,
+        summary.duration.as_secs_f64(),
+        summary.events_per_second(),
+        summary.parallelism,
+        summary.emitted,
+    );
+    Ok(())
+}
