@@ -2,6 +2,9 @@
 //! independent of the parallelism, and the W1–W3 recipes against plain-Rust models computed
 //! from the same generated events.
 
+// Helpers outside `#[test]` functions unwrap too: a failed step fails the test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -449,7 +452,10 @@ fn latest_transaction_at_parallelism_1_emits_every_event() {
         .sink(results.clone());
     let outcome = env.execute("latest-transaction").unwrap();
     let process = outcome.operator("process").unwrap();
-    assert_eq!((process.records_in, process.records_out), (LATEST_N, LATEST_N));
+    assert_eq!(
+        (process.records_in, process.records_out),
+        (LATEST_N, LATEST_N)
+    );
     let emitted = results.take();
     // One source subtask: timestamps only grow, so every event is its customer's latest.
     assert_eq!(emitted, transactions(LATEST_N));
@@ -710,4 +716,117 @@ fn tiny_epochs_with_one_epoch_in_flight_still_deliver_every_record() {
         *entry = (entry.0 + 1, entry.1 + tx.amount);
     }
     assert_eq!(final_state, model);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clearing, removing and replacing state inside a job.
+// ---------------------------------------------------------------------------------------------
+
+/// Per customer: a counter cleared every third event, a list trimmed to the last three
+/// amounts, and a map from `transaction_id % 4` to a count whose entry is removed when it
+/// reaches 2. Emits what the state holds after each event.
+#[derive(Clone)]
+struct Churn;
+
+/// `(customer, transaction_id, counter, recent amounts, map entries, map is empty)`.
+type ChurnOut = (u64, u64, Option<u64>, Vec<u64>, Vec<(u64, u64)>, bool);
+
+impl KeyedProcessFunction for Churn {
+    type Key = u64;
+    type In = Transaction;
+    type Out = ChurnOut;
+    type State = (ValueState<u64>, ListState<u64>, MapState<u64, u64>);
+
+    fn open(&mut self, ctx: &mut OpenContext<'_, u64>) -> Result<Self::State> {
+        Ok((
+            ctx.value_state(&ValueStateDescriptor::new("counter"))?,
+            ctx.list_state(&ListStateDescriptor::new("recent"))?,
+            ctx.map_state(&MapStateDescriptor::new("buckets"))?,
+        ))
+    }
+
+    fn process_element(
+        &mut self,
+        (counter, recent, buckets): &mut Self::State,
+        tx: Transaction,
+        _ctx: &mut Context<'_, u64>,
+        out: &mut Collector<'_, ChurnOut>,
+    ) -> Result<()> {
+        let n = counter.value()?.unwrap_or(0) + 1;
+        match n {
+            3 => counter.clear()?,
+            _ => counter.update(n)?,
+        }
+        recent.add(tx.amount)?;
+        let list: Vec<u64> = recent.get()?.collect();
+        if list.len() > 3 {
+            recent.update(list[list.len() - 3..].to_vec())?;
+        }
+        let bucket = tx.transaction_id % 4;
+        match buckets.get(&bucket)?.unwrap_or(0) + 1 {
+            2 => buckets.remove(&bucket)?,
+            c => buckets.put(bucket, c)?,
+        }
+        let mut entries: Vec<(u64, u64)> = buckets.entries()?.collect();
+        entries.sort_unstable();
+        out.collect((
+            tx.customer_id,
+            tx.transaction_id,
+            counter.value()?,
+            recent.get()?.collect(),
+            entries,
+            buckets.is_empty()?,
+        ));
+        Ok(())
+    }
+}
+
+fn churn_model(events: &[Transaction]) -> Vec<ChurnOut> {
+    let mut counters: HashMap<u64, u64> = HashMap::new();
+    let mut lists: HashMap<u64, Vec<u64>> = HashMap::new();
+    let mut maps: HashMap<u64, BTreeMap<u64, u64>> = HashMap::new();
+    let mut out = Vec::new();
+    for tx in events {
+        let key = tx.customer_id;
+        let n = counters.get(&key).copied().unwrap_or(0) + 1;
+        match n {
+            3 => counters.remove(&key),
+            _ => counters.insert(key, n),
+        };
+        let list = lists.entry(key).or_default();
+        list.push(tx.amount);
+        if list.len() > 3 {
+            list.remove(0);
+        }
+        let map = maps.entry(key).or_default();
+        let bucket = tx.transaction_id % 4;
+        match map.get(&bucket).copied().unwrap_or(0) + 1 {
+            2 => map.remove(&bucket),
+            c => map.insert(bucket, c),
+        };
+        out.push((
+            key,
+            tx.transaction_id,
+            counters.get(&key).copied(),
+            list.clone(),
+            map.iter().map(|(k, v)| (*k, *v)).collect(),
+            map.is_empty(),
+        ));
+    }
+    out.sort_unstable();
+    out
+}
+
+#[test]
+fn cleared_removed_and_replaced_state_matches_a_model_at_parallelism_1() {
+    const N: u64 = 20_000;
+    let emitted = run_keyed(Churn, 1, N);
+    assert_eq!(sorted(emitted), churn_model(&transactions(N)));
+}
+
+#[test]
+fn cleared_removed_and_replaced_state_matches_a_model_with_two_keyed_subtasks() {
+    const N: u64 = 20_000;
+    let emitted = run_keyed_with_one_source(Churn, N);
+    assert_eq!(sorted(emitted), churn_model(&transactions(N)));
 }
