@@ -53,7 +53,9 @@ fn w2_and_w3_match_a_plain_model_at_parallelism_1() {
         let tx = generator.generate(i);
         let list_total = lists.entry(tx.customer_id).or_default();
         *list_total += tx.amount;
-        let map_value = maps.entry((tx.customer_id, tx.transaction_id % 100)).or_default();
+        let map_value = maps
+            .entry((tx.customer_id, tx.transaction_id % 100))
+            .or_default();
         *map_value += tx.amount;
         if tx.transaction_id % 10 == 0 {
             w2_sum = w2_sum.wrapping_add(*list_total);

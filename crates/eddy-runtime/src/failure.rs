@@ -4,10 +4,27 @@
 //! waiting on its frontier forever. So the first failure sets a shared flag, every worker
 //! checks it between steps and drops its dataflow, and the job returns the first error.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use eddy_core::{EddyError, JobFailure};
+use eddy_core::{EddyError, JobFailure, Result};
+
+/// Runs user code `f`, turning a panic into an error carrying the panic's message, so the job
+/// fails naming the operator instead of losing a worker thread.
+///
+/// Unwind safety is asserted because a panicking job is aborted as a whole: the state the
+/// panic may have left half-updated is discarded with it, never read again.
+pub(crate) fn catch_panic<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic with a non-string payload".to_string());
+        Err(EddyError::user(format!("panicked: {message}")))
+    })
+}
 
 /// The shared failure state of one job run.
 #[derive(Debug, Default)]
@@ -62,7 +79,10 @@ impl Drop for AbortOnPanic {
                 &self.job,
                 "<worker>",
                 self.worker,
-                EddyError::Internal("a worker thread panicked (see its message above)".into()),
+                EddyError::user(
+                    "a worker thread panicked outside Eddy's operators' user-code guards \
+                     (in a chained map, filter or flat_map, or in Eddy itself); see its message above",
+                ),
             );
         }
     }

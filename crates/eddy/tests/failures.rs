@@ -178,7 +178,7 @@ fn panic_in_a_process_function_fails_the_job_instead_of_hanging() {
 /// "naming the operator and the subtask"; a panic is reported as operator `"<worker>"`, as an
 /// internal error ("a bug in Eddy"), without the panic's message.
 #[test]
-#[ignore = "bug: a panic in a user function is reported as operator \"<worker>\" (an Internal error), not as the operator that panicked"]
+
 fn panic_in_a_process_function_names_the_operator() {
     let failure = job_failure(run_with_watchdog(|| {
         let env = StreamExecutionEnvironment::new(JobConfig::with_parallelism(2));

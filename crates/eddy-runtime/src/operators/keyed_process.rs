@@ -12,6 +12,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::{Scope, StreamVec};
 
 use crate::config::StateBackendKind;
+use crate::failure::catch_panic;
 use crate::function::{Collector, Context, KeyedProcessFunction, OpenContext};
 use crate::graph::{StreamNode, WorkerContext};
 use crate::metrics::OperatorMetrics;
@@ -98,7 +99,7 @@ where
                             return;
                         }
                         for batch in batches {
-                            if let Err(error) = task.process_batch(batch) {
+                            if let Err(error) = catch_panic(|| task.process_batch(batch)) {
                                 fail(error);
                                 subtask = None;
                                 return;
@@ -116,7 +117,7 @@ where
                         }
                         None => {
                             if let (Some(task), Some(c)) = (subtask.as_mut(), cap.as_ref()) {
-                                if let Err(error) = task.close() {
+                                if let Err(error) = catch_panic(|| task.close()) {
                                     fail(error);
                                 }
                                 task.flush(&mut output.session(c));
@@ -172,12 +173,14 @@ where
         let mut backend = match worker.config.state_backend {
             StateBackendKind::Heap => KeyedStateBackend::heap(range, worker.max_parallelism),
         };
-        let mut function = node.function.clone();
-        let state = function.open(&mut OpenContext {
-            backend: &mut backend,
-            operator: &node.name,
-            subtask: worker.index,
-            parallelism,
+        let mut function = catch_panic(|| Ok(node.function.clone()))?;
+        let state = catch_panic(|| {
+            function.open(&mut OpenContext {
+                backend: &mut backend,
+                operator: &node.name,
+                subtask: worker.index,
+                parallelism,
+            })
         })?;
         Ok(KeyedSubtask {
             function,

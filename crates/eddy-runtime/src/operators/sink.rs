@@ -14,7 +14,7 @@ use timely::dataflow::operators::generic::{InputHandleCore, OutputBuilderSession
 use timely::progress::frontier::MutableAntichain;
 
 use crate::config::JobConfig;
-use crate::failure::FailureState;
+use crate::failure::{catch_panic, FailureState};
 use crate::graph::{SinkNode, StreamNode, WorkerContext};
 use crate::metrics::OperatorMetrics;
 use crate::operators::check_parallelism;
@@ -60,7 +60,7 @@ impl<T: Data, S: Sink<T>> SinkNode for SinkOperatorNode<T, S> {
                 subtask: worker.index,
                 parallelism,
             };
-            if let Err(error) = s.open(ctx) {
+            if let Err(error) = catch_panic(|| s.open(ctx)) {
                 worker.fail(&self.name, error);
                 sink = None;
             }
@@ -130,7 +130,7 @@ impl<T: Data, S: Sink<T>> SinkTask<T, S> {
             };
             for batch in batches {
                 self.metrics.add_in(batch.len());
-                if let Err(error) = sink.write_batch(batch) {
+                if let Err(error) = catch_panic(|| sink.write_batch(batch)) {
                     self.fail(error);
                     return;
                 }
@@ -138,7 +138,7 @@ impl<T: Data, S: Sink<T>> SinkTask<T, S> {
         });
         if frontier.is_empty() {
             if let Some(mut sink) = self.sink.take() {
-                if let Err(error) = sink.close() {
+                if let Err(error) = catch_panic(|| sink.close()) {
                     self.fail(error);
                 }
             }

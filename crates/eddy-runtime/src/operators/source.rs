@@ -8,6 +8,7 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::generic::operator::source;
 use timely::dataflow::{Scope, StreamVec};
 
+use crate::failure::catch_panic;
 use crate::graph::{StreamNode, WorkerContext};
 use crate::metrics::OperatorMetrics;
 use crate::operators::check_parallelism;
@@ -56,7 +57,7 @@ impl<S: Source> StreamNode<S::Item> for SourceNode<S> {
                 subtask: worker.index,
                 parallelism,
             };
-            match self.source.create_reader(ctx) {
+            match catch_panic(|| self.source.create_reader(ctx)) {
                 Ok(reader) => Some(reader),
                 Err(error) => {
                     worker.fail(&self.name, error);
@@ -166,7 +167,8 @@ where
         };
         for _ in 0..POLLS_PER_ACTIVATION {
             let want = POLL_BATCH.min(self.epoch_records - self.records_in_epoch);
-            let status = match reader.poll(&mut self.buffer, want) {
+            let buffer = &mut self.buffer;
+            let status = match catch_panic(|| reader.poll(buffer, want)) {
                 Ok(status) => status,
                 Err(error) => {
                     self.failures
