@@ -1,5 +1,7 @@
 //! The configuration of one job run.
 
+use std::time::Duration;
+
 use eddy_core::key_group::{default_max_parallelism, validate_parallelism};
 use eddy_core::Result;
 
@@ -20,10 +22,12 @@ pub struct JobConfig {
     pub max_parallelism: Option<usize>,
     /// The keyed-state backend.
     pub state_backend: StateBackendKind,
-    /// Records a source subtask emits before it advances to the next epoch.
-    pub epoch_records: usize,
-    /// How many epochs sources may run ahead of the sinks (bounds in-flight records to about
-    /// `parallelism * epoch_records * max_epochs_in_flight`).
+    /// The length of an epoch (a timely timestamp). Epochs are slices of wall-clock time since
+    /// the job started, the same on every worker, so an idle source advances with the others
+    /// and never holds them back. Checkpoints will be taken at epoch boundaries.
+    pub epoch_interval: Duration,
+    /// How many epochs sources may run ahead of the sinks: bounds the records in flight to
+    /// what the sources read in `epoch_interval * max_epochs_in_flight`.
     pub max_epochs_in_flight: u64,
 }
 
@@ -33,7 +37,7 @@ impl Default for JobConfig {
             parallelism: 1,
             max_parallelism: None,
             state_backend: StateBackendKind::Heap,
-            epoch_records: 16 * 1024,
+            epoch_interval: Duration::from_millis(10),
             max_epochs_in_flight: 4,
         }
     }
@@ -57,9 +61,9 @@ impl JobConfig {
     /// Checks the configuration; every error names the setting.
     pub fn validate(&self) -> Result<()> {
         validate_parallelism(self.parallelism, self.effective_max_parallelism())?;
-        if self.epoch_records == 0 {
+        if self.epoch_interval.is_zero() {
             return Err(eddy_core::EddyError::Config(
-                "epoch_records must be at least 1".into(),
+                "epoch_interval must be positive".into(),
             ));
         }
         if self.max_epochs_in_flight == 0 {

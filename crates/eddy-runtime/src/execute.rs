@@ -79,6 +79,7 @@ pub fn execute(job_name: &str, graph: JobGraph, config: &JobConfig) -> Result<Jo
             max_parallelism,
             config: worker_config.clone(),
             job_name: job.clone(),
+            job_start: start,
             probe: ProbeHandle::<Epoch>::new(),
             failures: Arc::clone(&worker_failures),
         };

@@ -26,6 +26,8 @@ pub struct WorkerContext {
     /// The job's configuration.
     pub config: JobConfig,
     pub(crate) job_name: String,
+    /// When the job started: epoch `e` covers `[start + e * interval, start + (e + 1) * interval)`.
+    pub(crate) job_start: std::time::Instant,
     /// Frontier of the sinks' inputs on this worker; sources pace themselves against it.
     pub(crate) probe: ProbeHandle<Epoch>,
     pub(crate) failures: Arc<FailureState>,

@@ -9,10 +9,10 @@
 //! * **`key_by` is timely's exchange pact**, routed by key group: a record goes to the worker
 //!   `kg * p / max_parallelism` (see [`eddy_core::key_group`]), so all events of one key reach
 //!   the same [`KeyedProcessFunction`] instance.
-//! * **Timestamps are checkpoint epochs**, never event time. Sources advance the epoch every
-//!   [`JobConfig::epoch_records`] records, and never run more than
-//!   [`JobConfig::max_epochs_in_flight`] epochs ahead of the sinks: timely has no flow control,
-//!   so this is what bounds the memory held in channels.
+//! * **Timestamps are checkpoint epochs**, never event time. An epoch is a slice of
+//!   [`JobConfig::epoch_interval`] of wall-clock time, the same on every worker, and sources
+//!   never run more than [`JobConfig::max_epochs_in_flight`] epochs ahead of the sinks: timely
+//!   has no flow control, so this is what bounds the memory held in channels.
 //! * **Failure is all-or-nothing**, as in timely: the first error (or panic) of any operator
 //!   stops every worker, and [`execute`] returns it with the operator and subtask named.
 //!

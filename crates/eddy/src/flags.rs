@@ -40,9 +40,9 @@ pub struct JobFlags {
     #[arg(long, value_enum, default_value_t = BackendFlag::Heap)]
     pub state_backend: BackendFlag,
 
-    /// Records a source subtask emits per checkpoint epoch (a timely timestamp).
-    #[arg(long, default_value_t = 16 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
-    pub epoch_records: u64,
+    /// Length of an epoch (a timely timestamp; checkpoints happen at epoch boundaries), in ms.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub epoch_interval_ms: u64,
 }
 
 /// The values of `--state-backend`.
@@ -58,7 +58,7 @@ impl Default for JobFlags {
             parallelism: default_parallelism(),
             max_parallelism: None,
             state_backend: BackendFlag::Heap,
-            epoch_records: 16 * 1024,
+            epoch_interval_ms: 10,
         }
     }
 }
@@ -77,7 +77,7 @@ impl JobFlags {
             state_backend: match self.state_backend {
                 BackendFlag::Heap => StateBackendKind::Heap,
             },
-            epoch_records: self.epoch_records as usize,
+            epoch_interval: std::time::Duration::from_millis(self.epoch_interval_ms),
             ..JobConfig::default()
         };
         config.validate().map_err(|e| {

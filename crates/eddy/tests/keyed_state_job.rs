@@ -690,7 +690,7 @@ fn tiny_epochs_with_one_epoch_in_flight_still_deliver_every_record() {
     const N: u64 = 5_000;
     let config = JobConfig {
         parallelism: 2,
-        epoch_records: 7,
+        epoch_interval: std::time::Duration::from_micros(20),
         max_epochs_in_flight: 1,
         ..JobConfig::default()
     };

@@ -25,6 +25,9 @@ const POLLS_PER_ACTIVATION: usize = 8;
 /// How long a paced source waits before checking the sinks' progress again.
 const PACING_RETRY: Duration = Duration::from_micros(50);
 
+/// How long a source whose reader has nothing right now waits before polling it again.
+const IDLE_RETRY: Duration = Duration::from_millis(1);
+
 /// A source in the job graph.
 pub struct SourceNode<S> {
     name: String,
@@ -70,8 +73,8 @@ impl<S: Source> StreamNode<S::Item> for SourceNode<S> {
         let mut task = SourceTask {
             reader,
             buffer: Vec::with_capacity(POLL_BATCH),
-            records_in_epoch: 0,
-            epoch_records: worker.config.epoch_records,
+            job_start: worker.job_start,
+            epoch_interval_nanos: worker.config.epoch_interval.as_nanos().max(1),
             max_epochs_in_flight: worker.config.max_epochs_in_flight,
             probe: worker.probe.clone(),
             failures: worker.failures(),
@@ -93,6 +96,7 @@ impl<S: Source> StreamNode<S::Item> for SourceNode<S> {
                     match task.step(cap, output) {
                         Step::Continue => activator.activate(),
                         Step::Paced => activator.activate_after(PACING_RETRY),
+                        Step::Idle => activator.activate_after(IDLE_RETRY),
                         // Dropping the capability tells every downstream operator this input is done.
                         Step::Done => capability = None,
                     }
@@ -116,8 +120,13 @@ impl<S: Source> StreamNode<S::Item> for SourceNode<S> {
 }
 
 enum Step {
+    /// Run again as soon as possible.
     Continue,
+    /// The sinks are too far behind: wait for them.
     Paced,
+    /// The reader had nothing: poll again a little later.
+    Idle,
+    /// The input is exhausted (or the job failed): release the capability.
     Done,
 }
 
@@ -125,8 +134,8 @@ enum Step {
 struct SourceTask<R: SourceReader> {
     reader: Option<R>,
     buffer: Vec<R::Item>,
-    records_in_epoch: usize,
-    epoch_records: usize,
+    job_start: std::time::Instant,
+    epoch_interval_nanos: u128,
     max_epochs_in_flight: u64,
     probe: timely::dataflow::operators::probe::Handle<Epoch>,
     failures: Arc<crate::failure::FailureState>,
@@ -146,6 +155,35 @@ impl<R: SourceReader> SourceTask<R>
 where
     R::Item: 'static,
 {
+    /// The epoch of the current time slice.
+    fn time_slice(&self) -> Epoch {
+        (self.job_start.elapsed().as_nanos() / self.epoch_interval_nanos) as Epoch
+    }
+
+    /// Moves the capability forward with time, but never more than `max_epochs_in_flight`
+    /// epochs past the sinks' frontier. Returns `false` when the source must wait: it is at
+    /// that limit and time has moved beyond it, i.e. the sinks lag behind.
+    ///
+    /// Timely has no flow control: without this, a fast source would fill the channels with
+    /// its whole input. Epochs in flight are at most `max_epochs_in_flight + 1`, each holding
+    /// at most one `epoch_interval` of reading (or, while the sinks lag, one activation).
+    fn advance_epoch(&self, cap: &mut timely::dataflow::operators::Capability<Epoch>) -> bool {
+        let held = *cap.time();
+        let frontier = self
+            .probe
+            .with_frontier(|f| f.first().copied())
+            .unwrap_or(held);
+        let limit = frontier.saturating_add(self.max_epochs_in_flight);
+        let now = self.time_slice();
+        let target = now.min(limit);
+        if target > held {
+            cap.downgrade(&target);
+            true
+        } else {
+            now <= limit
+        }
+    }
+
     fn step(
         &mut self,
         cap: &mut timely::dataflow::operators::Capability<Epoch>,
@@ -154,21 +192,15 @@ where
         if self.failures.is_aborted() {
             return Step::Done;
         }
-        // Timely has no flow control: without this, a fast source would fill the channels
-        // with its whole input. Wait until the sinks have completed epoch `now - max`.
-        let epoch = *cap.time();
-        if let Some(waited_for) = epoch.checked_sub(self.max_epochs_in_flight) {
-            if self.probe.less_equal(&waited_for) {
-                return Step::Paced;
-            }
+        if !self.advance_epoch(cap) {
+            return Step::Paced;
         }
         let Some(reader) = self.reader.as_mut() else {
             return Step::Done;
         };
         for _ in 0..POLLS_PER_ACTIVATION {
-            let want = POLL_BATCH.min(self.epoch_records - self.records_in_epoch);
             let buffer = &mut self.buffer;
-            let status = match catch_panic(|| reader.poll(buffer, want)) {
+            let status = match catch_panic(|| reader.poll(buffer, POLL_BATCH)) {
                 Ok(status) => status,
                 Err(error) => {
                     self.failures
@@ -180,7 +212,6 @@ where
             if read > 0 {
                 self.metrics.add_in(read);
                 self.metrics.add_out(read);
-                self.records_in_epoch += read;
                 output.session(&*cap).give_container(&mut self.buffer);
                 // The channel may hand back a recycled container: start from empty.
                 self.buffer.clear();
@@ -192,10 +223,8 @@ where
                 self.reader = None;
                 return Step::Done;
             }
-            if self.records_in_epoch >= self.epoch_records {
-                self.records_in_epoch = 0;
-                cap.downgrade(&(epoch + 1));
-                return Step::Continue;
+            if read == 0 {
+                return Step::Idle;
             }
         }
         Step::Continue
