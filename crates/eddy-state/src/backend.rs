@@ -47,11 +47,24 @@ impl<K: Key> KeyedStateBackend<K> {
     #[inline]
     pub fn prefetch(&self, key: &K, depth: PrefetchDepth) {
         let kg = eddy_core::key_group::assign_to_key_group(key, self.context.max_parallelism());
+        self.prefetch_in_group(key, kg, depth);
+    }
+
+    /// Like [`prefetch`](Self::prefetch), for a key whose key group `kg` is already known.
+    #[inline]
+    pub fn prefetch_in_group(&self, key: &K, kg: eddy_core::KeyGroup, depth: PrefetchDepth) {
         let Some(offset) = self.context.key_group_range().offset_of(kg) else {
             return;
         };
         match &self.inner {
             BackendImpl::Heap(heap) => heap.prefetch(offset, key, depth),
+        }
+    }
+
+    /// Whether any state is registered (a stateless function needs no prefetching).
+    pub fn has_state(&self) -> bool {
+        match &self.inner {
+            BackendImpl::Heap(heap) => heap.state_names().next().is_some(),
         }
     }
 

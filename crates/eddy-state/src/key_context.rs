@@ -35,6 +35,16 @@ impl<K: Key> KeyContext<K> {
     #[inline]
     pub fn set_current_key(&self, key: K) -> Result<()> {
         let kg = assign_to_key_group(&key, self.max_parallelism);
+        self.set_current_key_in_group(key, kg)
+    }
+
+    /// Makes `key`, whose key group the caller has already computed as `kg`, the current key.
+    ///
+    /// `kg` must be `assign_to_key_group(&key, max_parallelism)`: the runtime computes it once
+    /// per record and reuses it (checked in debug builds).
+    #[inline]
+    pub fn set_current_key_in_group(&self, key: K, kg: KeyGroup) -> Result<()> {
+        debug_assert_eq!(kg, assign_to_key_group(&key, self.max_parallelism));
         let offset = self.range.offset_of(kg).ok_or_else(|| {
             EddyError::Internal(format!(
                 "key {key:?} is in key group {kg}, outside this subtask's range {:?}",

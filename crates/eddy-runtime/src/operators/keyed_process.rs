@@ -1,10 +1,11 @@
 //! The keyed process operator: `key_by` exchange plus one function instance per subtask.
 
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use eddy_core::key_group::{assign_to_key_group, subtask_for_key_group};
-use eddy_core::{EddyError, KeyGroupRange, Result};
+use eddy_core::{EddyError, KeyGroup, KeyGroupRange, Result};
 use eddy_state::{KeyContext, KeyedStateBackend, PrefetchDepth};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
@@ -154,6 +155,9 @@ struct KeyedSubtask<F: KeyedProcessFunction, KS> {
     keys: Rc<KeyContext<F::Key>>,
     key_selector: KS,
     output: Vec<F::Out>,
+    /// Key groups of the events in the prefetch window (see `process_batch`).
+    key_groups: VecDeque<KeyGroup>,
+    max_parallelism: usize,
     metrics: Arc<OperatorMetrics>,
     subtask: usize,
 }
@@ -189,6 +193,8 @@ where
             backend,
             key_selector: node.key_selector.clone(),
             output: Vec::new(),
+            key_groups: VecDeque::with_capacity(SLOT_DISTANCE + 1),
+            max_parallelism: worker.max_parallelism,
             metrics: Arc::clone(&node.metrics),
             subtask: worker.index,
         })
@@ -203,42 +209,74 @@ where
     #[inline]
     fn process_batch(&mut self, batch: &mut Vec<F::In>) -> Result<()> {
         self.metrics.add_in(batch.len());
-        let contents = self.backend.has_contents();
         let mut events = std::mem::take(batch).into_iter();
-        for (i, event) in events.as_slice().iter().take(SLOT_DISTANCE).enumerate() {
-            let key = (self.key_selector)(event);
-            self.backend.prefetch(&key, PrefetchDepth::Slot);
-            if contents && i < CONTENTS_DISTANCE {
-                self.backend.prefetch(&key, PrefetchDepth::Contents);
+        if !self.backend.has_state() {
+            for event in events {
+                let key = (self.key_selector)(&event);
+                let kg = assign_to_key_group(&key, self.max_parallelism);
+                self.process_event(event, key, kg)?;
+            }
+            return Ok(());
+        }
+        let contents = self.backend.has_contents();
+        // Key groups of the events from the current one up to `SLOT_DISTANCE` ahead, computed
+        // once when their slot is prefetched and reused when they are processed.
+        self.key_groups.clear();
+        for event in events.as_slice().iter().take(SLOT_DISTANCE) {
+            self.prefetch_slot(event);
+        }
+        for (i, kg) in self.key_groups.iter().take(CONTENTS_DISTANCE).enumerate() {
+            if contents {
+                let key = (self.key_selector)(&events.as_slice()[i]);
+                self.backend
+                    .prefetch_in_group(&key, *kg, PrefetchDepth::Contents);
             }
         }
         while let Some(event) = events.next() {
             let ahead = events.as_slice();
             if let Some(far) = ahead.get(SLOT_DISTANCE - 1) {
-                self.backend
-                    .prefetch(&(self.key_selector)(far), PrefetchDepth::Slot);
+                self.prefetch_slot(far);
             }
+            let kg = self
+                .key_groups
+                .pop_front()
+                .ok_or_else(|| EddyError::Internal("prefetch window out of step".into()))?;
             if contents {
-                if let Some(near) = ahead.get(CONTENTS_DISTANCE - 1) {
+                if let (Some(near), Some(near_kg)) = (
+                    ahead.get(CONTENTS_DISTANCE - 1),
+                    self.key_groups.get(CONTENTS_DISTANCE - 1),
+                ) {
+                    let key = (self.key_selector)(near);
                     self.backend
-                        .prefetch(&(self.key_selector)(near), PrefetchDepth::Contents);
+                        .prefetch_in_group(&key, *near_kg, PrefetchDepth::Contents);
                 }
             }
-            self.process_event(event)?;
+            let key = (self.key_selector)(&event);
+            self.process_event(event, key, kg)?;
         }
         Ok(())
     }
 
+    /// Prefetches the state slot of `event` and remembers its key group.
     #[inline]
-    fn process_event(&mut self, event: F::In) -> Result<()> {
-        self.keys.set_current_key((self.key_selector)(&event))?;
+    fn prefetch_slot(&mut self, event: &F::In) {
+        let key = (self.key_selector)(event);
+        let kg = assign_to_key_group(&key, self.max_parallelism);
+        self.backend
+            .prefetch_in_group(&key, kg, PrefetchDepth::Slot);
+        self.key_groups.push_back(kg);
+    }
+
+    #[inline]
+    fn process_event(&mut self, event: F::In, key: F::Key, kg: KeyGroup) -> Result<()> {
+        self.keys.set_current_key_in_group(key, kg)?;
         let key = self
             .keys
             .current_key()
             .ok_or_else(|| EddyError::Internal("current key vanished".into()))?;
         let mut ctx = Context {
             key,
-            key_group: self.keys.current_key_group(),
+            key_group: kg,
             subtask: self.subtask,
         };
         let mut out = Collector {
