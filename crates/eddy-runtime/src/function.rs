@@ -4,8 +4,9 @@ use std::cell::Ref;
 
 use eddy_core::{Data, Key, KeyGroup, Result, StateValue};
 use eddy_state::{
-    KeyedStateBackend, ListState, ListStateDescriptor, MapState, MapStateDescriptor, ValueState,
-    ValueStateDescriptor,
+    AggregateFunction, AggregatingState, AggregatingStateDescriptor, KeyedStateBackend, ListState,
+    ListStateDescriptor, MapState, MapStateDescriptor, ReducingState, ReducingStateDescriptor,
+    ValueState, ValueStateDescriptor,
 };
 
 /// A function applied to every event of a keyed stream, with managed keyed state.
@@ -117,6 +118,22 @@ impl<K: Key> OpenContext<'_, K> {
         desc: &MapStateDescriptor<UK, UV>,
     ) -> Result<MapState<UK, UV>> {
         self.backend.map_state(desc)
+    }
+
+    /// Creates (or re-opens) the [`ReducingState`] described by `desc`.
+    pub fn reducing_state<T: StateValue>(
+        &mut self,
+        desc: &ReducingStateDescriptor<T>,
+    ) -> Result<ReducingState<T>> {
+        self.backend.reducing_state(desc)
+    }
+
+    /// Creates (or re-opens) the [`AggregatingState`] described by `desc`.
+    pub fn aggregating_state<In: 'static, F: AggregateFunction<In>>(
+        &mut self,
+        desc: &AggregatingStateDescriptor<In, F>,
+    ) -> Result<AggregatingState<In, F::Out>> {
+        self.backend.aggregating_state(desc)
     }
 
     /// The operator's name.

@@ -5,8 +5,11 @@ use std::rc::Rc;
 
 use eddy_core::{Key, KeyGroupRange, Result, StateValue};
 
-use crate::descriptor::{ListStateDescriptor, MapStateDescriptor, ValueStateDescriptor};
-use crate::handle::{ListState, MapState, ValueState};
+use crate::descriptor::{
+    AggregateFunction, AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor,
+    ReducingStateDescriptor, ValueStateDescriptor,
+};
+use crate::handle::{AggregatingState, ListState, MapState, ReducingState, ValueState};
 use crate::heap::{HeapKeyedStateBackend, PrefetchDepth};
 use crate::key_context::KeyContext;
 
@@ -114,6 +117,27 @@ impl<K: Key> KeyedStateBackend<K> {
     ) -> Result<MapState<UK, UV>> {
         match &mut self.inner {
             BackendImpl::Heap(heap) => heap.map_state(desc),
+        }
+    }
+
+    /// Creates a [`ReducingState`] from its descriptor; the same name returns the same state.
+    pub fn reducing_state<T: StateValue>(
+        &mut self,
+        desc: &ReducingStateDescriptor<T>,
+    ) -> Result<ReducingState<T>> {
+        match &mut self.inner {
+            BackendImpl::Heap(heap) => heap.reducing_state(desc),
+        }
+    }
+
+    /// Creates an [`AggregatingState`] from its descriptor; the same name returns the same
+    /// state.
+    pub fn aggregating_state<In: 'static, F: AggregateFunction<In>>(
+        &mut self,
+        desc: &AggregatingStateDescriptor<In, F>,
+    ) -> Result<AggregatingState<In, F::Out>> {
+        match &mut self.inner {
+            BackendImpl::Heap(heap) => heap.aggregating_state(desc),
         }
     }
 }

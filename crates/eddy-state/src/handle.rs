@@ -232,3 +232,92 @@ impl<UK, UV> MapState<UK, UV> {
         self.inner.clear()
     }
 }
+
+/// A backend's implementation of [`ReducingState`].
+pub trait ReducingStateAccess<T> {
+    /// The current key's reduced value.
+    fn get(&self) -> Result<Option<T>>;
+    /// Folds `value` into the current key's value.
+    fn add(&self, value: T) -> Result<()>;
+    /// Removes the current key's value.
+    fn clear(&self) -> Result<()>;
+}
+
+/// One value per key, folded with a reduce function on every [`add`](Self::add).
+///
+/// ```
+/// # use eddy_core::KeyGroupRange;
+/// # use eddy_state::{KeyedStateBackend, ReducingStateDescriptor};
+/// # let mut backend = KeyedStateBackend::<u64>::heap(KeyGroupRange::new(0, 127), 128);
+/// let max = backend.reducing_state(&ReducingStateDescriptor::new("max", |a: &u64, b: &u64| *a.max(b)))?;
+/// backend.set_current_key(1)?;
+/// assert_eq!(max.get()?, None);
+/// for v in [3, 9, 4] {
+///     max.add(v)?;
+/// }
+/// assert_eq!(max.get()?, Some(9));
+/// # Ok::<(), eddy_core::EddyError>(())
+/// ```
+pub struct ReducingState<T> {
+    inner: Box<dyn ReducingStateAccess<T>>,
+}
+
+impl<T> ReducingState<T> {
+    /// Wraps a backend's implementation (for backend authors).
+    pub fn from_access(inner: Box<dyn ReducingStateAccess<T>>) -> Self {
+        ReducingState { inner }
+    }
+
+    /// The current key's reduced value, or `None` if nothing was added.
+    pub fn get(&self) -> Result<Option<T>> {
+        self.inner.get()
+    }
+
+    /// Folds `value` into the current key's value (stores it if there is none).
+    pub fn add(&self, value: T) -> Result<()> {
+        self.inner.add(value)
+    }
+
+    /// Removes the current key's value.
+    pub fn clear(&self) -> Result<()> {
+        self.inner.clear()
+    }
+}
+
+/// A backend's implementation of [`AggregatingState`].
+pub trait AggregatingStateAccess<In, Out> {
+    /// The result of the current key's accumulator.
+    fn get(&self) -> Result<Option<Out>>;
+    /// Adds `value` to the current key's accumulator.
+    fn add(&self, value: In) -> Result<()>;
+    /// Removes the current key's accumulator.
+    fn clear(&self) -> Result<()>;
+}
+
+/// One accumulator per key, updated by an
+/// [`AggregateFunction`](crate::AggregateFunction) on every [`add`](Self::add).
+pub struct AggregatingState<In, Out> {
+    inner: Box<dyn AggregatingStateAccess<In, Out>>,
+}
+
+impl<In, Out> AggregatingState<In, Out> {
+    /// Wraps a backend's implementation (for backend authors).
+    pub fn from_access(inner: Box<dyn AggregatingStateAccess<In, Out>>) -> Self {
+        AggregatingState { inner }
+    }
+
+    /// The aggregate of the values added for the current key, or `None` if none was added.
+    pub fn get(&self) -> Result<Option<Out>> {
+        self.inner.get()
+    }
+
+    /// Adds `value` to the current key's aggregate.
+    pub fn add(&self, value: In) -> Result<()> {
+        self.inner.add(value)
+    }
+
+    /// Removes the current key's aggregate.
+    pub fn clear(&self) -> Result<()> {
+        self.inner.clear()
+    }
+}

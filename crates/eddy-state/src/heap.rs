@@ -21,9 +21,13 @@ use std::rc::Rc;
 
 use eddy_core::{EddyError, Key, KeyGroupRange, Result, StateValue};
 
-use crate::descriptor::{ListStateDescriptor, MapStateDescriptor, StateKind, ValueStateDescriptor};
+use crate::descriptor::{
+    AggregateFunction, AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor,
+    ReduceFn, ReducingStateDescriptor, StateKind, ValueStateDescriptor,
+};
 use crate::handle::{
-    ListState, ListStateAccess, MapState, MapStateAccess, StateIter, ValueState, ValueStateAccess,
+    AggregatingState, AggregatingStateAccess, ListState, ListStateAccess, MapState, MapStateAccess,
+    ReducingState, ReducingStateAccess, StateIter, ValueState, ValueStateAccess,
 };
 use crate::key_context::KeyContext;
 use crate::prefetch::prefetch_read;
@@ -307,6 +311,91 @@ impl<K: Key> HeapKeyedStateBackend<K> {
             &self.context,
             table,
         ))))
+    }
+}
+
+impl<K: Key> HeapKeyedStateBackend<K> {
+    /// Creates (or re-opens) a reducing state.
+    pub fn reducing_state<T: StateValue>(
+        &mut self,
+        desc: &ReducingStateDescriptor<T>,
+    ) -> Result<ReducingState<T>> {
+        let table = self.table::<T>(desc.name(), StateKind::Reducing, None)?;
+        Ok(ReducingState::from_access(Box::new(HeapReducing {
+            handle: HeapHandle::new(desc.name(), &self.context, table),
+            reduce: desc.reduce_fn(),
+        })))
+    }
+
+    /// Creates (or re-opens) an aggregating state.
+    pub fn aggregating_state<In: 'static, F: AggregateFunction<In>>(
+        &mut self,
+        desc: &AggregatingStateDescriptor<In, F>,
+    ) -> Result<AggregatingState<In, F::Out>> {
+        let table = self.table::<F::Acc>(desc.name(), StateKind::Aggregating, None)?;
+        Ok(AggregatingState::from_access(Box::new(HeapAggregating {
+            handle: HeapHandle::new(desc.name(), &self.context, table),
+            function: desc.function(),
+            _input: std::marker::PhantomData::<fn(In)>,
+        })))
+    }
+}
+
+/// A reducing state on the heap: a value table plus the reduce function.
+struct HeapReducing<K, T> {
+    handle: HeapHandle<K, T>,
+    reduce: ReduceFn<T>,
+}
+
+impl<K: Key, T: StateValue> ReducingStateAccess<T> for HeapReducing<K, T> {
+    fn get(&self) -> Result<Option<T>> {
+        self.handle.read(|value| value.cloned())
+    }
+
+    fn add(&self, value: T) -> Result<()> {
+        let reduce = &self.reduce;
+        self.handle
+            .write(|table, key, offset| match table.get_mut(offset, key) {
+                Some(current) => *current = reduce(current, &value),
+                None => table.put(offset, key, value),
+            })
+    }
+
+    fn clear(&self) -> Result<()> {
+        self.handle.write(|table, key, offset| {
+            table.remove(offset, key);
+        })
+    }
+}
+
+/// An aggregating state on the heap: an accumulator table plus the aggregate function.
+struct HeapAggregating<K, In, F: AggregateFunction<In>> {
+    handle: HeapHandle<K, F::Acc>,
+    function: std::sync::Arc<F>,
+    _input: std::marker::PhantomData<fn(In)>,
+}
+
+impl<K: Key, In, F: AggregateFunction<In>> AggregatingStateAccess<In, F::Out>
+    for HeapAggregating<K, In, F>
+{
+    fn get(&self) -> Result<Option<F::Out>> {
+        let function = &self.function;
+        self.handle
+            .read(|acc| acc.map(|acc| function.get_result(acc)))
+    }
+
+    fn add(&self, value: In) -> Result<()> {
+        let function = &self.function;
+        self.handle.write(|table, key, offset| {
+            let acc = table.get_or_insert_with(offset, key, || function.create_accumulator());
+            function.add(value, acc);
+        })
+    }
+
+    fn clear(&self) -> Result<()> {
+        self.handle.write(|table, key, offset| {
+            table.remove(offset, key);
+        })
     }
 }
 

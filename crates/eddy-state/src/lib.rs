@@ -5,7 +5,8 @@
 //! * **Descriptors** ([`ValueStateDescriptor`], [`ListStateDescriptor`],
 //!   [`MapStateDescriptor`]): a state's name and type, registered once per subtask in the
 //!   function's `open()`.
-//! * **Handles** ([`ValueState`], [`ListState`], [`MapState`]): what user code calls. Every
+//! * **Handles** ([`ValueState`], [`ListState`], [`MapState`], [`ReducingState`],
+//!   [`AggregatingState`]): what user code calls. Every
 //!   access is scoped to the **current key**, which the runtime sets in the shared
 //!   [`KeyContext`] before each call into user code. User code never passes the key.
 //! * **Backends** ([`KeyedStateBackend`]): where the values live. The [heap
@@ -45,9 +46,13 @@ pub mod probe_table;
 pub mod small_map;
 
 pub use backend::KeyedStateBackend;
-pub use descriptor::{ListStateDescriptor, MapStateDescriptor, StateKind, ValueStateDescriptor};
+pub use descriptor::{
+    AggregateFunction, AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor,
+    ReduceFn, ReducingStateDescriptor, StateKind, ValueStateDescriptor,
+};
 pub use handle::{
-    ListState, ListStateAccess, MapState, MapStateAccess, StateIter, ValueState, ValueStateAccess,
+    AggregatingState, AggregatingStateAccess, ListState, ListStateAccess, MapState, MapStateAccess,
+    ReducingState, ReducingStateAccess, StateIter, ValueState, ValueStateAccess,
 };
 pub use heap::PrefetchDepth;
 pub use key_context::KeyContext;

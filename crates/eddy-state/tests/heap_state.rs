@@ -3,7 +3,8 @@
 use eddy_core::key_group::{assign_to_key_group, subtask_for_key_group};
 use eddy_core::{EddyError, KeyGroupRange};
 use eddy_state::{
-    KeyedStateBackend, ListStateDescriptor, MapStateDescriptor, ValueStateDescriptor,
+    AggregateFunction, AggregatingStateDescriptor, KeyedStateBackend, ListStateDescriptor,
+    MapStateDescriptor, ReducingStateDescriptor, ValueStateDescriptor,
 };
 use proptest::prelude::*;
 use std::collections::{BTreeMap, HashMap};
@@ -132,6 +133,78 @@ fn map_state_operations() -> Result<(), EddyError> {
     m.clear()?;
     assert!(m.is_empty()?);
     assert_eq!(m.entries()?.count(), 0);
+    Ok(())
+}
+
+#[test]
+fn reducing_state_folds_per_key() -> Result<(), EddyError> {
+    let mut b = backend();
+    let sum = b.reducing_state(&ReducingStateDescriptor::new("sum", |a: &u64, b: &u64| {
+        a + b
+    }))?;
+    for (key, value) in [(1u64, 10u64), (2, 5), (1, 7), (2, 1), (1, 3)] {
+        b.set_current_key(key)?;
+        sum.add(value)?;
+    }
+    b.set_current_key(1)?;
+    assert_eq!(sum.get()?, Some(20));
+    sum.clear()?;
+    assert_eq!(sum.get()?, None);
+    sum.add(4)?;
+    assert_eq!(sum.get()?, Some(4));
+    b.set_current_key(2)?;
+    assert_eq!(sum.get()?, Some(6));
+    b.set_current_key(3)?;
+    assert_eq!(sum.get()?, None);
+    // The same name as another kind of state is refused.
+    assert!(b
+        .value_state(&ValueStateDescriptor::<u64>::new("sum"))
+        .is_err());
+    Ok(())
+}
+
+/// Average of the added values: accumulator (sum, count), result sum / count.
+struct Average;
+
+impl AggregateFunction<u32> for Average {
+    type Acc = (u64, u64);
+    type Out = f64;
+
+    fn create_accumulator(&self) -> (u64, u64) {
+        (0, 0)
+    }
+
+    fn add(&self, value: u32, acc: &mut (u64, u64)) {
+        acc.0 += u64::from(value);
+        acc.1 += 1;
+    }
+
+    fn get_result(&self, acc: &(u64, u64)) -> f64 {
+        acc.0 as f64 / acc.1.max(1) as f64
+    }
+
+    fn merge(&self, a: (u64, u64), b: (u64, u64)) -> (u64, u64) {
+        (a.0 + b.0, a.1 + b.1)
+    }
+}
+
+#[test]
+fn aggregating_state_keeps_an_accumulator_per_key() -> Result<(), EddyError> {
+    let mut b = backend();
+    let avg = b.aggregating_state(&AggregatingStateDescriptor::new("avg", Average))?;
+    for (key, value) in [(1u64, 2u32), (1, 4), (2, 10), (1, 9)] {
+        b.set_current_key(key)?;
+        avg.add(value)?;
+    }
+    b.set_current_key(1)?;
+    assert_eq!(avg.get()?, Some(5.0));
+    b.set_current_key(2)?;
+    assert_eq!(avg.get()?, Some(10.0));
+    avg.clear()?;
+    assert_eq!(avg.get()?, None);
+    b.set_current_key(9)?;
+    assert_eq!(avg.get()?, None);
+    assert_eq!(Average.merge((1, 1), (2, 3)), (3, 4));
     Ok(())
 }
 

@@ -84,7 +84,9 @@ pub use eddy_runtime::{
     Sink, SinkContext, Source, SourceContext, SourceReader, SourceStatus, StateBackendKind,
 };
 pub use eddy_state::{
-    ListState, ListStateDescriptor, MapState, MapStateDescriptor, ValueState, ValueStateDescriptor,
+    AggregateFunction, AggregatingState, AggregatingStateDescriptor, ListState,
+    ListStateDescriptor, MapState, MapStateDescriptor, ReducingState, ReducingStateDescriptor,
+    ValueState, ValueStateDescriptor,
 };
 
 /// The layers below, for what the prelude does not cover.
@@ -104,9 +106,10 @@ pub mod prelude {
         CollectSink, CountingSink, GeneratorSource, Transaction, TransactionGenerator,
     };
     pub use crate::{
-        Collector, Context, DataStream, EddyError, JobConfig, JobFlags, JobResult, Key,
-        KeyedProcessFunction, KeyedStream, ListState, ListStateDescriptor, MapState,
-        MapStateDescriptor, OpenContext, Result, Sink, Source, StreamExecutionEnvironment,
+        AggregateFunction, AggregatingState, AggregatingStateDescriptor, Collector, Context,
+        DataStream, EddyError, JobConfig, JobFlags, JobResult, Key, KeyedProcessFunction,
+        KeyedStream, ListState, ListStateDescriptor, MapState, MapStateDescriptor, OpenContext,
+        ReducingState, ReducingStateDescriptor, Result, Sink, Source, StreamExecutionEnvironment,
         ValueState, ValueStateDescriptor,
     };
 }
