@@ -1,4 +1,5 @@
-//! The benchmark workloads W0–W3 of the Flink keyed-state anchor, on Eddy.
+//! The benchmark workloads W0–W3 of the Flink keyed-state anchor, on Eddy, and W4 (W1 with
+//! state TTL).
 //!
 //! Each workload is the anchor's (`shared/anchors/flink/README.md`), on the same event stream
 //! ([`TransactionGenerator`]) with the same per-event state operations and emit rules:
@@ -9,6 +10,7 @@
 //! | W1 | `ValueState<Transaction>` | `value()`; if none or `in.timestamp >= cur.timestamp`, `update(in)` and emit `in`, else `update(cur)` |
 //! | W2 | `ListState<Transaction>` | `add(in)`; when `transaction_id % E == 0`, iterate the list and emit the sum of amounts |
 //! | W3 | `MapState<u64, u64>` | `mk = transaction_id % 100`; `put(mk, get(mk) + amount)`; when `transaction_id % E == 0`, emit it |
+//! | W4 | `ValueState<Transaction>` with TTL 1 h (`OnCreateAndWrite`) | as W1: measures what TTL costs |
 //!
 //! The sink counts records and sums a checksum (W0/W1: transaction ids; W2: sums; W3: map
 //! values), so a run's *results* can be compared, not only its speed.
@@ -32,6 +34,8 @@ pub enum Workload {
     W2,
     /// `MapState`: sums per customer and `transaction_id % 100`.
     W3,
+    /// W1 with a state TTL of one hour (`OnCreateAndWrite`): the cost of TTL.
+    W4,
 }
 
 /// The workload parameters (the anchor's flags).
@@ -108,6 +112,18 @@ pub fn run(
             let sink = CountingSink::with_checksum(|tx: &Transaction| tx.transaction_id);
             keyed
                 .process_named("process", LatestTransaction)
+                .sink(sink.clone());
+            counters(sink)
+        }
+        Workload::W4 => {
+            let sink = CountingSink::with_checksum(|tx: &Transaction| tx.transaction_id);
+            keyed
+                .process_named(
+                    "process",
+                    LatestTransactionWithTtl {
+                        ttl: Duration::from_secs(3600),
+                    },
+                )
                 .sink(sink.clone());
             counters(sink)
         }
@@ -205,14 +221,56 @@ impl KeyedProcessFunction for LatestTransaction {
         _: &mut Context<'_, u64>,
         out: &mut Collector<'_, Transaction>,
     ) -> Result<()> {
-        match latest.value()? {
-            Some(current) if tx.timestamp < current.timestamp => latest.update(current),
-            _ => {
-                latest.update(tx)?;
-                out.collect(tx);
-                Ok(())
-            }
+        keep_latest(latest, tx, out)
+    }
+}
+
+/// W1's per-event work, shared with W4 so that the two differ only in the state's TTL.
+#[inline]
+fn keep_latest(
+    latest: &ValueState<Transaction>,
+    tx: Transaction,
+    out: &mut Collector<'_, Transaction>,
+) -> Result<()> {
+    match latest.value()? {
+        Some(current) if tx.timestamp < current.timestamp => latest.update(current),
+        _ => {
+            latest.update(tx)?;
+            out.collect(tx);
+            Ok(())
         }
+    }
+}
+
+/// W4: W1 on a `ValueState` whose descriptor enables TTL (`OnCreateAndWrite`, processing
+/// time, cleanup on read).
+#[derive(Clone)]
+pub struct LatestTransactionWithTtl {
+    /// The state's time-to-live.
+    pub ttl: Duration,
+}
+
+impl KeyedProcessFunction for LatestTransactionWithTtl {
+    type Key = u64;
+    type In = Transaction;
+    type Out = Transaction;
+    type State = ValueState<Transaction>;
+
+    fn open(&mut self, ctx: &mut OpenContext<'_, u64>) -> Result<Self::State> {
+        ctx.value_state(
+            &ValueStateDescriptor::new("latest").enable_ttl(StateTtlConfig::new(self.ttl)),
+        )
+    }
+
+    #[inline]
+    fn process_element(
+        &mut self,
+        latest: &mut Self::State,
+        tx: Transaction,
+        _: &mut Context<'_, u64>,
+        out: &mut Collector<'_, Transaction>,
+    ) -> Result<()> {
+        keep_latest(latest, tx, out)
     }
 }
 
@@ -291,4 +349,29 @@ pub fn peak_rss_mb() -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(events: u64, customers: u64) -> WorkloadArgs {
+        WorkloadArgs {
+            events,
+            customers,
+            seed: 42,
+            emit_every: 10,
+            checkpoint_ms: 0,
+        }
+    }
+
+    #[test]
+    fn w4_gives_w1_results_when_nothing_expires() -> Result<()> {
+        let env = || StreamExecutionEnvironment::new(JobConfig::with_parallelism(1));
+        let w1 = run(Workload::W1, &args(50_000, 1_000), &env())?;
+        let w4 = run(Workload::W4, &args(50_000, 1_000), &env())?;
+        assert_eq!(w4.processed, 50_000);
+        assert_eq!((w4.emitted, w4.checksum), (w1.emitted, w1.checksum));
+        Ok(())
+    }
 }

@@ -3,6 +3,7 @@
 //! ```text
 //! eddy run latest-transaction --parallelism 2
 //! eddy run w1 --n 20000000 --k 1000000 --parallelism 2
+//! eddy run w4 --n 20000000 --k 1000000 --parallelism 2
 //! eddy jobs
 //! ```
 //!
@@ -49,6 +50,8 @@ enum Job {
     W2(WorkloadJob),
     /// Benchmark W3: MapState get and put per event.
     W3(WorkloadJob),
+    /// Benchmark W4: W1 with a state TTL of one hour (the cost of TTL).
+    W4(WorkloadJob),
 }
 
 #[derive(Args, Debug)]
@@ -71,7 +74,9 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Jobs => {
             println!("latest-transaction  the Cookbook's latest transaction per customer");
-            println!("w0 | w1 | w2 | w3   the keyed-state benchmark workloads (see BENCHMARKS.md)");
+            println!(
+                "w0 | w1 | w2 | w3 | w4   the keyed-state benchmark workloads (see BENCHMARKS.md)"
+            );
             Ok(())
         }
         Command::Run { job } => run(job),
@@ -85,6 +90,7 @@ fn run(job: Job) -> anyhow::Result<()> {
         Job::W1(job) => (Workload::W1, job),
         Job::W2(job) => (Workload::W2, job),
         Job::W3(job) => (Workload::W3, job),
+        Job::W4(job) => (Workload::W4, job),
     };
     let env = StreamExecutionEnvironment::from_flags(&job.job)?;
     let report = eddy_bench::run(workload, &job.args, &env)?;

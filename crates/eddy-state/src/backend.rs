@@ -2,6 +2,7 @@
 
 use std::cell::Ref;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use eddy_core::{Key, KeyGroupRange, Result, StateValue};
 
@@ -12,6 +13,7 @@ use crate::descriptor::{
 use crate::handle::{AggregatingState, ListState, MapState, ReducingState, ValueState};
 use crate::heap::{HeapKeyedStateBackend, PrefetchDepth};
 use crate::key_context::KeyContext;
+use crate::ttl::TtlClock;
 
 /// The keyed state of one operator subtask: the current key plus the backend holding values.
 ///
@@ -81,6 +83,23 @@ impl<K: Key> KeyedStateBackend<K> {
     /// The current key, if one is set.
     pub fn current_key(&self) -> Option<Ref<'_, K>> {
         self.context.current_key()
+    }
+
+    /// Makes `clock` the time source of every TTL state of this backend, including states
+    /// already registered. The default is [`SystemClock`](crate::SystemClock); tests inject a
+    /// [`ManualClock`](crate::ManualClock) so that they never sleep.
+    pub fn set_ttl_clock(&mut self, clock: Arc<dyn TtlClock>) {
+        match &mut self.inner {
+            BackendImpl::Heap(heap) => heap.set_ttl_clock(clock),
+        }
+    }
+
+    /// The number of keys holding a value in the state called `name` (expired values that no
+    /// cleanup has removed yet included), or `None` if no such state is registered.
+    pub fn state_len(&self, name: &str) -> Option<usize> {
+        match &self.inner {
+            BackendImpl::Heap(heap) => heap.state_len(name),
+        }
     }
 
     /// The heap backend, if this is one (for inspection in tests and snapshots).

@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use eddy_core::StateValue;
 
+use crate::ttl::StateTtlConfig;
+
 /// The kinds of keyed state, as recorded by a backend for each registered name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StateKind {
@@ -25,30 +27,46 @@ macro_rules! descriptor {
         $(#[$doc])*
         pub struct $name<$($t),*> {
             name: String,
+            ttl: Option<StateTtlConfig>,
             _type: PhantomData<fn() -> ($($t,)*)>,
         }
 
         impl<$($t),*> $name<$($t),*> {
             /// A descriptor for the state called `name` (unique within its operator).
             pub fn new(name: impl Into<String>) -> Self {
-                Self { name: name.into(), _type: PhantomData }
+                Self { name: name.into(), ttl: None, _type: PhantomData }
             }
 
             /// The state's name.
             pub fn name(&self) -> &str {
                 &self.name
             }
+
+            /// Gives the state a time-to-live (Flink's `enableTimeToLive`); see
+            /// [`StateTtlConfig`].
+            pub fn enable_ttl(mut self, ttl: StateTtlConfig) -> Self {
+                self.ttl = Some(ttl);
+                self
+            }
+
+            /// The state's time-to-live, if enabled.
+            pub fn ttl(&self) -> Option<&StateTtlConfig> {
+                self.ttl.as_ref()
+            }
         }
 
         impl<$($t),*> Clone for $name<$($t),*> {
             fn clone(&self) -> Self {
-                Self::new(self.name.clone())
+                Self { name: self.name.clone(), ttl: self.ttl.clone(), _type: PhantomData }
             }
         }
 
         impl<$($t),*> std::fmt::Debug for $name<$($t),*> {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.debug_struct(stringify!($name)).field("name", &self.name).finish()
+                f.debug_struct(stringify!($name))
+                    .field("name", &self.name)
+                    .field("ttl", &self.ttl)
+                    .finish()
             }
         }
     };
@@ -82,6 +100,7 @@ pub type ReduceFn<T> = Arc<dyn Fn(&T, &T) -> T + Send + Sync>;
 pub struct ReducingStateDescriptor<T> {
     name: String,
     reduce: ReduceFn<T>,
+    ttl: Option<StateTtlConfig>,
 }
 
 impl<T> ReducingStateDescriptor<T> {
@@ -93,6 +112,7 @@ impl<T> ReducingStateDescriptor<T> {
         ReducingStateDescriptor {
             name: name.into(),
             reduce: Arc::new(reduce),
+            ttl: None,
         }
     }
 
@@ -105,6 +125,17 @@ impl<T> ReducingStateDescriptor<T> {
     pub fn reduce_fn(&self) -> ReduceFn<T> {
         Arc::clone(&self.reduce)
     }
+
+    /// Gives the state a time-to-live (Flink's `enableTimeToLive`); see [`StateTtlConfig`].
+    pub fn enable_ttl(mut self, ttl: StateTtlConfig) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// The state's time-to-live, if enabled.
+    pub fn ttl(&self) -> Option<&StateTtlConfig> {
+        self.ttl.as_ref()
+    }
 }
 
 impl<T> Clone for ReducingStateDescriptor<T> {
@@ -112,6 +143,7 @@ impl<T> Clone for ReducingStateDescriptor<T> {
         ReducingStateDescriptor {
             name: self.name.clone(),
             reduce: Arc::clone(&self.reduce),
+            ttl: self.ttl.clone(),
         }
     }
 }
@@ -120,6 +152,7 @@ impl<T> std::fmt::Debug for ReducingStateDescriptor<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReducingStateDescriptor")
             .field("name", &self.name)
+            .field("ttl", &self.ttl)
             .finish()
     }
 }
@@ -168,6 +201,7 @@ pub trait AggregateFunction<In>: Send + Sync + 'static {
 pub struct AggregatingStateDescriptor<In, F> {
     name: String,
     function: Arc<F>,
+    ttl: Option<StateTtlConfig>,
     _input: PhantomData<fn(In)>,
 }
 
@@ -177,6 +211,7 @@ impl<In, F: AggregateFunction<In>> AggregatingStateDescriptor<In, F> {
         AggregatingStateDescriptor {
             name: name.into(),
             function: Arc::new(function),
+            ttl: None,
             _input: PhantomData,
         }
     }
@@ -190,6 +225,17 @@ impl<In, F: AggregateFunction<In>> AggregatingStateDescriptor<In, F> {
     pub fn function(&self) -> Arc<F> {
         Arc::clone(&self.function)
     }
+
+    /// Gives the state a time-to-live (Flink's `enableTimeToLive`); see [`StateTtlConfig`].
+    pub fn enable_ttl(mut self, ttl: StateTtlConfig) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// The state's time-to-live, if enabled.
+    pub fn ttl(&self) -> Option<&StateTtlConfig> {
+        self.ttl.as_ref()
+    }
 }
 
 impl<In, F> Clone for AggregatingStateDescriptor<In, F> {
@@ -197,6 +243,7 @@ impl<In, F> Clone for AggregatingStateDescriptor<In, F> {
         AggregatingStateDescriptor {
             name: self.name.clone(),
             function: Arc::clone(&self.function),
+            ttl: self.ttl.clone(),
             _input: PhantomData,
         }
     }
@@ -206,6 +253,7 @@ impl<In, F> std::fmt::Debug for AggregatingStateDescriptor<In, F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AggregatingStateDescriptor")
             .field("name", &self.name)
+            .field("ttl", &self.ttl)
             .finish()
     }
 }

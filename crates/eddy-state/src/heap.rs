@@ -13,11 +13,15 @@
 //! * A list or map cannot be modified while one of its iterators is alive: the modification
 //!   returns an error instead of invalidating the iterator.
 //! * State lives in memory only; durability comes from checkpoints (a later layer).
+//! * A state whose descriptor enables TTL ([`crate::ttl`]) gets its own table type (values
+//!   wrapped in [`TtlValue`]) and its own handle, chosen once at registration: states without
+//!   TTL run exactly the code they ran before TTL existed.
 
 use std::any::Any;
-use std::cell::{Ref, RefCell, RefMut};
+use std::cell::{Cell, Ref, RefCell, RefMut};
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use eddy_core::{EddyError, Key, KeyGroupRange, Result, StateValue};
 
@@ -33,6 +37,7 @@ use crate::key_context::KeyContext;
 use crate::prefetch::prefetch_read;
 use crate::probe_table::ProbeTable;
 use crate::small_map::SmallMap;
+use crate::ttl::{StateTtlConfig, StateVisibility, SystemClock, TtlClock, TtlValue, UpdateType};
 
 /// One hash table per key group of a subtask's range.
 #[derive(Debug)]
@@ -99,15 +104,23 @@ impl<K: Key, V> ShardedTable<K, V> {
     }
 }
 
-/// A registered state: its kind and its type-erased table.
-struct Registered {
+/// A registered state: its kind, its TTL and its type-erased table.
+struct Registered<K> {
     kind: StateKind,
+    ttl: Option<StateTtlConfig>,
     table: Rc<dyn Any>,
+    /// The same table, for what needs no knowledge of its value type.
+    erased: Rc<dyn ErasedTable<K>>,
+    /// Where incremental TTL cleanup continues, shared by every handle of the state.
+    cleanup: Rc<Cell<CleanupCursor>>,
 }
 
-/// Prefetches a key's entry of one table (see [`HeapKeyedStateBackend::prefetch`]).
-trait Prefetch<K> {
+/// What the backend does with a table whatever its value type.
+trait ErasedTable<K> {
+    /// Prefetches a key's entry (see [`HeapKeyedStateBackend::prefetch`]).
     fn prefetch(&self, offset: usize, key: &K, depth: PrefetchDepth);
+    /// The number of keys holding a value, or `None` while the table is being modified.
+    fn len(&self) -> Option<usize>;
 }
 
 /// How far into a key's state a prefetch reaches.
@@ -127,7 +140,11 @@ struct Prefetcher<K, V> {
     contents: Option<fn(&V)>,
 }
 
-impl<K: Key, V> Prefetch<K> for Prefetcher<K, V> {
+impl<K: Key, V> ErasedTable<K> for Prefetcher<K, V> {
+    fn len(&self) -> Option<usize> {
+        self.table.try_borrow().ok().map(|table| table.len())
+    }
+
     #[inline]
     fn prefetch(&self, offset: usize, key: &K, depth: PrefetchDepth) {
         let Ok(table) = self.table.try_borrow() else {
@@ -150,10 +167,34 @@ impl<K: Key, V> Prefetch<K> for Prefetcher<K, V> {
 /// The heap backend of one keyed operator subtask.
 pub struct HeapKeyedStateBackend<K> {
     context: Rc<KeyContext<K>>,
-    states: BTreeMap<String, Registered>,
-    prefetchers: Vec<Rc<dyn Prefetch<K>>>,
+    states: BTreeMap<String, Registered<K>>,
+    prefetchers: Vec<Rc<dyn ErasedTable<K>>>,
     /// Whether any registered state prefetches at [`PrefetchDepth::Contents`].
     has_contents: bool,
+    /// The clock of TTL states; created with the first TTL state (or set), so that a backend
+    /// without TTL states never starts [`SystemClock`]'s ticker thread.
+    ttl_clock: Option<SharedClock>,
+}
+
+/// The backend's TTL clock, shared with every TTL handle, so that a clock set after a state
+/// was registered still reaches that state.
+type SharedClock = Rc<RefCell<BackendClock>>;
+
+/// A TTL clock as the backend holds it: the default clock without a virtual call (it is read
+/// on every access to a TTL state), any other one behind the trait.
+enum BackendClock {
+    System(SystemClock),
+    Injected(Arc<dyn TtlClock>),
+}
+
+impl BackendClock {
+    #[inline]
+    fn now_ms(&self) -> u64 {
+        match self {
+            BackendClock::System(clock) => clock.now_ms(),
+            BackendClock::Injected(clock) => clock.now_ms(),
+        }
+    }
 }
 
 type Table<K, V> = Rc<RefCell<ShardedTable<K, V>>>;
@@ -166,7 +207,44 @@ impl<K: Key> HeapKeyedStateBackend<K> {
             states: BTreeMap::new(),
             prefetchers: Vec::new(),
             has_contents: false,
+            ttl_clock: None,
         }
+    }
+
+    /// Makes `clock` the time source of every TTL state of this backend, including states
+    /// registered before (default: [`SystemClock`]). Tests inject a
+    /// [`ManualClock`](crate::ManualClock) so that they never sleep.
+    pub fn set_ttl_clock(&mut self, clock: Arc<dyn TtlClock>) {
+        let clock = BackendClock::Injected(clock);
+        match &self.ttl_clock {
+            Some(shared) => {
+                // Borrows of the clock last only for one `now_ms()` call inside this module,
+                // which cannot be running now (`&mut self`), so this always succeeds.
+                if let Ok(mut current) = shared.try_borrow_mut() {
+                    *current = clock;
+                }
+            }
+            None => self.ttl_clock = Some(Rc::new(RefCell::new(clock))),
+        }
+    }
+
+    /// The TTL clock, starting the default [`SystemClock`] if none was set.
+    fn shared_ttl_clock(&mut self) -> SharedClock {
+        let clock = self
+            .ttl_clock
+            .get_or_insert_with(|| Rc::new(RefCell::new(BackendClock::System(SystemClock::new()))));
+        Rc::clone(clock)
+    }
+
+    /// The number of keys holding a value in the state called `name` (expired values that no
+    /// cleanup has removed yet included), or `None` if no such state is registered.
+    pub fn state_len(&self, name: &str) -> Option<usize> {
+        self.states.get(name)?.erased.len()
+    }
+
+    /// The TTL configuration of the state called `name`, if it is registered with one.
+    pub fn state_ttl(&self, name: &str) -> Option<&StateTtlConfig> {
+        self.states.get(name)?.ttl.as_ref()
     }
 
     /// Starts loading `key`'s entries of every state into the CPU caches; changes nothing.
@@ -212,7 +290,10 @@ impl<K: Key> HeapKeyedStateBackend<K> {
         name: &str,
         kind: StateKind,
     ) -> Option<Ref<'_, ShardedTable<K, V>>> {
-        let registered = self.states.get(name).filter(|r| r.kind == kind)?;
+        let registered = self
+            .states
+            .get(name)
+            .filter(|r| r.kind == kind && r.ttl.is_none())?;
         let table = registered
             .table
             .downcast_ref::<RefCell<ShardedTable<K, V>>>()?;
@@ -220,10 +301,12 @@ impl<K: Key> HeapKeyedStateBackend<K> {
     }
 
     /// Returns the table registered under `name`, registering an empty one first if needed.
+    /// A TTL state (`ttl` is `Some`) stores its values wrapped in [`TtlValue`]s.
     fn table<V: 'static>(
         &mut self,
         name: &str,
         kind: StateKind,
+        ttl: Option<&StateTtlConfig>,
         contents: Option<fn(&V)>,
     ) -> Result<Table<K, V>> {
         if !self.states.contains_key(name) {
@@ -231,12 +314,21 @@ impl<K: Key> HeapKeyedStateBackend<K> {
                 self.context.key_group_range(),
             )));
             self.has_contents |= contents.is_some();
-            self.prefetchers.push(Rc::new(Prefetcher {
+            let erased: Rc<dyn ErasedTable<K>> = Rc::new(Prefetcher {
                 table: Rc::clone(&table),
                 contents,
-            }));
-            self.states
-                .insert(name.to_string(), Registered { kind, table });
+            });
+            self.prefetchers.push(Rc::clone(&erased));
+            self.states.insert(
+                name.to_string(),
+                Registered {
+                    kind,
+                    ttl: ttl.cloned(),
+                    table,
+                    erased,
+                    cleanup: Rc::default(),
+                },
+            );
         }
         let registered = self
             .states
@@ -248,6 +340,15 @@ impl<K: Key> HeapKeyedStateBackend<K> {
                 format!(
                     "already registered as {:?} state, requested as {kind:?} state",
                     registered.kind
+                ),
+            ));
+        }
+        if registered.ttl.as_ref() != ttl {
+            return Err(EddyError::state(
+                name,
+                format!(
+                    "already registered with TTL {:?}, requested with TTL {ttl:?}",
+                    registered.ttl
                 ),
             ));
         }
@@ -269,7 +370,12 @@ impl<K: Key> HeapKeyedStateBackend<K> {
         &mut self,
         desc: &ValueStateDescriptor<T>,
     ) -> Result<ValueState<T>> {
-        let table = self.table::<T>(desc.name(), StateKind::Value, None)?;
+        if let Some(ttl) = desc.ttl() {
+            let handle =
+                self.ttl_handle::<TtlValue<T>>(desc.name(), StateKind::Value, ttl, None)?;
+            return Ok(ValueState::from_access(Box::new(handle)));
+        }
+        let table = self.table::<T>(desc.name(), StateKind::Value, None, None)?;
         Ok(ValueState::from_access(Box::new(HeapHandle::new(
             desc.name(),
             &self.context,
@@ -282,10 +388,20 @@ impl<K: Key> HeapKeyedStateBackend<K> {
         &mut self,
         desc: &ListStateDescriptor<T>,
     ) -> Result<ListState<T>> {
+        if let Some(ttl) = desc.ttl() {
+            let handle = self.ttl_handle::<Vec<TtlValue<T>>>(
+                desc.name(),
+                StateKind::List,
+                ttl,
+                Some(|list| prefetch_read(list.as_ptr().wrapping_add(list.len()))),
+            )?;
+            return Ok(ListState::from_access(Box::new(handle)));
+        }
         // `add` writes after the last element.
         let table = self.table::<Vec<T>>(
             desc.name(),
             StateKind::List,
+            None,
             Some(|list| prefetch_read(list.as_ptr().wrapping_add(list.len()))),
         )?;
         Ok(ListState::from_access(Box::new(HeapHandle::new(
@@ -304,8 +420,21 @@ impl<K: Key> HeapKeyedStateBackend<K> {
         UK: Key,
         UV: StateValue,
     {
-        let table =
-            self.table::<SmallMap<UK, UV>>(desc.name(), StateKind::Map, Some(SmallMap::prefetch))?;
+        if let Some(ttl) = desc.ttl() {
+            let handle = self.ttl_handle::<SmallMap<UK, TtlValue<UV>>>(
+                desc.name(),
+                StateKind::Map,
+                ttl,
+                Some(SmallMap::prefetch),
+            )?;
+            return Ok(MapState::from_access(Box::new(handle)));
+        }
+        let table = self.table::<SmallMap<UK, UV>>(
+            desc.name(),
+            StateKind::Map,
+            None,
+            Some(SmallMap::prefetch),
+        )?;
         Ok(MapState::from_access(Box::new(HeapHandle::new(
             desc.name(),
             &self.context,
@@ -320,7 +449,15 @@ impl<K: Key> HeapKeyedStateBackend<K> {
         &mut self,
         desc: &ReducingStateDescriptor<T>,
     ) -> Result<ReducingState<T>> {
-        let table = self.table::<T>(desc.name(), StateKind::Reducing, None)?;
+        if let Some(ttl) = desc.ttl() {
+            let handle =
+                self.ttl_handle::<TtlValue<T>>(desc.name(), StateKind::Reducing, ttl, None)?;
+            return Ok(ReducingState::from_access(Box::new(TtlReducing {
+                handle,
+                reduce: desc.reduce_fn(),
+            })));
+        }
+        let table = self.table::<T>(desc.name(), StateKind::Reducing, None, None)?;
         Ok(ReducingState::from_access(Box::new(HeapReducing {
             handle: HeapHandle::new(desc.name(), &self.context, table),
             reduce: desc.reduce_fn(),
@@ -332,7 +469,20 @@ impl<K: Key> HeapKeyedStateBackend<K> {
         &mut self,
         desc: &AggregatingStateDescriptor<In, F>,
     ) -> Result<AggregatingState<In, F::Out>> {
-        let table = self.table::<F::Acc>(desc.name(), StateKind::Aggregating, None)?;
+        if let Some(ttl) = desc.ttl() {
+            let handle = self.ttl_handle::<TtlValue<F::Acc>>(
+                desc.name(),
+                StateKind::Aggregating,
+                ttl,
+                None,
+            )?;
+            return Ok(AggregatingState::from_access(Box::new(TtlAggregating {
+                handle,
+                function: desc.function(),
+                _input: std::marker::PhantomData::<fn(In)>,
+            })));
+        }
+        let table = self.table::<F::Acc>(desc.name(), StateKind::Aggregating, None, None)?;
         Ok(AggregatingState::from_access(Box::new(HeapAggregating {
             handle: HeapHandle::new(desc.name(), &self.context, table),
             function: desc.function(),
@@ -371,7 +521,7 @@ impl<K: Key, T: StateValue> ReducingStateAccess<T> for HeapReducing<K, T> {
 /// An aggregating state on the heap: an accumulator table plus the aggregate function.
 struct HeapAggregating<K, In, F: AggregateFunction<In>> {
     handle: HeapHandle<K, F::Acc>,
-    function: std::sync::Arc<F>,
+    function: Arc<F>,
     _input: std::marker::PhantomData<fn(In)>,
 }
 
@@ -597,5 +747,715 @@ impl<K: Key, UK: Key, UV: StateValue> MapStateAccess<UK, UV> for HeapHandle<K, S
         self.write(|table, key, offset| {
             table.remove(offset, key);
         })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// State with TTL.
+//
+// These handles are separate implementations over tables of `TtlValue`s, chosen when a state
+// whose descriptor enables TTL is registered, so states without TTL pay nothing for it.
+
+impl<K: Key> HeapKeyedStateBackend<K> {
+    /// Registers (or re-opens) the TTL state `name` and returns a handle on it.
+    fn ttl_handle<V: TtlEntry + 'static>(
+        &mut self,
+        name: &str,
+        kind: StateKind,
+        config: &StateTtlConfig,
+        contents: Option<fn(&V)>,
+    ) -> Result<TtlHandle<K, V>> {
+        // Validate first, so that a refused configuration registers nothing.
+        let ttl_ms = config.validate(name)?;
+        let table = self.table::<V>(name, kind, Some(config), contents)?;
+        let cleanup = self
+            .states
+            .get(name)
+            .map(|registered| Rc::clone(&registered.cleanup))
+            .ok_or_else(|| EddyError::Internal(format!("state \"{name}\" vanished")))?;
+        Ok(TtlHandle {
+            handle: HeapHandle::new(name, &self.context, table),
+            ttl_ms,
+            update_on_read: config.get_update_type() == UpdateType::OnReadAndWrite,
+            return_expired: config.get_state_visibility()
+                == StateVisibility::ReturnExpiredIfNotCleanedUp,
+            clock: self.shared_ttl_clock(),
+            incremental: config.incremental_cleanup().map(|entries_per_access| {
+                IncrementalCleanup {
+                    entries_per_access,
+                    cursor: cleanup,
+                }
+            }),
+        })
+    }
+}
+
+/// Where incremental cleanup of one state continues: the next key group to clean, and the
+/// checks saved up for it.
+#[derive(Clone, Copy, Debug, Default)]
+struct CleanupCursor {
+    shard: usize,
+    credit: usize,
+}
+
+/// A state's incremental-cleanup setting and its shared cursor.
+struct IncrementalCleanup {
+    entries_per_access: usize,
+    cursor: Rc<Cell<CleanupCursor>>,
+}
+
+/// What a TTL table stores per key: one [`TtlValue`], a list of them, or a map of them.
+trait TtlEntry {
+    /// Whether any part of the entry has expired at `now`.
+    fn any_expired(&self, ttl_ms: u64, now: u64) -> bool;
+    /// Drops the expired parts; returns whether nothing is left.
+    fn purge(&mut self, ttl_ms: u64, now: u64) -> bool;
+}
+
+impl<T> TtlEntry for TtlValue<T> {
+    #[inline]
+    fn any_expired(&self, ttl_ms: u64, now: u64) -> bool {
+        self.is_expired(ttl_ms, now)
+    }
+
+    fn purge(&mut self, ttl_ms: u64, now: u64) -> bool {
+        self.is_expired(ttl_ms, now)
+    }
+}
+
+impl<T> TtlEntry for Vec<TtlValue<T>> {
+    fn any_expired(&self, ttl_ms: u64, now: u64) -> bool {
+        self.iter().any(|e| e.is_expired(ttl_ms, now))
+    }
+
+    fn purge(&mut self, ttl_ms: u64, now: u64) -> bool {
+        self.retain(|e| !e.is_expired(ttl_ms, now));
+        self.is_empty()
+    }
+}
+
+impl<UK: Key, UV> TtlEntry for SmallMap<UK, TtlValue<UV>> {
+    fn any_expired(&self, ttl_ms: u64, now: u64) -> bool {
+        self.iter().any(|(_, e)| e.is_expired(ttl_ms, now))
+    }
+
+    fn purge(&mut self, ttl_ms: u64, now: u64) -> bool {
+        match self {
+            SmallMap::Inline(entries) => entries.retain(|(_, e)| !e.is_expired(ttl_ms, now)),
+            SmallMap::Hashed(table) => {
+                let expired: Vec<UK> = table
+                    .iter()
+                    .filter(|(_, e)| e.is_expired(ttl_ms, now))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for user_key in &expired {
+                    table.remove(user_key);
+                }
+            }
+        }
+        self.is_empty()
+    }
+}
+
+/// The entry of `user_key` in a small map, mutably (`SmallMap` offers only shared access).
+fn map_entry_mut<'m, UK: Key, V>(map: &'m mut SmallMap<UK, V>, user_key: &UK) -> Option<&'m mut V> {
+    match map {
+        SmallMap::Inline(entries) => entries
+            .iter_mut()
+            .find(|(k, _)| k == user_key)
+            .map(|(_, v)| v),
+        SmallMap::Hashed(table) => table.get_mut(user_key),
+    }
+}
+
+/// Calls `f` on every value of a small map.
+fn map_for_each_mut<UK: Key, V>(map: &mut SmallMap<UK, V>, mut f: impl FnMut(&mut V)) {
+    match map {
+        SmallMap::Inline(entries) => entries.iter_mut().for_each(|(_, v)| f(v)),
+        SmallMap::Hashed(table) => {
+            let keys: Vec<UK> = table.iter().map(|(k, _)| k.clone()).collect();
+            for user_key in &keys {
+                if let Some(v) = table.get_mut(user_key) {
+                    f(v);
+                }
+            }
+        }
+    }
+}
+
+/// Removes the expired entries of one key group.
+fn purge_shard<K: Key, V: TtlEntry>(shard: &mut ProbeTable<K, V>, ttl_ms: u64, now: u64) {
+    // The table cannot be modified while it is iterated: collect first (nothing is allocated
+    // when nothing has expired).
+    let expired: Vec<K> = shard
+        .iter()
+        .filter(|(_, entry)| entry.any_expired(ttl_ms, now))
+        .map(|(key, _)| key.clone())
+        .collect();
+    for key in &expired {
+        if shard
+            .get_mut(key)
+            .is_some_and(|entry| entry.purge(ttl_ms, now))
+        {
+            shard.remove(key);
+        }
+    }
+}
+
+/// A handle on one TTL table, scoped to the current key of its context.
+struct TtlHandle<K, V> {
+    handle: HeapHandle<K, V>,
+    ttl_ms: u64,
+    /// [`UpdateType::OnReadAndWrite`].
+    update_on_read: bool,
+    /// [`StateVisibility::ReturnExpiredIfNotCleanedUp`].
+    return_expired: bool,
+    clock: SharedClock,
+    incremental: Option<IncrementalCleanup>,
+}
+
+impl<K: Key, V: TtlEntry> TtlHandle<K, V> {
+    /// The current time of the backend's TTL clock.
+    #[inline]
+    fn now(&self) -> Result<u64> {
+        self.clock
+            .try_borrow()
+            .map(|clock| clock.now_ms())
+            .map_err(|_| EddyError::Internal("the TTL clock is being replaced".into()))
+    }
+
+    /// Whether `value` has expired at `now`.
+    #[inline]
+    fn expired<T>(&self, value: &TtlValue<T>, now: u64) -> bool {
+        value.is_expired(self.ttl_ms, now)
+    }
+
+    /// Incremental cleanup after an access at `now`: saves up `entries_per_access` checks and
+    /// cleans whole key groups, in turn, as soon as the savings cover one.
+    ///
+    /// Key-group granularity because [`ProbeTable`] offers no resumable iteration; the
+    /// average cost per access is the configured one. Skipped (not failed) while an iterator
+    /// over the state is alive: cleanup is best effort, and the next access catches up.
+    #[inline]
+    fn cleanup(&self, now: u64) {
+        if let Some(incremental) = &self.incremental {
+            self.cleanup_incrementally(incremental, now);
+        }
+    }
+
+    /// The work of [`cleanup`](Self::cleanup), out of line: states with incremental cleanup
+    /// run it on every access, but most accesses only add to the savings.
+    #[inline(never)]
+    fn cleanup_incrementally(&self, incremental: &IncrementalCleanup, now: u64) {
+        let Ok(mut table) = self.handle.table.try_borrow_mut() else {
+            return;
+        };
+        let shards = table.shards.len();
+        if shards == 0 {
+            return;
+        }
+        let mut cursor = incremental.cursor.get();
+        cursor.credit = cursor.credit.saturating_add(incremental.entries_per_access);
+        // At most one round over the key groups per access, even when they are all empty.
+        for _ in 0..shards {
+            let shard = &mut table.shards[cursor.shard % shards];
+            if shard.len() > cursor.credit {
+                break;
+            }
+            cursor.credit -= shard.len();
+            purge_shard(shard, self.ttl_ms, now);
+            cursor.shard = (cursor.shard + 1) % shards;
+        }
+        // Savings beyond the next key group's size would let an idle, then refilled, table be
+        // cleaned in one burst; they are not needed.
+        let next = table.shards[cursor.shard % shards].len();
+        cursor.credit = cursor.credit.min(next.max(incremental.entries_per_access));
+        incremental.cursor.set(cursor);
+    }
+}
+
+/// What a read of a single TTL value found under a shared borrow.
+enum SingleRead<R> {
+    Live(R),
+    /// Expired; carries the projected value when expired values are returned.
+    Expired(Option<R>),
+}
+
+impl<K: Key, T> TtlHandle<K, TtlValue<T>> {
+    /// Reads the current key's value through `project`, with the TTL rules: an expired value
+    /// is removed (cleanup on read) and returned only under
+    /// [`StateVisibility::ReturnExpiredIfNotCleanedUp`]; a live one is refreshed under
+    /// [`UpdateType::OnReadAndWrite`].
+    #[inline]
+    fn get_single<R>(&self, now: u64, project: impl Fn(&T) -> R) -> Result<Option<R>> {
+        if !self.update_on_read {
+            // The common case (no refresh on read, nothing expired) needs only a shared
+            // borrow and stays as short as a read without TTL; the rest is out of line.
+            let live = self.handle.read(|entry| match entry {
+                None => Some(None),
+                Some(entry) if !self.expired(entry, now) => Some(Some(project(&entry.value))),
+                Some(_) => None,
+            })?;
+            if let Some(value) = live {
+                return Ok(value);
+            }
+        }
+        self.get_single_and_write(now, project)
+    }
+
+    /// [`get_single`](Self::get_single) when the read may write: a refresh on read, or the
+    /// removal of an expired value.
+    #[inline(never)]
+    fn get_single_and_write<R>(&self, now: u64, project: impl Fn(&T) -> R) -> Result<Option<R>> {
+        self.handle.write(|table, key, offset| {
+            let entry = table.get_mut(offset, key)?;
+            if !entry.is_expired(self.ttl_ms, now) {
+                if self.update_on_read {
+                    entry.last_access_ms = now;
+                }
+                return Some(project(&entry.value));
+            }
+            let expired = table.remove(offset, key)?;
+            self.return_expired.then(|| project(&expired.value))
+        })
+    }
+
+    fn clear_single(&self) -> Result<()> {
+        let now = self.now()?;
+        self.handle.write(|table, key, offset| {
+            table.remove(offset, key);
+        })?;
+        self.cleanup(now);
+        Ok(())
+    }
+}
+
+impl<K: Key, T: StateValue> ValueStateAccess<T> for TtlHandle<K, TtlValue<T>> {
+    #[inline]
+    fn value(&self) -> Result<Option<T>> {
+        let now = self.now()?;
+        let value = self.get_single(now, T::clone)?;
+        self.cleanup(now);
+        Ok(value)
+    }
+
+    #[inline]
+    fn update(&self, value: T) -> Result<()> {
+        let now = self.now()?;
+        self.handle.write(|table, key, offset| {
+            table.put(offset, key, TtlValue::new(value, now));
+        })?;
+        self.cleanup(now);
+        Ok(())
+    }
+
+    fn clear(&self) -> Result<()> {
+        self.clear_single()
+    }
+}
+
+/// A reducing state with TTL.
+struct TtlReducing<K, T> {
+    handle: TtlHandle<K, TtlValue<T>>,
+    reduce: ReduceFn<T>,
+}
+
+impl<K: Key, T: StateValue> ReducingStateAccess<T> for TtlReducing<K, T> {
+    fn get(&self) -> Result<Option<T>> {
+        let now = self.handle.now()?;
+        let value = self.handle.get_single(now, T::clone)?;
+        self.handle.cleanup(now);
+        Ok(value)
+    }
+
+    fn add(&self, value: T) -> Result<()> {
+        let h = &self.handle;
+        let now = h.now()?;
+        let reduce = &self.reduce;
+        h.handle.write(|table, key, offset| {
+            // As Flink's TTL reduce: an expired value is reduced into only while it is still
+            // returned (`ReturnExpiredIfNotCleanedUp`); otherwise `value` starts afresh.
+            match table
+                .get_mut(offset, key)
+                .filter(|current| h.return_expired || !h.expired(current, now))
+            {
+                Some(current) => {
+                    current.value = reduce(&current.value, &value);
+                    current.last_access_ms = now;
+                }
+                None => table.put(offset, key, TtlValue::new(value, now)),
+            }
+        })?;
+        h.cleanup(now);
+        Ok(())
+    }
+
+    fn clear(&self) -> Result<()> {
+        self.handle.clear_single()
+    }
+}
+
+/// An aggregating state with TTL.
+struct TtlAggregating<K, In, F: AggregateFunction<In>> {
+    handle: TtlHandle<K, TtlValue<F::Acc>>,
+    function: Arc<F>,
+    _input: std::marker::PhantomData<fn(In)>,
+}
+
+impl<K: Key, In, F: AggregateFunction<In>> AggregatingStateAccess<In, F::Out>
+    for TtlAggregating<K, In, F>
+{
+    fn get(&self) -> Result<Option<F::Out>> {
+        let now = self.handle.now()?;
+        let function = &self.function;
+        let result = self
+            .handle
+            .get_single(now, |acc| function.get_result(acc))?;
+        self.handle.cleanup(now);
+        Ok(result)
+    }
+
+    fn add(&self, value: In) -> Result<()> {
+        let h = &self.handle;
+        let now = h.now()?;
+        let function = &self.function;
+        h.handle.write(|table, key, offset| {
+            // As Flink's TTL aggregate: an expired accumulator is added to only while it is
+            // still returned; otherwise a fresh accumulator starts.
+            match table
+                .get_mut(offset, key)
+                .filter(|acc| h.return_expired || !h.expired(acc, now))
+            {
+                Some(acc) => {
+                    function.add(value, &mut acc.value);
+                    acc.last_access_ms = now;
+                }
+                None => {
+                    let mut acc = function.create_accumulator();
+                    function.add(value, &mut acc);
+                    table.put(offset, key, TtlValue::new(acc, now));
+                }
+            }
+        })?;
+        h.cleanup(now);
+        Ok(())
+    }
+
+    fn clear(&self) -> Result<()> {
+        self.handle.clear_single()
+    }
+}
+
+/// Iterates a TTL list under a shared borrow of its table, cloning one element at a time and
+/// skipping expired elements unless they are returned.
+struct TtlListIter<'a, T> {
+    list: Option<Ref<'a, Vec<TtlValue<T>>>>,
+    position: usize,
+    /// `(ttl_ms, now)` when expired elements are hidden.
+    hide_expired: Option<(u64, u64)>,
+}
+
+impl<T: Clone> Iterator for TtlListIter<'_, T> {
+    type Item = T;
+
+    #[inline]
+    fn next(&mut self) -> Option<T> {
+        let list = self.list.as_ref()?;
+        loop {
+            let element = list.get(self.position)?;
+            self.position += 1;
+            match self.hide_expired {
+                Some((ttl_ms, now)) if element.is_expired(ttl_ms, now) => continue,
+                _ => return Some(element.value.clone()),
+            }
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let left = self
+            .list
+            .as_ref()
+            .map_or(0, |l| l.len().saturating_sub(self.position));
+        (0, Some(left))
+    }
+}
+
+impl<K: Key, T: StateValue> ListStateAccess<T> for TtlHandle<K, Vec<TtlValue<T>>> {
+    #[inline]
+    fn add(&self, value: T) -> Result<()> {
+        let now = self.now()?;
+        self.handle.write(|table, key, offset| {
+            table
+                .get_or_insert_with(offset, key, Vec::new)
+                .push(TtlValue::new(value, now));
+        })?;
+        self.cleanup(now);
+        Ok(())
+    }
+
+    fn add_all(&self, values: Vec<T>) -> Result<()> {
+        if values.is_empty() {
+            return Ok(());
+        }
+        let now = self.now()?;
+        self.handle.write(|table, key, offset| {
+            table
+                .get_or_insert_with(offset, key, Vec::new)
+                .extend(values.into_iter().map(|v| TtlValue::new(v, now)));
+        })?;
+        self.cleanup(now);
+        Ok(())
+    }
+
+    /// The unexpired elements (all stored ones under `ReturnExpiredIfNotCleanedUp`), in
+    /// insertion order. Expired elements are removed from the list (cleanup on read) and the
+    /// returned ones refreshed under `OnReadAndWrite`; both are skipped while another
+    /// iterator over this state is alive, when the iterator still hides expired elements.
+    fn get(&self) -> Result<StateIter<'_, T>> {
+        let now = self.now()?;
+        let (ttl_ms, update_on_read, return_expired) =
+            (self.ttl_ms, self.update_on_read, self.return_expired);
+        // Under `ReturnExpiredIfNotCleanedUp`, a list with expired elements is returned as it
+        // was stored, from a copy, because the stored list loses those elements now.
+        let mut as_stored: Option<Vec<T>> = None;
+        if let Ok(mut table) = self.handle.table.try_borrow_mut() {
+            as_stored = self
+                .handle
+                .context
+                .with_key(&self.handle.name, |key, offset| {
+                    let list = table.get_mut(offset, key)?;
+                    let mut copy = None;
+                    if list.any_expired(ttl_ms, now) {
+                        if return_expired {
+                            copy = Some(list.iter().map(|e| e.value.clone()).collect());
+                        }
+                        list.retain(|e| !e.is_expired(ttl_ms, now));
+                    }
+                    if update_on_read {
+                        list.iter_mut().for_each(|e| e.last_access_ms = now);
+                    }
+                    if list.is_empty() {
+                        table.remove(offset, key);
+                    }
+                    copy
+                })?;
+        }
+        self.cleanup(now);
+        if let Some(elements) = as_stored {
+            return Ok(Box::new(elements.into_iter()));
+        }
+        let table = self.handle.borrow()?;
+        let list = self
+            .handle
+            .context
+            .with_key(&self.handle.name, |key, offset| {
+                Ref::filter_map(table, |t| t.get(offset, key)).ok()
+            })?;
+        Ok(Box::new(TtlListIter {
+            list,
+            position: 0,
+            hide_expired: (!return_expired).then_some((ttl_ms, now)),
+        }))
+    }
+
+    fn update(&self, values: Vec<T>) -> Result<()> {
+        let now = self.now()?;
+        self.handle.write(|table, key, offset| {
+            if values.is_empty() {
+                table.remove(offset, key);
+            } else {
+                let values = values.into_iter().map(|v| TtlValue::new(v, now)).collect();
+                table.put(offset, key, values);
+            }
+        })?;
+        self.cleanup(now);
+        Ok(())
+    }
+
+    fn clear(&self) -> Result<()> {
+        let now = self.now()?;
+        self.handle.write(|table, key, offset| {
+            table.remove(offset, key);
+        })?;
+        self.cleanup(now);
+        Ok(())
+    }
+}
+
+impl<K: Key, UK: Key, UV: StateValue> TtlHandle<K, SmallMap<UK, TtlValue<UV>>> {
+    /// Reads one entry of the current key's map through `project`, with the TTL rules of
+    /// [`get_single`](TtlHandle::get_single), per entry.
+    fn get_entry<R>(
+        &self,
+        now: u64,
+        user_key: &UK,
+        project: impl FnOnce(&UV) -> R,
+    ) -> Result<Option<R>> {
+        let (ttl_ms, update_on_read, return_expired) =
+            (self.ttl_ms, self.update_on_read, self.return_expired);
+        if !update_on_read {
+            // The common case needs only a shared borrow.
+            let read = self.handle.read(|map| {
+                let entry = map?.get(user_key)?;
+                Some(if entry.is_expired(ttl_ms, now) {
+                    SingleRead::Expired(return_expired.then(|| project(&entry.value)))
+                } else {
+                    SingleRead::Live(project(&entry.value))
+                })
+            })?;
+            return match read {
+                None => Ok(None),
+                Some(SingleRead::Live(value)) => Ok(Some(value)),
+                Some(SingleRead::Expired(value)) => {
+                    self.remove_entry(user_key)?;
+                    Ok(value)
+                }
+            };
+        }
+        self.handle.write(|table, key, offset| {
+            let map = table.get_mut(offset, key)?;
+            let entry = map_entry_mut(map, user_key)?;
+            if !entry.is_expired(ttl_ms, now) {
+                entry.last_access_ms = now;
+                return Some(project(&entry.value));
+            }
+            let expired = map.remove(user_key)?;
+            if map.is_empty() {
+                table.remove(offset, key);
+            }
+            return_expired.then(|| project(&expired.value))
+        })
+    }
+
+    fn remove_entry(&self, user_key: &UK) -> Result<()> {
+        self.handle.write(|table, key, offset| {
+            if let Some(map) = table.get_mut(offset, key) {
+                map.remove(user_key);
+                if map.is_empty() {
+                    table.remove(offset, key);
+                }
+            }
+        })
+    }
+
+    /// Projects the current key's entries, with the TTL rules: expired entries are removed
+    /// (and projected only under `ReturnExpiredIfNotCleanedUp`), the others refreshed under
+    /// `OnReadAndWrite`.
+    fn collect_entries<R>(&self, project: impl Fn(&UK, &UV) -> R) -> Result<StateIter<'_, R>>
+    where
+        R: 'static,
+    {
+        let now = self.now()?;
+        let (ttl_ms, update_on_read, return_expired) =
+            (self.ttl_ms, self.update_on_read, self.return_expired);
+        let items = self.handle.write(|table, key, offset| {
+            let Some(map) = table.get_mut(offset, key) else {
+                return Vec::new();
+            };
+            let items: Vec<R> = map
+                .iter()
+                .filter(|(_, e)| return_expired || !e.is_expired(ttl_ms, now))
+                .map(|(k, e)| project(k, &e.value))
+                .collect();
+            if map.purge(ttl_ms, now) {
+                table.remove(offset, key);
+            } else if update_on_read {
+                map_for_each_mut(map, |e| e.last_access_ms = now);
+            }
+            items
+        })?;
+        self.cleanup(now);
+        Ok(Box::new(items.into_iter()))
+    }
+}
+
+impl<K: Key, UK: Key, UV: StateValue> MapStateAccess<UK, UV>
+    for TtlHandle<K, SmallMap<UK, TtlValue<UV>>>
+{
+    #[inline]
+    fn get(&self, user_key: &UK) -> Result<Option<UV>> {
+        let now = self.now()?;
+        let value = self.get_entry(now, user_key, UV::clone)?;
+        self.cleanup(now);
+        Ok(value)
+    }
+
+    #[inline]
+    fn put(&self, user_key: UK, value: UV) -> Result<()> {
+        let now = self.now()?;
+        self.handle.write(|table, key, offset| {
+            table
+                .get_or_insert_with(offset, key, SmallMap::default)
+                .insert(user_key, TtlValue::new(value, now));
+        })?;
+        self.cleanup(now);
+        Ok(())
+    }
+
+    fn put_all(&self, entries: Vec<(UK, UV)>) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let now = self.now()?;
+        self.handle.write(|table, key, offset| {
+            let map = table.get_or_insert_with(offset, key, SmallMap::default);
+            for (user_key, value) in entries {
+                map.insert(user_key, TtlValue::new(value, now));
+            }
+        })?;
+        self.cleanup(now);
+        Ok(())
+    }
+
+    fn remove(&self, user_key: &UK) -> Result<()> {
+        let now = self.now()?;
+        self.remove_entry(user_key)?;
+        self.cleanup(now);
+        Ok(())
+    }
+
+    /// Flink's `contains`: whether [`get`](Self::get) would return a value (with its cleanup
+    /// and refresh).
+    fn contains(&self, user_key: &UK) -> Result<bool> {
+        let now = self.now()?;
+        let found = self.get_entry(now, user_key, |_| ())?.is_some();
+        self.cleanup(now);
+        Ok(found)
+    }
+
+    fn entries(&self) -> Result<StateIter<'_, (UK, UV)>> {
+        self.collect_entries(|k, v| (k.clone(), v.clone()))
+    }
+
+    fn keys(&self) -> Result<StateIter<'_, UK>> {
+        self.collect_entries(|k, _| k.clone())
+    }
+
+    fn values(&self) -> Result<StateIter<'_, UV>> {
+        self.collect_entries(|_, v| v.clone())
+    }
+
+    /// Whether [`entries`](Self::entries) would return nothing; reads only (no cleanup, no
+    /// refresh), as it returns no value.
+    fn is_empty(&self) -> Result<bool> {
+        let now = self.now()?;
+        let (ttl_ms, return_expired) = (self.ttl_ms, self.return_expired);
+        let empty = self.handle.read(|map| {
+            map.is_none_or(|m| {
+                !m.iter()
+                    .any(|(_, e)| return_expired || !e.is_expired(ttl_ms, now))
+            })
+        })?;
+        self.cleanup(now);
+        Ok(empty)
+    }
+
+    fn clear(&self) -> Result<()> {
+        let now = self.now()?;
+        self.handle.write(|table, key, offset| {
+            table.remove(offset, key);
+        })?;
+        self.cleanup(now);
+        Ok(())
     }
 }

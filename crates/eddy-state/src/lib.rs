@@ -3,8 +3,9 @@
 //! This crate owns:
 //!
 //! * **Descriptors** ([`ValueStateDescriptor`], [`ListStateDescriptor`],
-//!   [`MapStateDescriptor`]): a state's name and type, registered once per subtask in the
-//!   function's `open()`.
+//!   [`MapStateDescriptor`], [`ReducingStateDescriptor`], [`AggregatingStateDescriptor`]): a
+//!   state's name, type and optional time-to-live ([`StateTtlConfig`], see [`ttl`]),
+//!   registered once per subtask in the function's `open()`.
 //! * **Handles** ([`ValueState`], [`ListState`], [`MapState`], [`ReducingState`],
 //!   [`AggregatingState`]): what user code calls. Every
 //!   access is scoped to the **current key**, which the runtime sets in the shared
@@ -44,6 +45,7 @@ mod key_context;
 pub mod prefetch;
 pub mod probe_table;
 pub mod small_map;
+pub mod ttl;
 
 pub use backend::KeyedStateBackend;
 pub use descriptor::{
@@ -56,3 +58,7 @@ pub use handle::{
 };
 pub use heap::PrefetchDepth;
 pub use key_context::KeyContext;
+pub use ttl::{
+    ManualClock, StateTtlConfig, StateVisibility, SystemClock, TtlClock, TtlTimeDomain, TtlValue,
+    UpdateType,
+};

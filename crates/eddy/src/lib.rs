@@ -85,8 +85,9 @@ pub use eddy_runtime::{
 };
 pub use eddy_state::{
     AggregateFunction, AggregatingState, AggregatingStateDescriptor, ListState,
-    ListStateDescriptor, MapState, MapStateDescriptor, ReducingState, ReducingStateDescriptor,
-    ValueState, ValueStateDescriptor,
+    ListStateDescriptor, ManualClock, MapState, MapStateDescriptor, ReducingState,
+    ReducingStateDescriptor, StateTtlConfig, StateVisibility, SystemClock, TtlClock, TtlTimeDomain,
+    UpdateType, ValueState, ValueStateDescriptor,
 };
 
 /// The layers below, for what the prelude does not cover.
@@ -109,7 +110,7 @@ pub mod prelude {
         AggregateFunction, AggregatingState, AggregatingStateDescriptor, Collector, Context,
         DataStream, EddyError, JobConfig, JobFlags, JobResult, Key, KeyedProcessFunction,
         KeyedStream, ListState, ListStateDescriptor, MapState, MapStateDescriptor, OpenContext,
-        ReducingState, ReducingStateDescriptor, Result, Sink, Source, StreamExecutionEnvironment,
-        ValueState, ValueStateDescriptor,
+        ReducingState, ReducingStateDescriptor, Result, Sink, Source, StateTtlConfig,
+        StateVisibility, StreamExecutionEnvironment, UpdateType, ValueState, ValueStateDescriptor,
     };
 }
