@@ -6,11 +6,18 @@ use eddy_core::key_group::{default_max_parallelism, validate_parallelism};
 use eddy_core::Result;
 
 /// Which keyed-state backend a job's keyed operators use.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum StateBackendKind {
     /// Objects in per-key-group hash maps in memory ([`eddy_state::heap`]).
     #[default]
     Heap,
+    /// Serialized bytes in one embedded RocksDB instance per keyed subtask
+    /// ([`eddy_state::rocksdb`]), with the defaults of [`eddy_state::RocksDbConfig`].
+    RocksDb {
+        /// The directory under which every subtask's instance gets a directory of its own,
+        /// deleted when the job ends; `None`: the OS temp directory.
+        working_dir: Option<std::path::PathBuf>,
+    },
 }
 
 /// How a job runs: its parallelism, key groups and flow-control bounds.

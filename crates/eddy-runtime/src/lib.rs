@@ -20,6 +20,7 @@
 //! connectors: those are built on the [`Source`], [`Sink`] and [`KeyedProcessFunction`] traits
 //! defined here.
 
+mod broadcast_function;
 mod config;
 mod execute;
 mod failure;
@@ -29,14 +30,19 @@ mod metrics;
 mod operators;
 mod sink;
 mod source;
+pub mod windows;
 
+pub use broadcast_function::{
+    BroadcastContext, KeyedBroadcastProcessFunction, ReadOnlyBroadcastContext,
+};
 pub use config::{JobConfig, StateBackendKind};
 pub use execute::{execute, JobResult};
 pub use function::{Collector, Context, KeyedProcessFunction, OpenContext};
 pub use graph::{JobGraph, SinkNode, StreamNode, WorkerContext};
 pub use metrics::{OperatorMetrics, OperatorSummary};
 pub use operators::{
-    FilterNode, FlatMapNode, KeyedProcessNode, MapNode, SinkOperatorNode, SourceNode,
+    BroadcastStateSpec, FilterNode, FlatMapNode, KeyedBroadcastInputs, KeyedBroadcastNode,
+    KeyedProcessNode, MapNode, SinkOperatorNode, SourceNode,
 };
 pub use sink::{Sink, SinkContext};
 pub use source::{Source, SourceContext, SourceReader, SourceStatus};

@@ -1,6 +1,8 @@
 //! The backend-independent face of one subtask's keyed state.
 
+use std::any::Any;
 use std::cell::Ref;
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -13,6 +15,8 @@ use crate::descriptor::{
 use crate::handle::{AggregatingState, ListState, MapState, ReducingState, ValueState};
 use crate::heap::{HeapKeyedStateBackend, PrefetchDepth};
 use crate::key_context::KeyContext;
+use crate::namespace::{Namespace, Namespaced};
+use crate::timers::TimerService;
 use crate::ttl::TtlClock;
 
 /// The keyed state of one operator subtask: the current key plus the backend holding values.
@@ -22,10 +26,14 @@ use crate::ttl::TtlClock;
 pub struct KeyedStateBackend<K> {
     context: Rc<KeyContext<K>>,
     inner: BackendImpl<K>,
+    /// Timer services by name; each is a `TimerService<K, N>` for its own `N`.
+    timer_services: BTreeMap<String, Rc<dyn Any>>,
 }
 
 enum BackendImpl<K> {
     Heap(HeapKeyedStateBackend<K>),
+    #[cfg(feature = "rocksdb")]
+    RocksDb(crate::rocksdb::RocksDbKeyedStateBackend<K>),
 }
 
 impl<K: Key> KeyedStateBackend<K> {
@@ -33,7 +41,37 @@ impl<K: Key> KeyedStateBackend<K> {
     pub fn heap(range: KeyGroupRange, max_parallelism: usize) -> Self {
         let context = Rc::new(KeyContext::new(range, max_parallelism));
         let inner = BackendImpl::Heap(HeapKeyedStateBackend::new(Rc::clone(&context)));
-        KeyedStateBackend { context, inner }
+        KeyedStateBackend {
+            context,
+            inner,
+            timer_services: BTreeMap::new(),
+        }
+    }
+
+    /// A RocksDB backend (one RocksDB instance in a new directory under
+    /// `config.working_dir`) for a subtask owning `range` out of `max_parallelism` key groups.
+    #[cfg(feature = "rocksdb")]
+    pub fn rocksdb(
+        range: KeyGroupRange,
+        max_parallelism: usize,
+        config: &crate::rocksdb::RocksDbConfig,
+    ) -> Result<Self> {
+        let context = Rc::new(KeyContext::new(range, max_parallelism));
+        let backend = crate::rocksdb::RocksDbKeyedStateBackend::new(Rc::clone(&context), config)?;
+        Ok(KeyedStateBackend {
+            context,
+            inner: BackendImpl::RocksDb(backend),
+            timer_services: BTreeMap::new(),
+        })
+    }
+
+    /// The RocksDB backend, if this is one (for inspection in tests and diagnosis).
+    #[cfg(feature = "rocksdb")]
+    pub fn as_rocksdb(&self) -> Option<&crate::rocksdb::RocksDbKeyedStateBackend<K>> {
+        match &self.inner {
+            BackendImpl::RocksDb(rocksdb) => Some(rocksdb),
+            BackendImpl::Heap(_) => None,
+        }
     }
 
     /// The shared current-key context.
@@ -63,6 +101,9 @@ impl<K: Key> KeyedStateBackend<K> {
         };
         match &self.inner {
             BackendImpl::Heap(heap) => heap.prefetch(offset, key, depth),
+            // RocksDB reads through its block cache; a software prefetch cannot reach it.
+            #[cfg(feature = "rocksdb")]
+            BackendImpl::RocksDb(_) => {}
         }
     }
 
@@ -70,6 +111,8 @@ impl<K: Key> KeyedStateBackend<K> {
     pub fn has_state(&self) -> bool {
         match &self.inner {
             BackendImpl::Heap(heap) => heap.state_names().next().is_some(),
+            #[cfg(feature = "rocksdb")]
+            BackendImpl::RocksDb(rocksdb) => rocksdb.state_names().next().is_some(),
         }
     }
 
@@ -77,7 +120,14 @@ impl<K: Key> KeyedStateBackend<K> {
     pub fn has_contents(&self) -> bool {
         match &self.inner {
             BackendImpl::Heap(heap) => heap.has_contents(),
+            #[cfg(feature = "rocksdb")]
+            BackendImpl::RocksDb(_) => false,
         }
+    }
+
+    /// Unsets the current key, so that state access fails until one is set again.
+    pub fn clear_current_key(&self) -> Result<()> {
+        self.context.clear_current_key()
     }
 
     /// The current key, if one is set.
@@ -91,6 +141,8 @@ impl<K: Key> KeyedStateBackend<K> {
     pub fn set_ttl_clock(&mut self, clock: Arc<dyn TtlClock>) {
         match &mut self.inner {
             BackendImpl::Heap(heap) => heap.set_ttl_clock(clock),
+            #[cfg(feature = "rocksdb")]
+            BackendImpl::RocksDb(rocksdb) => rocksdb.set_ttl_clock(clock),
         }
     }
 
@@ -99,6 +151,8 @@ impl<K: Key> KeyedStateBackend<K> {
     pub fn state_len(&self, name: &str) -> Option<usize> {
         match &self.inner {
             BackendImpl::Heap(heap) => heap.state_len(name),
+            #[cfg(feature = "rocksdb")]
+            BackendImpl::RocksDb(rocksdb) => rocksdb.state_len(name),
         }
     }
 
@@ -106,6 +160,8 @@ impl<K: Key> KeyedStateBackend<K> {
     pub fn as_heap(&self) -> Option<&HeapKeyedStateBackend<K>> {
         match &self.inner {
             BackendImpl::Heap(heap) => Some(heap),
+            #[cfg(feature = "rocksdb")]
+            BackendImpl::RocksDb(_) => None,
         }
     }
 
@@ -116,6 +172,8 @@ impl<K: Key> KeyedStateBackend<K> {
     ) -> Result<ValueState<T>> {
         match &mut self.inner {
             BackendImpl::Heap(heap) => heap.value_state(desc),
+            #[cfg(feature = "rocksdb")]
+            BackendImpl::RocksDb(rocksdb) => rocksdb.value_state(desc),
         }
     }
 
@@ -126,6 +184,8 @@ impl<K: Key> KeyedStateBackend<K> {
     ) -> Result<ListState<T>> {
         match &mut self.inner {
             BackendImpl::Heap(heap) => heap.list_state(desc),
+            #[cfg(feature = "rocksdb")]
+            BackendImpl::RocksDb(rocksdb) => rocksdb.list_state(desc),
         }
     }
 
@@ -136,6 +196,8 @@ impl<K: Key> KeyedStateBackend<K> {
     ) -> Result<MapState<UK, UV>> {
         match &mut self.inner {
             BackendImpl::Heap(heap) => heap.map_state(desc),
+            #[cfg(feature = "rocksdb")]
+            BackendImpl::RocksDb(rocksdb) => rocksdb.map_state(desc),
         }
     }
 
@@ -146,6 +208,8 @@ impl<K: Key> KeyedStateBackend<K> {
     ) -> Result<ReducingState<T>> {
         match &mut self.inner {
             BackendImpl::Heap(heap) => heap.reducing_state(desc),
+            #[cfg(feature = "rocksdb")]
+            BackendImpl::RocksDb(rocksdb) => rocksdb.reducing_state(desc),
         }
     }
 
@@ -157,6 +221,148 @@ impl<K: Key> KeyedStateBackend<K> {
     ) -> Result<AggregatingState<In, F::Out>> {
         match &mut self.inner {
             BackendImpl::Heap(heap) => heap.aggregating_state(desc),
+            #[cfg(feature = "rocksdb")]
+            BackendImpl::RocksDb(rocksdb) => rocksdb.aggregating_state(desc),
         }
+    }
+
+    /// The timer service called `name` with namespace type `N`, created on first use; the
+    /// same name returns the same service (see [`crate::timers`]). Timers are kept on the heap
+    /// for every backend (as Flink's `HEAP` timer-service factory for RocksDB).
+    pub fn timer_service<N: Namespace>(&mut self, name: &str) -> Result<Rc<TimerService<K, N>>> {
+        let service = self
+            .timer_services
+            .entry(name.to_string())
+            .or_insert_with(|| Rc::new(TimerService::<K, N>::new(name, Rc::clone(&self.context))));
+        Rc::clone(service)
+            .downcast::<TimerService<K, N>>()
+            .map_err(|_| {
+                eddy_core::EddyError::state(
+                    name,
+                    "timer service already registered with another namespace type",
+                )
+            })
+    }
+
+    /// Creates a [`ValueState`] whose values are scoped to the current key and the current
+    /// namespace of type `N` (see [`crate::namespace`]). TTL is not supported on namespaced
+    /// state (as in Flink, where window state has no TTL).
+    pub fn namespaced_value_state<N: Namespace, T: StateValue>(
+        &mut self,
+        desc: &ValueStateDescriptor<T>,
+    ) -> Result<Namespaced<ValueState<T>, N>> {
+        reject_ttl(desc.name(), desc.ttl())?;
+        match &mut self.inner {
+            BackendImpl::Heap(heap) => heap.namespaced_value_state(desc),
+            #[cfg(feature = "rocksdb")]
+            BackendImpl::RocksDb(rocksdb) => rocksdb.namespaced_value_state(desc),
+        }
+    }
+
+    /// Creates a namespaced [`ListState`] (see [`namespaced_value_state`](Self::namespaced_value_state)).
+    pub fn namespaced_list_state<N: Namespace, T: StateValue>(
+        &mut self,
+        desc: &ListStateDescriptor<T>,
+    ) -> Result<Namespaced<ListState<T>, N>> {
+        reject_ttl(desc.name(), desc.ttl())?;
+        match &mut self.inner {
+            BackendImpl::Heap(heap) => heap.namespaced_list_state(desc),
+            #[cfg(feature = "rocksdb")]
+            BackendImpl::RocksDb(rocksdb) => rocksdb.namespaced_list_state(desc),
+        }
+    }
+
+    /// Creates a namespaced [`MapState`] (see [`namespaced_value_state`](Self::namespaced_value_state)).
+    pub fn namespaced_map_state<N: Namespace, UK: Key, UV: StateValue>(
+        &mut self,
+        desc: &MapStateDescriptor<UK, UV>,
+    ) -> Result<Namespaced<MapState<UK, UV>, N>> {
+        reject_ttl(desc.name(), desc.ttl())?;
+        match &mut self.inner {
+            BackendImpl::Heap(heap) => heap.namespaced_map_state(desc),
+            #[cfg(feature = "rocksdb")]
+            BackendImpl::RocksDb(rocksdb) => rocksdb.namespaced_map_state(desc),
+        }
+    }
+
+    /// Creates a namespaced [`ReducingState`] (see [`namespaced_value_state`](Self::namespaced_value_state)).
+    pub fn namespaced_reducing_state<N: Namespace, T: StateValue>(
+        &mut self,
+        desc: &ReducingStateDescriptor<T>,
+    ) -> Result<Namespaced<ReducingState<T>, N>> {
+        reject_ttl(desc.name(), desc.ttl())?;
+        match &mut self.inner {
+            BackendImpl::Heap(heap) => heap.namespaced_reducing_state(desc),
+            #[cfg(feature = "rocksdb")]
+            BackendImpl::RocksDb(rocksdb) => rocksdb.namespaced_reducing_state(desc),
+        }
+    }
+
+    /// Creates a namespaced [`AggregatingState`] (see [`namespaced_value_state`](Self::namespaced_value_state)).
+    pub fn namespaced_aggregating_state<N: Namespace, In: 'static, F: AggregateFunction<In>>(
+        &mut self,
+        desc: &AggregatingStateDescriptor<In, F>,
+    ) -> Result<Namespaced<AggregatingState<In, F::Out>, N>> {
+        reject_ttl(desc.name(), desc.ttl())?;
+        match &mut self.inner {
+            BackendImpl::Heap(heap) => heap.namespaced_aggregating_state(desc),
+            #[cfg(feature = "rocksdb")]
+            BackendImpl::RocksDb(rocksdb) => rocksdb.namespaced_aggregating_state(desc),
+        }
+    }
+
+    /// The keys of this subtask holding a value in the state called `state_name` (in any
+    /// namespace), in no particular order (Flink's `KeyedStateBackend.getKeys`). An error if
+    /// no such state is registered.
+    pub fn keys(&self, state_name: &str) -> Result<Vec<K>> {
+        match &self.inner {
+            BackendImpl::Heap(heap) => heap.keys(state_name),
+            #[cfg(feature = "rocksdb")]
+            BackendImpl::RocksDb(rocksdb) => rocksdb.keys(state_name),
+        }
+    }
+
+    /// Calls `f` once for every key holding a value in the state called `state_name`, with
+    /// that key set as the current key, so `f` can use any state handle of this backend
+    /// (Flink's `applyToAllKeys`, used by broadcast functions to update all keyed state).
+    ///
+    /// The keys are collected before the first call, so `f` may modify or clear the state.
+    /// The current key from before the call is restored afterwards, also when `f` fails.
+    /// Calling this while the runtime holds the current key (inside `process_element`) is an
+    /// error, not a panic.
+    pub fn apply_to_all_keys(
+        &self,
+        state_name: &str,
+        f: &mut dyn FnMut(&K) -> Result<()>,
+    ) -> Result<()> {
+        let keys = self.keys(state_name)?;
+        let previous = self.context.current_key().map(|key| key.clone());
+        let mut outcome = Ok(());
+        for key in keys {
+            outcome = self
+                .context
+                .set_current_key(key.clone())
+                .and_then(|()| f(&key));
+            if outcome.is_err() {
+                break;
+            }
+        }
+        let restored = match previous {
+            Some(key) => self.context.set_current_key(key),
+            None => self.context.clear_current_key(),
+        };
+        outcome.and(restored)
+    }
+}
+
+/// Namespaced state has no TTL: Flink's window state has none either, and the heap's TTL
+/// tables are per key. Refused with an error naming the state rather than ignored.
+fn reject_ttl(name: &str, ttl: Option<&crate::StateTtlConfig>) -> Result<()> {
+    match ttl {
+        Some(_) => Err(eddy_core::EddyError::state(
+            name,
+            "TTL is not supported on namespaced (window) state",
+        )),
+        None => Ok(()),
     }
 }

@@ -34,6 +34,7 @@ use crate::handle::{
     ReducingState, ReducingStateAccess, StateIter, ValueState, ValueStateAccess,
 };
 use crate::key_context::KeyContext;
+use crate::namespace::{MergeNamespaces, Namespace, NamespaceCell, Namespaced};
 use crate::prefetch::prefetch_read;
 use crate::probe_table::ProbeTable;
 use crate::small_map::SmallMap;
@@ -121,6 +122,8 @@ trait ErasedTable<K> {
     fn prefetch(&self, offset: usize, key: &K, depth: PrefetchDepth);
     /// The number of keys holding a value, or `None` while the table is being modified.
     fn len(&self) -> Option<usize>;
+    /// The keys holding a value, or `None` while the table is being modified.
+    fn keys(&self) -> Option<Vec<K>>;
 }
 
 /// How far into a key's state a prefetch reaches.
@@ -143,6 +146,17 @@ struct Prefetcher<K, V> {
 impl<K: Key, V> ErasedTable<K> for Prefetcher<K, V> {
     fn len(&self) -> Option<usize> {
         self.table.try_borrow().ok().map(|table| table.len())
+    }
+
+    fn keys(&self) -> Option<Vec<K>> {
+        let table = self.table.try_borrow().ok()?;
+        Some(
+            table
+                .shards
+                .iter()
+                .flat_map(|shard| shard.iter().map(|(key, _)| key.clone()))
+                .collect(),
+        )
     }
 
     #[inline]
@@ -240,6 +254,21 @@ impl<K: Key> HeapKeyedStateBackend<K> {
     /// cleanup has removed yet included), or `None` if no such state is registered.
     pub fn state_len(&self, name: &str) -> Option<usize> {
         self.states.get(name)?.erased.len()
+    }
+
+    /// The keys holding a value in the state called `name` (in any namespace; expired TTL
+    /// values that no cleanup has removed yet included).
+    pub fn keys(&self, name: &str) -> Result<Vec<K>> {
+        let registered = self
+            .states
+            .get(name)
+            .ok_or_else(|| EddyError::state(name, "no state of this name is registered"))?;
+        registered.erased.keys().ok_or_else(|| {
+            EddyError::state(
+                name,
+                "cannot list the keys while the state is being modified",
+            )
+        })
     }
 
     /// The TTL configuration of the state called `name`, if it is registered with one.
@@ -491,42 +520,147 @@ impl<K: Key> HeapKeyedStateBackend<K> {
     }
 }
 
+/// The table of a namespaced state: per key, a small map from namespace to value.
+type NamespacedTable<K, N, V> = Table<K, SmallMap<N, V>>;
+
+impl<K: Key> HeapKeyedStateBackend<K> {
+    /// A namespaced handle's table and layout, registering the table if needed.
+    fn namespaced<N: Namespace, V: 'static>(
+        &mut self,
+        name: &str,
+        kind: StateKind,
+    ) -> Result<(NamespacedTable<K, N, V>, InNamespace<N>)> {
+        let table = self.table::<SmallMap<N, V>>(name, kind, None, None)?;
+        let layout = InNamespace {
+            current: Rc::new(NamespaceCell::new()),
+        };
+        Ok((table, layout))
+    }
+
+    fn merger<N: Namespace, V: 'static>(
+        &self,
+        name: &str,
+        table: &Table<K, SmallMap<N, V>>,
+        combine: impl Fn(V, V) -> V + 'static,
+    ) -> Option<Box<dyn MergeNamespaces<N>>> {
+        Some(Box::new(HeapMerger {
+            name: name.into(),
+            context: Rc::clone(&self.context),
+            table: Rc::clone(table),
+            combine: Box::new(combine),
+        }))
+    }
+
+    /// Creates (or re-opens) a namespaced value state (see [`crate::namespace`]).
+    pub fn namespaced_value_state<N: Namespace, T: StateValue>(
+        &mut self,
+        desc: &ValueStateDescriptor<T>,
+    ) -> Result<Namespaced<ValueState<T>, N>> {
+        let (table, layout) = self.namespaced::<N, T>(desc.name(), StateKind::Value)?;
+        let current = Rc::clone(&layout.current);
+        let handle = HeapHandle::with_layout(desc.name(), &self.context, table, layout);
+        let state = ValueState::from_access(Box::new(handle));
+        Ok(Namespaced::new(desc.name(), state, current, None))
+    }
+
+    /// Creates (or re-opens) a namespaced list state.
+    pub fn namespaced_list_state<N: Namespace, T: StateValue>(
+        &mut self,
+        desc: &ListStateDescriptor<T>,
+    ) -> Result<Namespaced<ListState<T>, N>> {
+        let (table, layout) = self.namespaced::<N, Vec<T>>(desc.name(), StateKind::List)?;
+        let current = Rc::clone(&layout.current);
+        let merger = self.merger(desc.name(), &table, |mut a: Vec<T>, b| {
+            a.extend(b);
+            a
+        });
+        let handle = HeapHandle::with_layout(desc.name(), &self.context, table, layout);
+        let state = ListState::from_access(Box::new(handle));
+        Ok(Namespaced::new(desc.name(), state, current, merger))
+    }
+
+    /// Creates (or re-opens) a namespaced map state.
+    pub fn namespaced_map_state<N: Namespace, UK: Key, UV: StateValue>(
+        &mut self,
+        desc: &MapStateDescriptor<UK, UV>,
+    ) -> Result<Namespaced<MapState<UK, UV>, N>> {
+        let (table, layout) =
+            self.namespaced::<N, SmallMap<UK, UV>>(desc.name(), StateKind::Map)?;
+        let current = Rc::clone(&layout.current);
+        let handle = HeapHandle::with_layout(desc.name(), &self.context, table, layout);
+        let state = MapState::from_access(Box::new(handle));
+        Ok(Namespaced::new(desc.name(), state, current, None))
+    }
+
+    /// Creates (or re-opens) a namespaced reducing state.
+    pub fn namespaced_reducing_state<N: Namespace, T: StateValue>(
+        &mut self,
+        desc: &ReducingStateDescriptor<T>,
+    ) -> Result<Namespaced<ReducingState<T>, N>> {
+        let (table, layout) = self.namespaced::<N, T>(desc.name(), StateKind::Reducing)?;
+        let current = Rc::clone(&layout.current);
+        let reduce = desc.reduce_fn();
+        let merger = self.merger(desc.name(), &table, move |a: T, b: T| reduce(&a, &b));
+        let state = ReducingState::from_access(Box::new(HeapReducing {
+            handle: HeapHandle::with_layout(desc.name(), &self.context, table, layout),
+            reduce: desc.reduce_fn(),
+        }));
+        Ok(Namespaced::new(desc.name(), state, current, merger))
+    }
+
+    /// Creates (or re-opens) a namespaced aggregating state.
+    pub fn namespaced_aggregating_state<N: Namespace, In: 'static, F: AggregateFunction<In>>(
+        &mut self,
+        desc: &AggregatingStateDescriptor<In, F>,
+    ) -> Result<Namespaced<AggregatingState<In, F::Out>, N>> {
+        let (table, layout) = self.namespaced::<N, F::Acc>(desc.name(), StateKind::Aggregating)?;
+        let current = Rc::clone(&layout.current);
+        let function = desc.function();
+        let merger = self.merger(desc.name(), &table, move |a, b| function.merge(a, b));
+        let state = AggregatingState::from_access(Box::new(HeapAggregating {
+            handle: HeapHandle::with_layout(desc.name(), &self.context, table, layout),
+            function: desc.function(),
+            _input: std::marker::PhantomData::<fn(In)>,
+        }));
+        Ok(Namespaced::new(desc.name(), state, current, merger))
+    }
+}
+
 /// A reducing state on the heap: a value table plus the reduce function.
-struct HeapReducing<K, T> {
-    handle: HeapHandle<K, T>,
+struct HeapReducing<K: Key, T: 'static, L: Layout<K> = Plain> {
+    handle: HeapHandle<K, T, L>,
     reduce: ReduceFn<T>,
 }
 
-impl<K: Key, T: StateValue> ReducingStateAccess<T> for HeapReducing<K, T> {
+impl<K: Key, T: StateValue, L: Layout<K>> ReducingStateAccess<T> for HeapReducing<K, T, L> {
     fn get(&self) -> Result<Option<T>> {
         self.handle.read(|value| value.cloned())
     }
 
     fn add(&self, value: T) -> Result<()> {
         let reduce = &self.reduce;
-        self.handle
-            .write(|table, key, offset| match table.get_mut(offset, key) {
-                Some(current) => *current = reduce(current, &value),
-                None => table.put(offset, key, value),
-            })
+        self.handle.entry(|entry| match entry.get_mut() {
+            Some(current) => *current = reduce(current, &value),
+            None => entry.put(value),
+        })
     }
 
     fn clear(&self) -> Result<()> {
-        self.handle.write(|table, key, offset| {
-            table.remove(offset, key);
+        self.handle.entry(|entry| {
+            entry.remove();
         })
     }
 }
 
 /// An aggregating state on the heap: an accumulator table plus the aggregate function.
-struct HeapAggregating<K, In, F: AggregateFunction<In>> {
-    handle: HeapHandle<K, F::Acc>,
+struct HeapAggregating<K: Key, In, F: AggregateFunction<In>, L: Layout<K> = Plain> {
+    handle: HeapHandle<K, F::Acc, L>,
     function: Arc<F>,
     _input: std::marker::PhantomData<fn(In)>,
 }
 
-impl<K: Key, In, F: AggregateFunction<In>> AggregatingStateAccess<In, F::Out>
-    for HeapAggregating<K, In, F>
+impl<K: Key, In, F: AggregateFunction<In>, L: Layout<K>> AggregatingStateAccess<In, F::Out>
+    for HeapAggregating<K, In, F, L>
 {
     fn get(&self) -> Result<Option<F::Out>> {
         let function = &self.function;
@@ -536,64 +670,292 @@ impl<K: Key, In, F: AggregateFunction<In>> AggregatingStateAccess<In, F::Out>
 
     fn add(&self, value: In) -> Result<()> {
         let function = &self.function;
-        self.handle.write(|table, key, offset| {
-            let acc = table.get_or_insert_with(offset, key, || function.create_accumulator());
+        self.handle.entry(|entry| {
+            let acc = entry.get_or_insert_with(|| function.create_accumulator());
             function.add(value, acc);
         })
     }
 
     fn clear(&self) -> Result<()> {
-        self.handle.write(|table, key, offset| {
-            table.remove(offset, key);
+        self.handle.entry(|entry| {
+            entry.remove();
         })
     }
 }
 
-/// A handle on one heap table, scoped to the current key of `context`.
-struct HeapHandle<K, V> {
-    name: Rc<str>,
-    context: Rc<KeyContext<K>>,
-    table: Table<K, V>,
+/// Where a handle finds the current key's value in its table: directly ([`Plain`], the
+/// default namespace) or in a small per-key map under the current namespace
+/// ([`InNamespace`]). Chosen at registration, so plain state pays nothing for namespaces.
+trait Layout<K: Key>: 'static {
+    /// The namespace the layout resolves (`()` for plain state).
+    type Ns;
+    /// What the table stores per key for values of type `V`.
+    type Stored<V: 'static>: 'static;
+
+    /// Runs `f` with the current namespace, or fails if the operator has set none.
+    fn with_ns<R>(&self, state: &str, f: impl FnOnce(&Self::Ns) -> R) -> Result<R>;
+
+    /// The value of (`key`, `ns`).
+    fn get<'t, V>(
+        table: &'t ShardedTable<K, Self::Stored<V>>,
+        offset: usize,
+        key: &K,
+        ns: &Self::Ns,
+    ) -> Option<&'t V>;
+
+    /// The value of (`key`, `ns`), mutably.
+    fn get_mut<'t, V>(
+        table: &'t mut ShardedTable<K, Self::Stored<V>>,
+        offset: usize,
+        key: &K,
+        ns: &Self::Ns,
+    ) -> Option<&'t mut V>;
+
+    /// The value of (`key`, `ns`), inserted with `default` first if absent.
+    fn get_or_insert_with<'t, V>(
+        table: &'t mut ShardedTable<K, Self::Stored<V>>,
+        offset: usize,
+        key: &K,
+        ns: &Self::Ns,
+        default: impl FnOnce() -> V,
+    ) -> &'t mut V;
+
+    /// Removes the value of (`key`, `ns`), and the key's entry once it holds nothing.
+    fn remove<V>(
+        table: &mut ShardedTable<K, Self::Stored<V>>,
+        offset: usize,
+        key: &K,
+        ns: &Self::Ns,
+    ) -> Option<V>;
 }
 
-impl<K: Key, V> HeapHandle<K, V> {
+/// The layout of plain keyed state: one value per key.
+struct Plain;
+
+impl<K: Key> Layout<K> for Plain {
+    type Ns = ();
+    type Stored<V: 'static> = V;
+
+    #[inline]
+    fn with_ns<R>(&self, _state: &str, f: impl FnOnce(&()) -> R) -> Result<R> {
+        Ok(f(&()))
+    }
+
+    #[inline]
+    fn get<'t, V>(table: &'t ShardedTable<K, V>, offset: usize, key: &K, _: &()) -> Option<&'t V> {
+        table.get(offset, key)
+    }
+
+    #[inline]
+    fn get_mut<'t, V>(
+        table: &'t mut ShardedTable<K, V>,
+        offset: usize,
+        key: &K,
+        _: &(),
+    ) -> Option<&'t mut V> {
+        table.get_mut(offset, key)
+    }
+
+    #[inline]
+    fn get_or_insert_with<'t, V>(
+        table: &'t mut ShardedTable<K, V>,
+        offset: usize,
+        key: &K,
+        _: &(),
+        default: impl FnOnce() -> V,
+    ) -> &'t mut V {
+        table.get_or_insert_with(offset, key, default)
+    }
+
+    #[inline]
+    fn remove<V>(table: &mut ShardedTable<K, V>, offset: usize, key: &K, _: &()) -> Option<V> {
+        table.remove(offset, key)
+    }
+}
+
+/// The layout of namespaced state: per key, a small map from namespace to value (a key has
+/// few live windows at a time, so the map usually stays inline).
+struct InNamespace<N> {
+    current: Rc<NamespaceCell<N>>,
+}
+
+impl<K: Key, N: Namespace> Layout<K> for InNamespace<N> {
+    type Ns = N;
+    type Stored<V: 'static> = SmallMap<N, V>;
+
+    #[inline]
+    fn with_ns<R>(&self, state: &str, f: impl FnOnce(&N) -> R) -> Result<R> {
+        self.current.with(state, f)
+    }
+
+    #[inline]
+    fn get<'t, V>(
+        table: &'t ShardedTable<K, SmallMap<N, V>>,
+        offset: usize,
+        key: &K,
+        ns: &N,
+    ) -> Option<&'t V> {
+        table.get(offset, key)?.get(ns)
+    }
+
+    #[inline]
+    fn get_mut<'t, V>(
+        table: &'t mut ShardedTable<K, SmallMap<N, V>>,
+        offset: usize,
+        key: &K,
+        ns: &N,
+    ) -> Option<&'t mut V> {
+        table.get_mut(offset, key)?.get_mut(ns)
+    }
+
+    fn get_or_insert_with<'t, V>(
+        table: &'t mut ShardedTable<K, SmallMap<N, V>>,
+        offset: usize,
+        key: &K,
+        ns: &N,
+        default: impl FnOnce() -> V,
+    ) -> &'t mut V {
+        table
+            .get_or_insert_with(offset, key, SmallMap::default)
+            .get_or_insert_with(ns, || ns.clone(), default)
+    }
+
+    fn remove<V>(
+        table: &mut ShardedTable<K, SmallMap<N, V>>,
+        offset: usize,
+        key: &K,
+        ns: &N,
+    ) -> Option<V> {
+        let map = table.get_mut(offset, key)?;
+        let removed = map.remove(ns);
+        if map.is_empty() {
+            table.remove(offset, key);
+        }
+        removed
+    }
+}
+
+/// The current key's (and namespace's) value slot in a table, for one write.
+struct EntryMut<'a, K: Key, V: 'static, L: Layout<K>> {
+    table: &'a mut ShardedTable<K, L::Stored<V>>,
+    key: &'a K,
+    offset: usize,
+    ns: &'a L::Ns,
+}
+
+impl<K: Key, V: 'static, L: Layout<K>> EntryMut<'_, K, V, L> {
+    #[inline]
+    fn get_mut(&mut self) -> Option<&mut V> {
+        L::get_mut(self.table, self.offset, self.key, self.ns)
+    }
+
+    #[inline]
+    fn get_or_insert_with(&mut self, default: impl FnOnce() -> V) -> &mut V {
+        L::get_or_insert_with(self.table, self.offset, self.key, self.ns, default)
+    }
+
+    #[inline]
+    fn put(&mut self, value: V) {
+        match self.get_mut() {
+            Some(slot) => *slot = value,
+            None => {
+                self.get_or_insert_with(|| value);
+            }
+        }
+    }
+
+    #[inline]
+    fn remove(&mut self) -> Option<V> {
+        L::remove(self.table, self.offset, self.key, self.ns)
+    }
+}
+
+/// A handle on one heap table, scoped to the current key of `context` (and, for namespaced
+/// state, to the current namespace of its layout).
+struct HeapHandle<K, V: 'static, L: Layout<K> = Plain>
+where
+    K: Key,
+{
+    name: Rc<str>,
+    context: Rc<KeyContext<K>>,
+    table: Table<K, L::Stored<V>>,
+    layout: L,
+}
+
+impl<K: Key, V> HeapHandle<K, V, Plain> {
     fn new(name: &str, context: &Rc<KeyContext<K>>, table: Table<K, V>) -> Self {
+        HeapHandle::with_layout(name, context, table, Plain)
+    }
+
+    /// Runs `f` on the table and the current key (the TTL handles work on whole tables).
+    #[inline]
+    fn write<R>(&self, f: impl FnOnce(&mut ShardedTable<K, V>, &K, usize) -> R) -> Result<R> {
+        let mut table = self.borrow_mut()?;
+        self.context
+            .with_key(&self.name, |key, offset| f(&mut table, key, offset))
+    }
+}
+
+impl<K: Key, V: 'static, L: Layout<K>> HeapHandle<K, V, L> {
+    fn with_layout(
+        name: &str,
+        context: &Rc<KeyContext<K>>,
+        table: Table<K, L::Stored<V>>,
+        layout: L,
+    ) -> Self {
         HeapHandle {
             name: name.into(),
             context: Rc::clone(context),
             table,
+            layout,
         }
     }
 
-    /// Reads the current key's entry. A shared borrow can always be taken: mutable borrows
-    /// never outlive a call of this module, and no user code runs while one is held.
+    /// Reads the current entry. A shared borrow can always be taken: mutable borrows never
+    /// outlive a call of this module, and no user code runs while one is held.
     #[inline]
     fn read<R>(&self, f: impl FnOnce(Option<&V>) -> R) -> Result<R> {
         let table = self.borrow()?;
-        self.context
-            .with_key(&self.name, |key, offset| f(table.get(offset, key)))
+        self.context.with_key(&self.name, |key, offset| {
+            self.layout
+                .with_ns(&self.name, |ns| f(L::get(&table, offset, key, ns)))
+        })?
+    }
+
+    /// Runs `f` on the current entry, mutably.
+    #[inline]
+    fn entry<R>(&self, f: impl FnOnce(&mut EntryMut<'_, K, V, L>) -> R) -> Result<R> {
+        let mut table = self.borrow_mut()?;
+        self.context.with_key(&self.name, |key, offset| {
+            self.layout.with_ns(&self.name, |ns| {
+                f(&mut EntryMut {
+                    table: &mut table,
+                    key,
+                    offset,
+                    ns,
+                })
+            })
+        })?
     }
 
     #[inline]
-    fn borrow(&self) -> Result<Ref<'_, ShardedTable<K, V>>> {
+    fn borrow(&self) -> Result<Ref<'_, ShardedTable<K, L::Stored<V>>>> {
         self.table
             .try_borrow()
             .map_err(|_| EddyError::Internal(format!("state \"{}\" is being modified", self.name)))
     }
 
     #[inline]
-    fn write<R>(&self, f: impl FnOnce(&mut ShardedTable<K, V>, &K, usize) -> R) -> Result<R> {
-        let mut table: RefMut<'_, _> = self.table.try_borrow_mut().map_err(|_| {
+    fn borrow_mut(&self) -> Result<RefMut<'_, ShardedTable<K, L::Stored<V>>>> {
+        self.table.try_borrow_mut().map_err(|_| {
             EddyError::state(
                 &*self.name,
                 "cannot modify the state while an iterator over it is alive",
             )
-        })?;
-        self.context
-            .with_key(&self.name, |key, offset| f(&mut table, key, offset))
+        })
     }
 
-    /// An iterator over the current key's entry, holding a shared borrow of the table.
+    /// An iterator over the current entry, holding a shared borrow of the table.
     fn iter_entry<'a, T: 'a>(
         &'a self,
         project: impl FnOnce(&V) -> Vec<T>,
@@ -603,7 +965,7 @@ impl<K: Key, V> HeapHandle<K, V> {
     }
 }
 
-impl<K: Key, T: StateValue> ValueStateAccess<T> for HeapHandle<K, T> {
+impl<K: Key, T: StateValue, L: Layout<K>> ValueStateAccess<T> for HeapHandle<K, T, L> {
     #[inline]
     fn value(&self) -> Result<Option<T>> {
         self.read(|entry| entry.cloned())
@@ -611,12 +973,12 @@ impl<K: Key, T: StateValue> ValueStateAccess<T> for HeapHandle<K, T> {
 
     #[inline]
     fn update(&self, value: T) -> Result<()> {
-        self.write(|table, key, offset| table.put(offset, key, value))
+        self.entry(|entry| entry.put(value))
     }
 
     fn clear(&self) -> Result<()> {
-        self.write(|table, key, offset| {
-            table.remove(offset, key);
+        self.entry(|entry| {
+            entry.remove();
         })
     }
 }
@@ -643,49 +1005,49 @@ impl<T: Clone> Iterator for ListIter<'_, T> {
     }
 }
 
-impl<K: Key, T: StateValue> ListStateAccess<T> for HeapHandle<K, Vec<T>> {
+impl<K: Key, T: StateValue, L: Layout<K>> ListStateAccess<T> for HeapHandle<K, Vec<T>, L> {
     #[inline]
     fn add(&self, value: T) -> Result<()> {
-        self.write(|table, key, offset| table.get_or_insert_with(offset, key, Vec::new).push(value))
+        self.entry(|entry| entry.get_or_insert_with(Vec::new).push(value))
     }
 
     fn add_all(&self, values: Vec<T>) -> Result<()> {
         if values.is_empty() {
             return Ok(());
         }
-        self.write(|table, key, offset| {
-            table
-                .get_or_insert_with(offset, key, Vec::new)
-                .extend(values)
-        })
+        self.entry(|entry| entry.get_or_insert_with(Vec::new).extend(values))
     }
 
     fn get(&self) -> Result<StateIter<'_, T>> {
         let table = self.borrow()?;
         let list = self.context.with_key(&self.name, |key, offset| {
-            Ref::filter_map(table, |t| t.get(offset, key)).ok()
-        })?;
+            self.layout.with_ns(&self.name, |ns| {
+                Ref::filter_map(table, |t| L::get(t, offset, key, ns)).ok()
+            })
+        })??;
         Ok(Box::new(ListIter { list, position: 0 }))
     }
 
     fn update(&self, values: Vec<T>) -> Result<()> {
-        self.write(|table, key, offset| {
+        self.entry(|entry| {
             if values.is_empty() {
-                table.remove(offset, key);
+                entry.remove();
             } else {
-                table.put(offset, key, values);
+                entry.put(values);
             }
         })
     }
 
     fn clear(&self) -> Result<()> {
-        self.write(|table, key, offset| {
-            table.remove(offset, key);
+        self.entry(|entry| {
+            entry.remove();
         })
     }
 }
 
-impl<K: Key, UK: Key, UV: StateValue> MapStateAccess<UK, UV> for HeapHandle<K, SmallMap<UK, UV>> {
+impl<K: Key, UK: Key, UV: StateValue, L: Layout<K>> MapStateAccess<UK, UV>
+    for HeapHandle<K, SmallMap<UK, UV>, L>
+{
     #[inline]
     fn get(&self, user_key: &UK) -> Result<Option<UV>> {
         self.read(|map| map.and_then(|m| m.get(user_key)).cloned())
@@ -693,9 +1055,9 @@ impl<K: Key, UK: Key, UV: StateValue> MapStateAccess<UK, UV> for HeapHandle<K, S
 
     #[inline]
     fn put(&self, user_key: UK, value: UV) -> Result<()> {
-        self.write(|table, key, offset| {
-            table
-                .get_or_insert_with(offset, key, SmallMap::default)
+        self.entry(|entry| {
+            entry
+                .get_or_insert_with(SmallMap::default)
                 .insert(user_key, value);
         })
     }
@@ -704,8 +1066,8 @@ impl<K: Key, UK: Key, UV: StateValue> MapStateAccess<UK, UV> for HeapHandle<K, S
         if entries.is_empty() {
             return Ok(());
         }
-        self.write(|table, key, offset| {
-            let map = table.get_or_insert_with(offset, key, SmallMap::default);
+        self.entry(|entry| {
+            let map = entry.get_or_insert_with(SmallMap::default);
             for (user_key, value) in entries {
                 map.insert(user_key, value);
             }
@@ -713,12 +1075,13 @@ impl<K: Key, UK: Key, UV: StateValue> MapStateAccess<UK, UV> for HeapHandle<K, S
     }
 
     fn remove(&self, user_key: &UK) -> Result<()> {
-        self.write(|table, key, offset| {
-            if let Some(map) = table.get_mut(offset, key) {
+        self.entry(|entry| {
+            let now_empty = entry.get_mut().is_some_and(|map| {
                 map.remove(user_key);
-                if map.is_empty() {
-                    table.remove(offset, key);
-                }
+                map.is_empty()
+            });
+            if now_empty {
+                entry.remove();
             }
         })
     }
@@ -744,8 +1107,50 @@ impl<K: Key, UK: Key, UV: StateValue> MapStateAccess<UK, UV> for HeapHandle<K, S
     }
 
     fn clear(&self) -> Result<()> {
-        self.write(|table, key, offset| {
-            table.remove(offset, key);
+        self.entry(|entry| {
+            entry.remove();
+        })
+    }
+}
+
+/// Merges namespaces of one namespaced heap state with a kind-specific `combine`.
+struct HeapMerger<K, N, V> {
+    name: Rc<str>,
+    context: Rc<KeyContext<K>>,
+    table: Table<K, SmallMap<N, V>>,
+    combine: Box<dyn Fn(V, V) -> V>,
+}
+
+impl<K: Key, N: Namespace, V: 'static> MergeNamespaces<N> for HeapMerger<K, N, V> {
+    fn merge_namespaces(&self, target: &N, sources: &[N]) -> Result<()> {
+        let mut table = self.table.try_borrow_mut().map_err(|_| {
+            EddyError::state(
+                &*self.name,
+                "cannot merge namespaces while an iterator over the state is alive",
+            )
+        })?;
+        self.context.with_key(&self.name, |key, offset| {
+            let Some(map) = table.get_mut(offset, key) else {
+                return;
+            };
+            let mut merged: Option<V> = None;
+            for source in sources {
+                if let Some(value) = map.remove(source) {
+                    merged = Some(match merged {
+                        Some(acc) => (self.combine)(acc, value),
+                        None => value,
+                    });
+                }
+            }
+            if let Some(value) = merged {
+                let value = match map.remove(target) {
+                    Some(existing) => (self.combine)(existing, value),
+                    None => value,
+                };
+                map.insert(target.clone(), value);
+            } else if map.is_empty() {
+                table.remove(offset, key);
+            }
         })
     }
 }
@@ -859,13 +1264,7 @@ impl<UK: Key, UV> TtlEntry for SmallMap<UK, TtlValue<UV>> {
 
 /// The entry of `user_key` in a small map, mutably (`SmallMap` offers only shared access).
 fn map_entry_mut<'m, UK: Key, V>(map: &'m mut SmallMap<UK, V>, user_key: &UK) -> Option<&'m mut V> {
-    match map {
-        SmallMap::Inline(entries) => entries
-            .iter_mut()
-            .find(|(k, _)| k == user_key)
-            .map(|(_, v)| v),
-        SmallMap::Hashed(table) => table.get_mut(user_key),
-    }
+    map.get_mut(user_key)
 }
 
 /// Calls `f` on every value of a small map.
@@ -903,7 +1302,7 @@ fn purge_shard<K: Key, V: TtlEntry>(shard: &mut ProbeTable<K, V>, ttl_ms: u64, n
 }
 
 /// A handle on one TTL table, scoped to the current key of its context.
-struct TtlHandle<K, V> {
+struct TtlHandle<K: Key, V: 'static> {
     handle: HeapHandle<K, V>,
     ttl_ms: u64,
     /// [`UpdateType::OnReadAndWrite`].
@@ -914,7 +1313,7 @@ struct TtlHandle<K, V> {
     incremental: Option<IncrementalCleanup>,
 }
 
-impl<K: Key, V: TtlEntry> TtlHandle<K, V> {
+impl<K: Key, V: TtlEntry + 'static> TtlHandle<K, V> {
     /// The current time of the backend's TTL clock.
     #[inline]
     fn now(&self) -> Result<u64> {
@@ -981,7 +1380,7 @@ enum SingleRead<R> {
     Expired(Option<R>),
 }
 
-impl<K: Key, T> TtlHandle<K, TtlValue<T>> {
+impl<K: Key, T: 'static> TtlHandle<K, TtlValue<T>> {
     /// Reads the current key's value through `project`, with the TTL rules: an expired value
     /// is removed (cleanup on read) and returned only under
     /// [`StateVisibility::ReturnExpiredIfNotCleanedUp`]; a live one is refreshed under
@@ -1055,7 +1454,7 @@ impl<K: Key, T: StateValue> ValueStateAccess<T> for TtlHandle<K, TtlValue<T>> {
 }
 
 /// A reducing state with TTL.
-struct TtlReducing<K, T> {
+struct TtlReducing<K: Key, T: 'static> {
     handle: TtlHandle<K, TtlValue<T>>,
     reduce: ReduceFn<T>,
 }
@@ -1096,7 +1495,7 @@ impl<K: Key, T: StateValue> ReducingStateAccess<T> for TtlReducing<K, T> {
 }
 
 /// An aggregating state with TTL.
-struct TtlAggregating<K, In, F: AggregateFunction<In>> {
+struct TtlAggregating<K: Key, In, F: AggregateFunction<In>> {
     handle: TtlHandle<K, TtlValue<F::Acc>>,
     function: Arc<F>,
     _input: std::marker::PhantomData<fn(In)>,

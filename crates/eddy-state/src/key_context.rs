@@ -51,9 +51,28 @@ impl<K: Key> KeyContext<K> {
                 self.range
             ))
         })?;
+        // The runtime lends the current key to user code for the duration of a call; a
+        // change of key during that call (e.g. `apply_to_all_keys` inside
+        // `process_element`) would pull it from under the user's feet.
+        let mut current = self.key.try_borrow_mut().map_err(|_| {
+            EddyError::Internal(format!(
+                "cannot make {key:?} the current key while the current key is borrowed \
+                 (keyed-state iteration is not allowed inside process_element)"
+            ))
+        })?;
+        *current = Some(key);
         self.offset.set(offset);
         self.key_group.set(kg);
-        *self.key.borrow_mut() = Some(key);
+        Ok(())
+    }
+
+    /// Unsets the current key (as before the first record), so that state access fails
+    /// until a key is set again.
+    pub fn clear_current_key(&self) -> Result<()> {
+        let mut current = self.key.try_borrow_mut().map_err(|_| {
+            EddyError::Internal("cannot unset the current key while it is borrowed".into())
+        })?;
+        *current = None;
         Ok(())
     }
 

@@ -42,9 +42,14 @@ mod descriptor;
 mod handle;
 pub mod heap;
 mod key_context;
+pub mod namespace;
+pub mod operator_state;
 pub mod prefetch;
 pub mod probe_table;
+#[cfg(feature = "rocksdb")]
+pub mod rocksdb;
 pub mod small_map;
+pub mod timers;
 pub mod ttl;
 
 pub use backend::KeyedStateBackend;
@@ -58,6 +63,14 @@ pub use handle::{
 };
 pub use heap::PrefetchDepth;
 pub use key_context::KeyContext;
+pub use namespace::{MergeNamespaces, Namespace, NamespaceCell, Namespaced};
+pub use operator_state::{
+    redistribute, BroadcastState, NamedOperatorState, OperatorListState, OperatorStateMode,
+    OperatorStateSnapshot, OperatorStateStore, ReadOnlyBroadcastState,
+};
+#[cfg(feature = "rocksdb")]
+pub use rocksdb::{RocksDbConfig, RocksDbKeyedStateBackend};
+pub use timers::{TimeDomain, Timer, TimerQueue, TimerService};
 pub use ttl::{
     ManualClock, StateTtlConfig, StateVisibility, SystemClock, TtlClock, TtlTimeDomain, TtlValue,
     UpdateType,

@@ -74,6 +74,47 @@ impl<UK: Hash + Eq, UV> SmallMap<UK, UV> {
         }
     }
 
+    /// The value of `key`, mutably.
+    #[inline]
+    pub fn get_mut(&mut self, key: &UK) -> Option<&mut UV> {
+        match self {
+            SmallMap::Inline(v) => v.iter_mut().find(|(k, _)| k == key).map(|(_, value)| value),
+            SmallMap::Hashed(t) => t.get_mut(key),
+        }
+    }
+
+    /// The value of `key`, inserted with `default` first if absent; `make_key` makes the
+    /// owned key only then.
+    pub fn get_or_insert_with(
+        &mut self,
+        key: &UK,
+        make_key: impl FnOnce() -> UK,
+        default: impl FnOnce() -> UV,
+    ) -> &mut UV {
+        if let SmallMap::Inline(v) = self {
+            if v.len() >= INLINE_MAX && !v.iter().any(|(k, _)| k == key) {
+                let mut table = ProbeTable::new();
+                for (k, old) in v.drain(..) {
+                    table.insert(k, old);
+                }
+                *self = SmallMap::Hashed(table);
+            }
+        }
+        match self {
+            SmallMap::Inline(v) => {
+                let position = match v.iter().position(|(k, _)| k == key) {
+                    Some(position) => position,
+                    None => {
+                        v.push((make_key(), default()));
+                        v.len() - 1
+                    }
+                };
+                &mut v[position].1
+            }
+            SmallMap::Hashed(t) => t.get_or_insert_with(key, make_key, default),
+        }
+    }
+
     /// Removes `key`, returning its value.
     pub fn remove(&mut self, key: &UK) -> Option<UV> {
         match self {
@@ -109,6 +150,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn get_or_insert_switches_to_hashing_at_the_limit() {
+        let mut m = SmallMap::default();
+        for k in 0..(INLINE_MAX as u64 + 5) {
+            *m.get_or_insert_with(&k, || k, || 0) += k;
+            *m.get_or_insert_with(&k, || k, || 0) += 1;
+            if let Some(v) = m.get_mut(&k) {
+                *v *= 2;
+            }
+        }
+        assert!(matches!(m, SmallMap::Hashed(_)));
+        for k in 0..(INLINE_MAX as u64 + 5) {
+            assert_eq!(m.get(&k), Some(&((k + 1) * 2)));
+        }
+    }
+
+    #[test]
     fn switches_to_hashing_past_the_inline_limit_and_keeps_entries() {
         let mut m = SmallMap::default();
         for k in 0..(INLINE_MAX as u64 + 10) {
@@ -123,6 +180,9 @@ mod tests {
         assert_eq!(m.get(&3), None);
         m.insert(1, 7);
         assert_eq!(m.get(&1), Some(&7));
+        *m.get_or_insert_with(&1, || 1, || 0) += 1;
+        assert_eq!(m.get(&1), Some(&8));
+        assert_eq!(*m.get_or_insert_with(&3, || 3, || 9), 9);
         m.prefetch();
     }
 }

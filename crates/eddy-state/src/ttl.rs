@@ -168,7 +168,8 @@ impl StateTtlConfig {
     /// The heap backend walks its tables one key group at a time: it saves up
     /// `entries_per_access` checks per access and cleans a whole key group once the savings
     /// cover its size, so the cost per access is as configured on average, in bursts of one
-    /// key group. `0` is rejected when the state is registered.
+    /// key group. `0` is rejected when the state is registered. The RocksDB backend ignores it
+    /// (as Flink's does): its compaction filter does that work.
     pub fn cleanup_incrementally(mut self, entries_per_access: usize) -> Self {
         self.incremental_cleanup = Some(entries_per_access);
         self
@@ -186,8 +187,9 @@ impl StateTtlConfig {
     /// Drops expired values during RocksDB compactions (Flink's
     /// `cleanupInRocksdbCompactFilter`).
     ///
-    /// Recorded only, for the RocksDB backend (not implemented yet); the heap backend ignores
-    /// it.
+    /// The RocksDB backend installs its compaction filter on every TTL state whether or not
+    /// this is set (Flink's default since 1.14); the flag is recorded for the savepoint
+    /// format. The heap backend ignores it.
     pub fn cleanup_in_rocksdb_compaction_filter(mut self) -> Self {
         self.cleanup_in_rocksdb_compaction_filter = true;
         self

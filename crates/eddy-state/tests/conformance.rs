@@ -8,10 +8,15 @@ use eddy_core::key_group::{assign_to_key_group, subtask_for_key_group};
 use eddy_core::{EddyError, KeyGroupRange};
 use eddy_state::{
     AggregateFunction, AggregatingStateDescriptor, KeyedStateBackend, ListStateDescriptor,
-    MapStateDescriptor, ReducingStateDescriptor, ValueStateDescriptor,
+    MapStateDescriptor, ReducingStateDescriptor, StateTtlConfig, TimeDomain, Timer,
+    ValueStateDescriptor,
 };
 use proptest::prelude::*;
 use std::collections::BTreeMap;
+
+/// The TTL conformance tests, instantiated per backend as `<backend>::ttl::*`.
+#[path = "conformance/ttl.rs"]
+mod ttl_tests;
 
 /// Creates a backend for a subtask owning `range` out of `max_parallelism` key groups.
 type Factory = fn(KeyGroupRange, usize) -> KeyedStateBackend<u64>;
@@ -34,12 +39,59 @@ macro_rules! conformance_suite {
                 aggregating_state_keeps_an_accumulator_per_key,
                 one_million_keys_fit_and_read_back,
                 a_64_mib_list_and_a_million_entry_map,
+                namespaces_isolate_values_of_one_key,
+                namespaced_access_before_a_namespace_is_set_is_an_error,
+                merging_namespaces_folds_lists_reductions_and_accumulators,
+                value_and_map_state_cannot_merge_namespaces,
+                keys_lists_the_keys_holding_state,
+                apply_to_all_keys_visits_each_key_as_current_key,
+                apply_to_all_keys_restores_the_key_after_an_error,
+                timers_fire_in_timestamp_order_and_deduplicate,
+                timers_are_scoped_to_key_and_namespace_and_can_be_deleted,
+                timers_registered_while_firing_fire_in_the_same_advance,
+                timers_are_kept_per_key_group,
             );
             proptest! {
                 #[test]
                 fn backend_matches_a_model(ops in proptest::collection::vec(op(), 1..300)) {
                     backend_matches_a_model_impl(FACTORY, ops)?;
                 }
+            }
+            mod ttl {
+                use super::*;
+                conformance_suite!(@ttl_tests FACTORY;
+                    value_on_create_and_write_never_return_expired,
+                    value_on_read_and_write_never_return_expired,
+                    value_on_create_and_write_return_expired_if_not_cleaned_up,
+                    value_on_read_and_write_return_expired_if_not_cleaned_up,
+                    reducing_on_create_and_write_never_return_expired,
+                    reducing_on_read_and_write_never_return_expired,
+                    reducing_on_create_and_write_return_expired_if_not_cleaned_up,
+                    reducing_on_read_and_write_return_expired_if_not_cleaned_up,
+                    aggregating_on_create_and_write_never_return_expired,
+                    aggregating_on_read_and_write_never_return_expired,
+                    aggregating_on_create_and_write_return_expired_if_not_cleaned_up,
+                    aggregating_on_read_and_write_return_expired_if_not_cleaned_up,
+                    list_on_create_and_write_never_return_expired,
+                    list_on_read_and_write_never_return_expired,
+                    list_on_create_and_write_return_expired_if_not_cleaned_up,
+                    list_on_read_and_write_return_expired_if_not_cleaned_up,
+                    map_on_create_and_write_never_return_expired,
+                    map_on_read_and_write_never_return_expired,
+                    map_on_create_and_write_return_expired_if_not_cleaned_up,
+                    map_on_read_and_write_return_expired_if_not_cleaned_up,
+                    list_elements_expire_one_by_one,
+                    map_entries_expire_one_by_one_and_a_put_refreshes_only_its_entry,
+                    a_large_map_expires_per_entry_too,
+                    incremental_cleanup_keeps_live_values_and_hides_expired_ones,
+                    a_second_list_iterator_and_cleanup_work_while_an_iterator_is_alive,
+                    event_time_ttl_is_refused_until_watermarks_exist,
+                    invalid_ttl_configurations_are_refused,
+                    a_state_without_ttl_is_unaffected,
+                    registering_a_name_again_needs_the_same_ttl,
+                    a_clock_set_after_registration_reaches_existing_states,
+                    the_system_clock_is_the_default_and_keeps_fresh_values,
+                );
             }
         }
     };
@@ -51,9 +103,24 @@ macro_rules! conformance_suite {
             }
         )*
     };
+    (@ttl_tests $factory:ident; $($test:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $test() -> Result<(), EddyError> {
+                super::super::ttl_tests::$test($factory)
+            }
+        )*
+    };
 }
 
 conformance_suite!(heap, KeyedStateBackend::heap);
+#[cfg(feature = "rocksdb")]
+conformance_suite!(rocksdb, |range, max| KeyedStateBackend::rocksdb(
+    range,
+    max,
+    &eddy_state::RocksDbConfig::default()
+)
+.unwrap_or_else(|e| panic!("RocksDB does not open: {e}")));
 
 fn full_range(factory: Factory) -> KeyedStateBackend<u64> {
     factory(KeyGroupRange::new(0, 127), 128)
@@ -72,10 +139,9 @@ fn value_state_holds_one_value_per_key_not_per_instance(factory: Factory) -> Res
     }
     b.set_current_key(100)?;
     assert_eq!(v.value()?, None);
-    let heap = b
-        .as_heap()
-        .ok_or_else(|| EddyError::Internal("heap".into()))?;
-    assert_eq!(heap.value_table::<String>("v").map(|t| t.len()), Some(100));
+    let mut keys = b.keys("v")?;
+    keys.sort_unstable();
+    assert_eq!(keys, (0..100u64).collect::<Vec<_>>());
     Ok(())
 }
 
@@ -425,5 +491,370 @@ fn a_64_mib_list_and_a_million_entry_map(factory: Factory) -> Result<(), EddyErr
     assert_eq!(map.entries()?.count(), 1_000_000);
     map.clear()?;
     assert!(map.is_empty()?);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Namespaces and keyed-state iteration.
+
+/// A window-like namespace: (start, end).
+type Window = (u64, u64);
+
+fn sorted<T: Ord>(mut items: Vec<T>) -> Vec<T> {
+    items.sort();
+    items
+}
+
+fn namespaces_isolate_values_of_one_key(factory: Factory) -> Result<(), EddyError> {
+    let mut b = full_range(factory);
+    let value = b.namespaced_value_state::<Window, u64>(&ValueStateDescriptor::new("value"))?;
+    let list = b.namespaced_list_state::<Window, u64>(&ListStateDescriptor::new("list"))?;
+    let map = b.namespaced_map_state::<String, u64, u64>(&MapStateDescriptor::new("map"))?;
+    let plain = b.value_state(&ValueStateDescriptor::<u64>::new("plain"))?;
+    for key in [1u64, 2] {
+        b.set_current_key(key)?;
+        plain.update(key * 1000)?;
+        for start in [0u64, 10, 20] {
+            value.set_current_namespace((start, start + 10));
+            value.update(key * 100 + start)?;
+            list.set_current_namespace((start, start + 10));
+            list.add(key)?;
+            list.add(start)?;
+            map.set_current_namespace(format!("ns-{start}"));
+            map.put(key, start)?;
+        }
+    }
+    b.set_current_key(1)?;
+    value.set_current_namespace((10, 20));
+    assert_eq!(value.value()?, Some(110));
+    value.clear()?;
+    assert_eq!(value.value()?, None);
+    value.set_current_namespace((20, 30));
+    assert_eq!(
+        value.value()?,
+        Some(120),
+        "clearing one namespace keeps the others"
+    );
+    value.set_current_namespace((30, 40));
+    assert_eq!(value.value()?, None);
+    list.set_current_namespace((0, 10));
+    assert_eq!(sorted(list.get()?.collect()), vec![0, 1]);
+    map.set_current_namespace("ns-20".to_string());
+    assert_eq!(map.entries()?.collect::<Vec<_>>(), vec![(1, 20)]);
+    assert_eq!(map.get(&2)?, None, "map entries are per key and namespace");
+    assert_eq!(
+        plain.value()?,
+        Some(1000),
+        "plain state is apart from namespaced state"
+    );
+    b.set_current_key(2)?;
+    value.set_current_namespace((10, 20));
+    assert_eq!(
+        value.value()?,
+        Some(210),
+        "another key's namespace is untouched"
+    );
+    list.set_current_namespace((20, 30));
+    list.clear()?;
+    assert_eq!(list.get()?.count(), 0, "a cleared list reads as empty");
+    // A plain registration of a namespaced state's name is refused.
+    assert!(b
+        .value_state(&ValueStateDescriptor::<u64>::new("value"))
+        .is_err());
+    // Namespaced state has no TTL (as Flink's window state), and says so.
+    let ttl = ValueStateDescriptor::<u64>::new("ttl")
+        .enable_ttl(StateTtlConfig::new(std::time::Duration::from_secs(1)));
+    let err = b.namespaced_value_state::<Window, u64>(&ttl).err();
+    assert!(err.is_some_and(|e| e.to_string().contains("TTL")));
+    Ok(())
+}
+
+fn namespaced_access_before_a_namespace_is_set_is_an_error(
+    factory: Factory,
+) -> Result<(), EddyError> {
+    let mut b = full_range(factory);
+    let list = b.namespaced_list_state::<Window, u64>(&ListStateDescriptor::new("l"))?;
+    b.set_current_key(3)?;
+    let err = list.add(1).err().map(|e| e.to_string());
+    assert_eq!(
+        err.as_deref(),
+        Some("state \"l\": accessed before a namespace was set (call set_current_namespace first)")
+    );
+    Ok(())
+}
+
+fn merging_namespaces_folds_lists_reductions_and_accumulators(
+    factory: Factory,
+) -> Result<(), EddyError> {
+    let mut b = full_range(factory);
+    let list = b.namespaced_list_state::<Window, u64>(&ListStateDescriptor::new("list"))?;
+    let sum = b.namespaced_reducing_state::<Window, u64>(&ReducingStateDescriptor::new(
+        "sum",
+        |a: &u64, b: &u64| a + b,
+    ))?;
+    let avg = b.namespaced_aggregating_state::<Window, u32, Average>(
+        &AggregatingStateDescriptor::new("avg", Average),
+    )?;
+    b.set_current_key(7)?;
+    for (window, value) in [((0, 5), 1u64), ((3, 8), 2), ((3, 8), 3), ((6, 9), 4)] {
+        list.set_current_namespace(window);
+        list.add(value)?;
+        sum.set_current_namespace(window);
+        sum.add(value)?;
+        avg.set_current_namespace(window);
+        avg.add(value as u32)?;
+    }
+    b.set_current_key(8)?;
+    list.set_current_namespace((0, 5));
+    list.add(100)?;
+    b.set_current_key(7)?;
+    // (0,5) and (3,8) merge into (0,8); (1,2) holds nothing and is skipped.
+    let sources = [(0, 5), (3, 8), (1, 2)];
+    list.merge_namespaces(&(0, 8), &sources)?;
+    sum.merge_namespaces(&(0, 8), &sources)?;
+    avg.merge_namespaces(&(0, 8), &sources)?;
+    list.set_current_namespace((0, 8));
+    assert_eq!(sorted(list.get()?.collect()), vec![1, 2, 3]);
+    sum.set_current_namespace((0, 8));
+    assert_eq!(sum.get()?, Some(6));
+    avg.set_current_namespace((0, 8));
+    assert_eq!(avg.get()?, Some(2.0));
+    for source in [(0, 5), (3, 8)] {
+        list.set_current_namespace(source);
+        assert_eq!(list.get()?.count(), 0, "merged sources are cleared");
+        sum.set_current_namespace(source);
+        assert_eq!(sum.get()?, None);
+    }
+    list.set_current_namespace((6, 9));
+    assert_eq!(list.get()?.collect::<Vec<_>>(), vec![4]);
+    // The target may be one of the sources: (0,8) and (6,9) merge into (0,8).
+    sum.merge_namespaces(&(0, 8), &[(0, 8), (6, 9)])?;
+    sum.set_current_namespace((0, 8));
+    assert_eq!(sum.get()?, Some(10));
+    sum.set_current_namespace((6, 9));
+    assert_eq!(sum.get()?, None);
+    // Another key's namespaces are untouched by the merges.
+    b.set_current_key(8)?;
+    list.set_current_namespace((0, 5));
+    assert_eq!(list.get()?.collect::<Vec<_>>(), vec![100]);
+    Ok(())
+}
+
+fn value_and_map_state_cannot_merge_namespaces(factory: Factory) -> Result<(), EddyError> {
+    let mut b = full_range(factory);
+    let value = b.namespaced_value_state::<Window, u64>(&ValueStateDescriptor::new("v"))?;
+    let map = b.namespaced_map_state::<Window, u64, u64>(&MapStateDescriptor::new("m"))?;
+    b.set_current_key(1)?;
+    assert!(value.merge_namespaces(&(0, 2), &[(0, 1)]).is_err());
+    assert!(map.merge_namespaces(&(0, 2), &[(0, 1)]).is_err());
+    Ok(())
+}
+
+fn keys_lists_the_keys_holding_state(factory: Factory) -> Result<(), EddyError> {
+    let mut b = full_range(factory);
+    let value = b.value_state(&ValueStateDescriptor::<u64>::new("v"))?;
+    let map = b.map_state(&MapStateDescriptor::<u64, u64>::new("m"))?;
+    let windows = b.namespaced_list_state::<Window, u64>(&ListStateDescriptor::new("w"))?;
+    for key in 0..50u64 {
+        b.set_current_key(key)?;
+        value.update(key)?;
+        if key % 5 == 0 {
+            map.put(1, 1)?;
+            map.put(2, 2)?;
+            windows.set_current_namespace((key, key + 1));
+            windows.add(key)?;
+        }
+    }
+    b.set_current_key(10)?;
+    map.remove(&1)?;
+    map.remove(&2)?;
+    windows.set_current_namespace((10, 11));
+    windows.clear()?;
+    b.set_current_key(3)?;
+    value.clear()?;
+    let expected_values: Vec<u64> = (0..50).filter(|k| *k != 3).collect();
+    assert_eq!(sorted(b.keys("v")?), expected_values);
+    let expected_multiples = vec![0, 5, 15, 20, 25, 30, 35, 40, 45];
+    assert_eq!(sorted(b.keys("m")?), expected_multiples, "each key once");
+    assert_eq!(sorted(b.keys("w")?), expected_multiples);
+    assert!(b.keys("unknown").is_err());
+    Ok(())
+}
+
+fn apply_to_all_keys_visits_each_key_as_current_key(factory: Factory) -> Result<(), EddyError> {
+    let mut b = full_range(factory);
+    let count = b.value_state(&ValueStateDescriptor::<u64>::new("count"))?;
+    let seen = b.list_state(&ListStateDescriptor::<u64>::new("seen"))?;
+    for key in 0..20u64 {
+        b.set_current_key(key)?;
+        count.update(key)?;
+    }
+    b.set_current_key(5)?;
+    let mut visited = Vec::new();
+    b.apply_to_all_keys("count", &mut |key| {
+        visited.push(*key);
+        let current = count.value()?.unwrap_or_default();
+        assert_eq!(current, *key, "the visited key is the current key");
+        seen.add(current)?;
+        if key % 2 == 0 {
+            count.clear()
+        } else {
+            count.update(current * 10)
+        }
+    })?;
+    assert_eq!(sorted(visited), (0..20).collect::<Vec<_>>());
+    assert_eq!(
+        b.current_key().map(|k| *k),
+        Some(5),
+        "the previous key is restored"
+    );
+    for key in 0..20u64 {
+        b.set_current_key(key)?;
+        let expected = if key % 2 == 0 { None } else { Some(key * 10) };
+        assert_eq!(count.value()?, expected);
+        assert_eq!(seen.get()?.collect::<Vec<_>>(), vec![key]);
+    }
+    Ok(())
+}
+
+fn apply_to_all_keys_restores_the_key_after_an_error(factory: Factory) -> Result<(), EddyError> {
+    let mut b = full_range(factory);
+    let count = b.value_state(&ValueStateDescriptor::<u64>::new("count"))?;
+    for key in 0..5u64 {
+        b.set_current_key(key)?;
+        count.update(key)?;
+    }
+    b.clear_current_key()?;
+    let outcome = b.apply_to_all_keys("count", &mut |_| {
+        Err(EddyError::state("count", "refused by the test"))
+    });
+    assert!(outcome.is_err());
+    assert!(b.current_key().is_none(), "no key before, none after");
+    assert!(
+        count.value().is_err(),
+        "no current key: access is an error again"
+    );
+    assert!(b.apply_to_all_keys("missing", &mut |_| Ok(())).is_err());
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Timers.
+
+fn timers_fire_in_timestamp_order_and_deduplicate(factory: Factory) -> Result<(), EddyError> {
+    let mut b = full_range(factory);
+    let timers = b.timer_service::<()>("t")?;
+    for (key, at) in [(1u64, 30u64), (2, 10), (3, 20), (1, 10), (2, 10), (1, 30)] {
+        b.set_current_key(key)?;
+        timers.register_event_time_timer((), at)?;
+    }
+    assert_eq!(
+        timers.len(TimeDomain::EventTime),
+        4,
+        "(2,10) and (1,30) deduplicated"
+    );
+    assert_eq!(timers.next_event_time(), Some(10));
+    let fired: Vec<(u64, u64)> = std::iter::from_fn(|| timers.poll_event_time(25))
+        .map(|t| (t.timestamp, t.key))
+        .collect();
+    // Equal timestamps fire in registration order.
+    assert_eq!(fired, vec![(10, 2), (10, 1), (20, 3)]);
+    assert_eq!(timers.poll_event_time(29), None);
+    assert_eq!(timers.poll_event_time(u64::MAX).map(|t| t.key), Some(1));
+    assert!(timers.is_empty());
+    // A timer that fired can be registered again.
+    b.set_current_key(1)?;
+    timers.register_event_time_timer((), 30)?;
+    assert_eq!(timers.len(TimeDomain::EventTime), 1);
+    Ok(())
+}
+
+fn timers_are_scoped_to_key_and_namespace_and_can_be_deleted(
+    factory: Factory,
+) -> Result<(), EddyError> {
+    let mut b = full_range(factory);
+    let timers = b.timer_service::<Window>("windows")?;
+    assert!(
+        timers.register_event_time_timer((0, 10), 9).is_err(),
+        "no current key: an error, not a panic"
+    );
+    b.set_current_key(5)?;
+    timers.register_event_time_timer((0, 10), 9)?;
+    timers.register_event_time_timer((10, 20), 19)?;
+    timers.register_processing_time_timer((0, 10), 9)?;
+    b.set_current_key(6)?;
+    timers.register_event_time_timer((0, 10), 9)?;
+    // Deleting key 6's timer leaves key 5's timer of the same namespace and time.
+    timers.delete_event_time_timer((0, 10), 9)?;
+    // Deleting a timer that does not exist is not an error.
+    timers.delete_event_time_timer((5, 6), 1)?;
+    let fired: Vec<Timer<u64, Window>> =
+        std::iter::from_fn(|| timers.poll_event_time(100)).collect();
+    assert_eq!(
+        fired,
+        vec![
+            Timer {
+                timestamp: 9,
+                key: 5,
+                namespace: (0, 10)
+            },
+            Timer {
+                timestamp: 19,
+                key: 5,
+                namespace: (10, 20)
+            },
+        ]
+    );
+    // Processing-time timers are a separate queue.
+    assert_eq!(timers.next_processing_time(), Some(9));
+    assert_eq!(timers.poll_processing_time(8), None);
+    assert_eq!(timers.poll_processing_time(9).map(|t| t.key), Some(5));
+    // Another namespace type under the same name is refused.
+    assert!(b.timer_service::<u64>("windows").is_err());
+    Ok(())
+}
+
+fn timers_registered_while_firing_fire_in_the_same_advance(
+    factory: Factory,
+) -> Result<(), EddyError> {
+    let mut b = full_range(factory);
+    let timers = b.timer_service::<()>("t")?;
+    b.set_current_key(1)?;
+    timers.register_event_time_timer((), 10)?;
+    let mut fired = Vec::new();
+    while let Some(timer) = timers.poll_event_time(50) {
+        fired.push(timer.timestamp);
+        b.set_current_key(timer.key)?;
+        if timer.timestamp < 40 {
+            // As an on_timer would: a follow-up timer, due within this advance.
+            timers.register_event_time_timer((), timer.timestamp + 15)?;
+        }
+    }
+    assert_eq!(fired, vec![10, 25, 40]);
+    assert!(timers.is_empty());
+    Ok(())
+}
+
+fn timers_are_kept_per_key_group(factory: Factory) -> Result<(), EddyError> {
+    let range = KeyGroupRange::for_subtask(128, 2, 1);
+    let mut b = factory(range, 128);
+    let timers = b.timer_service::<()>("t")?;
+    let keys: Vec<u64> = (0u64..)
+        .filter(|k| range.contains(assign_to_key_group(k, 128)))
+        .take(200)
+        .collect();
+    for key in &keys {
+        b.set_current_key(*key)?;
+        timers.register_event_time_timer((), *key)?;
+    }
+    let mut total = 0;
+    for offset in 0..range.len() {
+        for timer in timers.timers_in_group(TimeDomain::EventTime, offset) {
+            let group = assign_to_key_group(&timer.key, 128);
+            assert_eq!(range.offset_of(group), Some(offset));
+            total += 1;
+        }
+    }
+    assert_eq!(total, keys.len());
     Ok(())
 }

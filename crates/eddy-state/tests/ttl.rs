@@ -1,6 +1,9 @@
-//! State TTL on the heap backend: every state type under every update type and visibility,
-//! per-element and per-entry expiry, incremental cleanup, and what is refused. Time comes from
-//! a `ManualClock`: no test sleeps.
+//! State TTL on the heap backend only: what cleanup physically removes from the heap tables,
+//! and how TTL states are stored there. Everything observable through the backend-independent
+//! API (every state type under every update type and visibility, per-element and per-entry
+//! expiry, incremental cleanup, what is refused) is in the conformance suite
+//! (`tests/conformance/ttl.rs`), which every backend runs. Time comes from a `ManualClock`: no
+//! test sleeps.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +12,7 @@ use eddy_core::{EddyError, KeyGroupRange};
 use eddy_state::{
     AggregateFunction, AggregatingStateDescriptor, KeyedStateBackend, ListStateDescriptor,
     ManualClock, MapStateDescriptor, ReducingStateDescriptor, StateTtlConfig, StateVisibility,
-    TtlTimeDomain, UpdateType, ValueStateDescriptor,
+    UpdateType, ValueStateDescriptor,
 };
 
 /// The TTL of every state below.
@@ -19,7 +22,8 @@ fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
 
-/// A backend owning all 128 key groups, with a manual clock at an arbitrary non-zero time.
+/// A heap backend owning all 128 key groups, with a manual clock at an arbitrary non-zero
+/// time.
 fn backend() -> (KeyedStateBackend<u64>, ManualClock) {
     let mut backend = KeyedStateBackend::heap(KeyGroupRange::new(0, 127), 128);
     let clock = ManualClock::new(1_700_000_000_000);
@@ -27,125 +31,8 @@ fn backend() -> (KeyedStateBackend<u64>, ManualClock) {
     (backend, clock)
 }
 
-fn config(update: UpdateType, visibility: StateVisibility) -> StateTtlConfig {
-    StateTtlConfig::new(TTL)
-        .update_type(update)
-        .state_visibility(visibility)
-}
-
 fn returns_expired(visibility: StateVisibility) -> bool {
     visibility == StateVisibility::ReturnExpiredIfNotCleanedUp
-}
-
-/// The life of one value per key, written at t = 0 and read at t = 6 and t = 12 (TTL 10 s).
-///
-/// `write` stores 5, `read` returns what the state holds for the current key.
-fn single_value_scenario(
-    b: &KeyedStateBackend<u64>,
-    clock: &ManualClock,
-    name: &str,
-    update: UpdateType,
-    visibility: StateVisibility,
-    write: &dyn Fn() -> Result<(), EddyError>,
-    read: &dyn Fn() -> Result<Option<u64>, EddyError>,
-) -> Result<(), EddyError> {
-    let case = format!("{name}, {update:?}, {visibility:?}");
-    b.set_current_key(1)?;
-    write()?;
-    b.set_current_key(2)?;
-    assert_eq!(read()?, None, "{case}: another key");
-    b.set_current_key(1)?;
-
-    clock.advance(secs(6));
-    assert_eq!(read()?, Some(5), "{case}: read before expiry");
-
-    // t = 12: 12 s after the write, 6 s after the read.
-    clock.advance(secs(6));
-    match update {
-        UpdateType::OnCreateAndWrite => {
-            let expected = returns_expired(visibility).then_some(5);
-            assert_eq!(read()?, expected, "{case}: first read after expiry");
-            // Either way the read removed it (cleanup on read).
-            assert_eq!(b.state_len(name), Some(0), "{case}: cleanup on read");
-            assert_eq!(read()?, None, "{case}: second read after expiry");
-        }
-        UpdateType::OnReadAndWrite => {
-            assert_eq!(read()?, Some(5), "{case}: the read at t = 6 refreshed it");
-            clock.advance(TTL - Duration::from_millis(1));
-            assert_eq!(read()?, Some(5), "{case}: every read refreshes it");
-            clock.advance(TTL);
-            let expected = returns_expired(visibility).then_some(5);
-            assert_eq!(read()?, expected, "{case}: first read after expiry");
-            assert_eq!(b.state_len(name), Some(0), "{case}: cleanup on read");
-            assert_eq!(read()?, None, "{case}: second read after expiry");
-        }
-    }
-
-    // A write always refreshes: two writes 9 s apart keep the value 18 s.
-    write()?;
-    clock.advance(secs(9));
-    write()?;
-    clock.advance(secs(9));
-    assert!(read()?.is_some(), "{case}: the second write refreshed it");
-    clock.advance(secs(1));
-    if update == UpdateType::OnCreateAndWrite {
-        let expected = returns_expired(visibility);
-        assert_eq!(
-            read()?.is_some(),
-            expected,
-            "{case}: expired 10 s after the last write"
-        );
-    }
-    Ok(())
-}
-
-fn value_state_case(update: UpdateType, visibility: StateVisibility) -> Result<(), EddyError> {
-    let (mut b, clock) = backend();
-    let v = b.value_state(
-        &ValueStateDescriptor::<u64>::new("v").enable_ttl(config(update, visibility)),
-    )?;
-    single_value_scenario(
-        &b,
-        &clock,
-        "v",
-        update,
-        visibility,
-        &|| v.update(5),
-        &|| v.value(),
-    )?;
-    v.clear()?;
-    assert_eq!(v.value()?, None);
-    Ok(())
-}
-
-fn reducing_state_case(update: UpdateType, visibility: StateVisibility) -> Result<(), EddyError> {
-    let (mut b, clock) = backend();
-    let sum = b.reducing_state(
-        &ReducingStateDescriptor::new("r", |a: &u64, b: &u64| a + b)
-            .enable_ttl(config(update, visibility)),
-    )?;
-    // `clear` first: each write of the scenario must store 5, not add to what is there.
-    single_value_scenario(
-        &b,
-        &clock,
-        "r",
-        update,
-        visibility,
-        &|| {
-            sum.clear()?;
-            sum.add(5)
-        },
-        &|| sum.get(),
-    )?;
-
-    // Adding to an expired value: Flink reduces into it only while it is still returned.
-    b.set_current_key(3)?;
-    sum.add(5)?;
-    clock.advance(TTL);
-    sum.add(7)?;
-    let expected = if returns_expired(visibility) { 12 } else { 7 };
-    assert_eq!(sum.get()?, Some(expected), "{update:?}, {visibility:?}");
-    Ok(())
 }
 
 /// Sums the added values; the result is the sum.
@@ -168,317 +55,66 @@ impl AggregateFunction<u64> for Sum {
     }
 }
 
-fn aggregating_state_case(
-    update: UpdateType,
-    visibility: StateVisibility,
-) -> Result<(), EddyError> {
-    let (mut b, clock) = backend();
-    let sum = b.aggregating_state(
-        &AggregatingStateDescriptor::new("a", Sum).enable_ttl(config(update, visibility)),
-    )?;
-    single_value_scenario(
-        &b,
-        &clock,
-        "a",
-        update,
-        visibility,
-        &|| {
-            sum.clear()?;
-            sum.add(5)
-        },
-        &|| sum.get(),
-    )?;
-
-    // Adding to an expired accumulator: a fresh one starts unless expired ones are returned.
-    b.set_current_key(3)?;
-    sum.add(5)?;
-    clock.advance(TTL);
-    sum.add(7)?;
-    let expected = if returns_expired(visibility) { 12 } else { 7 };
-    assert_eq!(sum.get()?, Some(expected), "{update:?}, {visibility:?}");
-    Ok(())
-}
-
-/// Elements added at t = 0 and t = 4, read at t = 8, t = 12 and t = 40 (TTL 10 s).
-fn list_state_case(update: UpdateType, visibility: StateVisibility) -> Result<(), EddyError> {
-    let case = format!("{update:?}, {visibility:?}");
-    let (mut b, clock) = backend();
-    let l =
-        b.list_state(&ListStateDescriptor::<u64>::new("l").enable_ttl(config(update, visibility)))?;
-    b.set_current_key(1)?;
-    l.add(1)?;
-    clock.advance(secs(4));
-    l.add(2)?;
-    clock.advance(secs(4));
-    assert_eq!(l.get()?.collect::<Vec<_>>(), vec![1, 2], "{case}: t = 8");
-
-    clock.advance(secs(4));
-    match update {
-        UpdateType::OnCreateAndWrite => {
-            // Element 1 (t = 0) has expired, element 2 (t = 4) has not: per-element TTL.
-            let expected = if returns_expired(visibility) {
-                vec![1, 2]
-            } else {
-                vec![2]
-            };
-            assert_eq!(l.get()?.collect::<Vec<_>>(), expected, "{case}: t = 12");
-            assert_eq!(
-                l.get()?.collect::<Vec<_>>(),
-                vec![2],
-                "{case}: cleaned on read"
-            );
-        }
-        UpdateType::OnReadAndWrite => {
-            // The read at t = 8 refreshed both.
-            assert_eq!(l.get()?.collect::<Vec<_>>(), vec![1, 2], "{case}: t = 12");
-        }
-    }
-
-    clock.advance(secs(28));
-    let first = l.get()?.collect::<Vec<_>>();
-    if returns_expired(visibility) {
-        assert!(!first.is_empty(), "{case}: expired elements returned once");
-    } else {
-        assert!(first.is_empty(), "{case}: everything expired");
-    }
-    assert_eq!(l.get()?.count(), 0, "{case}: cleaned on read");
-    assert_eq!(
-        b.state_len("l"),
-        Some(0),
-        "{case}: the empty list is removed"
-    );
-
-    // `update` and `add_all` stamp every element with the time of the write.
-    l.update(vec![7, 8])?;
-    clock.advance(secs(5));
-    l.add_all(vec![9])?;
-    clock.advance(secs(5));
-    let expected = if returns_expired(visibility) {
-        vec![7, 8, 9]
-    } else {
-        vec![9]
-    };
-    assert_eq!(
-        l.get()?.collect::<Vec<_>>(),
-        expected,
-        "{case}: update/add_all"
-    );
-    l.clear()?;
-    assert_eq!(l.get()?.count(), 0);
-    Ok(())
-}
-
-/// Entries put at t = 0 ("a") and t = 4 ("b"), read at t = 8, t = 12 and t = 40 (TTL 10 s).
-fn map_state_case(update: UpdateType, visibility: StateVisibility) -> Result<(), EddyError> {
-    let case = format!("{update:?}, {visibility:?}");
-    let (mut b, clock) = backend();
-    let m = b.map_state(
-        &MapStateDescriptor::<String, u64>::new("m").enable_ttl(config(update, visibility)),
-    )?;
-    let (a, bee) = ("a".to_string(), "b".to_string());
-    b.set_current_key(1)?;
-    m.put(a.clone(), 1)?;
-    clock.advance(secs(4));
-    m.put(bee.clone(), 2)?;
-    clock.advance(secs(4));
-    // Under OnReadAndWrite these reads refresh both entries at t = 8.
-    assert_eq!(m.get(&a)?, Some(1), "{case}");
-    assert!(m.contains(&bee)?, "{case}");
-
-    clock.advance(secs(4));
-    let sorted = |mut v: Vec<(String, u64)>| {
-        v.sort();
-        v
-    };
-    match update {
-        UpdateType::OnCreateAndWrite => {
-            // "a" (t = 0) has expired, "b" (t = 4) has not: per-entry TTL.
-            let expected = if returns_expired(visibility) {
-                vec![(a.clone(), 1), (bee.clone(), 2)]
-            } else {
-                vec![(bee.clone(), 2)]
-            };
-            assert_eq!(sorted(m.entries()?.collect()), expected, "{case}: t = 12");
-            assert_eq!(m.get(&a)?, None, "{case}: cleaned on read");
-            assert_eq!(m.keys()?.collect::<Vec<_>>(), vec![bee.clone()], "{case}");
-        }
-        UpdateType::OnReadAndWrite => {
-            assert_eq!(
-                sorted(m.entries()?.collect()),
-                vec![(a.clone(), 1), (bee.clone(), 2)],
-                "{case}: the reads at t = 8 refreshed both"
-            );
-        }
-    }
-
-    // A single entry read after expiry.
-    clock.advance(secs(28));
-    let expected = returns_expired(visibility).then_some(2);
-    assert_eq!(m.get(&bee)?, expected, "{case}: first read after expiry");
-    assert_eq!(m.get(&bee)?, None, "{case}: cleaned on read");
-    assert!(!m.contains(&bee)?, "{case}");
-
-    // Iteration after expiry.
-    m.put(a.clone(), 3)?;
-    clock.advance(TTL);
-    assert_eq!(
-        m.is_empty()?,
-        !returns_expired(visibility),
-        "{case}: is_empty"
-    );
-    let expected = if returns_expired(visibility) {
-        vec![3]
-    } else {
-        vec![]
-    };
-    assert_eq!(m.values()?.collect::<Vec<_>>(), expected, "{case}: values");
-    assert!(m.is_empty()?, "{case}: cleaned on iteration");
-    assert_eq!(
-        b.state_len("m"),
-        Some(0),
-        "{case}: the empty map is removed"
-    );
-
-    // put_all stamps every entry; remove and clear work as without TTL.
-    m.put_all(vec![(a.clone(), 4), (bee.clone(), 5)])?;
-    m.remove(&a)?;
-    assert_eq!(m.values()?.collect::<Vec<_>>(), vec![5], "{case}");
-    m.clear()?;
-    assert!(m.is_empty()?);
-    Ok(())
-}
-
-/// One test per update type and visibility for a state type's scenario.
-macro_rules! every_ttl_mode {
-    ($case:ident: $create_write:ident, $create_read:ident, $return_write:ident, $return_read:ident) => {
-        #[test]
-        fn $create_write() -> Result<(), EddyError> {
-            $case(
-                UpdateType::OnCreateAndWrite,
-                StateVisibility::NeverReturnExpired,
-            )
-        }
-
-        #[test]
-        fn $create_read() -> Result<(), EddyError> {
-            $case(
-                UpdateType::OnReadAndWrite,
-                StateVisibility::NeverReturnExpired,
-            )
-        }
-
-        #[test]
-        fn $return_write() -> Result<(), EddyError> {
-            $case(
-                UpdateType::OnCreateAndWrite,
-                StateVisibility::ReturnExpiredIfNotCleanedUp,
-            )
-        }
-
-        #[test]
-        fn $return_read() -> Result<(), EddyError> {
-            $case(
-                UpdateType::OnReadAndWrite,
-                StateVisibility::ReturnExpiredIfNotCleanedUp,
-            )
-        }
-    };
-}
-
-every_ttl_mode!(value_state_case:
-    value_on_create_and_write_never_return_expired,
-    value_on_read_and_write_never_return_expired,
-    value_on_create_and_write_return_expired_if_not_cleaned_up,
-    value_on_read_and_write_return_expired_if_not_cleaned_up);
-every_ttl_mode!(reducing_state_case:
-    reducing_on_create_and_write_never_return_expired,
-    reducing_on_read_and_write_never_return_expired,
-    reducing_on_create_and_write_return_expired_if_not_cleaned_up,
-    reducing_on_read_and_write_return_expired_if_not_cleaned_up);
-every_ttl_mode!(aggregating_state_case:
-    aggregating_on_create_and_write_never_return_expired,
-    aggregating_on_read_and_write_never_return_expired,
-    aggregating_on_create_and_write_return_expired_if_not_cleaned_up,
-    aggregating_on_read_and_write_return_expired_if_not_cleaned_up);
-every_ttl_mode!(list_state_case:
-    list_on_create_and_write_never_return_expired,
-    list_on_read_and_write_never_return_expired,
-    list_on_create_and_write_return_expired_if_not_cleaned_up,
-    list_on_read_and_write_return_expired_if_not_cleaned_up);
-every_ttl_mode!(map_state_case:
-    map_on_create_and_write_never_return_expired,
-    map_on_read_and_write_never_return_expired,
-    map_on_create_and_write_return_expired_if_not_cleaned_up,
-    map_on_read_and_write_return_expired_if_not_cleaned_up);
-
+/// Cleanup on read: under every update type and visibility, the read that finds a key's
+/// value (list, map) expired removes the key from the state's table; other keys stay.
 #[test]
-fn list_elements_expire_one_by_one() -> Result<(), EddyError> {
-    let (mut b, clock) = backend();
-    let l =
-        b.list_state(&ListStateDescriptor::<u64>::new("l").enable_ttl(StateTtlConfig::new(TTL)))?;
-    b.set_current_key(1)?;
-    for element in 0..5 {
-        l.add(element)?;
-        clock.advance(secs(3));
+fn cleanup_on_read_removes_expired_keys_from_the_heap_tables() -> Result<(), EddyError> {
+    for update in [UpdateType::OnCreateAndWrite, UpdateType::OnReadAndWrite] {
+        for visibility in [
+            StateVisibility::NeverReturnExpired,
+            StateVisibility::ReturnExpiredIfNotCleanedUp,
+        ] {
+            let case = format!("{update:?}, {visibility:?}");
+            let ttl = StateTtlConfig::new(TTL)
+                .update_type(update)
+                .state_visibility(visibility);
+            let (mut b, clock) = backend();
+            let v =
+                b.value_state(&ValueStateDescriptor::<u64>::new("v").enable_ttl(ttl.clone()))?;
+            let r = b.reducing_state(
+                &ReducingStateDescriptor::new("r", |a: &u64, b: &u64| a + b)
+                    .enable_ttl(ttl.clone()),
+            )?;
+            let a = b.aggregating_state(
+                &AggregatingStateDescriptor::new("a", Sum).enable_ttl(ttl.clone()),
+            )?;
+            let l = b.list_state(&ListStateDescriptor::<u64>::new("l").enable_ttl(ttl.clone()))?;
+            let m = b.map_state(&MapStateDescriptor::<u64, u64>::new("m").enable_ttl(ttl))?;
+            // Key 1 written at t = 0, key 2 at t = 6; at t = 10 only key 1 has expired.
+            for (key, then) in [(1, secs(6)), (2, secs(4))] {
+                b.set_current_key(key)?;
+                v.update(5)?;
+                r.add(5)?;
+                a.add(5)?;
+                l.add(5)?;
+                m.put(0, 5)?;
+                clock.advance(then);
+            }
+            let names = ["v", "r", "a", "l", "m"];
+            for name in names {
+                assert_eq!(
+                    b.state_len(name),
+                    Some(2),
+                    "{case}: {name} before the reads"
+                );
+            }
+            b.set_current_key(1)?;
+            let expected = returns_expired(visibility).then_some(5);
+            assert_eq!(v.value()?, expected, "{case}");
+            assert_eq!(r.get()?, expected, "{case}");
+            assert_eq!(a.get()?, expected, "{case}");
+            let expected: Vec<u64> = expected.into_iter().collect();
+            assert_eq!(l.get()?.collect::<Vec<_>>(), expected, "{case}");
+            assert_eq!(m.values()?.collect::<Vec<_>>(), expected, "{case}");
+            for name in names {
+                assert_eq!(
+                    b.state_len(name),
+                    Some(1),
+                    "{case}: {name}: the read removed key 1, and only key 1"
+                );
+            }
+        }
     }
-    // Added at t = 0, 3, 6, 9, 12; now t = 15: the first two have expired.
-    assert_eq!(l.get()?.collect::<Vec<_>>(), vec![2, 3, 4]);
-    clock.advance(secs(3));
-    assert_eq!(l.get()?.collect::<Vec<_>>(), vec![3, 4]);
-    clock.advance(secs(6));
-    assert_eq!(l.get()?.count(), 0);
-    Ok(())
-}
-
-#[test]
-fn map_entries_expire_one_by_one_and_a_put_refreshes_only_its_entry() -> Result<(), EddyError> {
-    let (mut b, clock) = backend();
-    let m = b.map_state(
-        &MapStateDescriptor::<u64, u64>::new("m").enable_ttl(StateTtlConfig::new(TTL)),
-    )?;
-    b.set_current_key(1)?;
-    m.put(1, 10)?;
-    m.put(2, 20)?;
-    clock.advance(secs(6));
-    m.put(2, 21)?;
-    m.put(3, 30)?;
-    clock.advance(secs(6));
-    let mut keys: Vec<_> = m.keys()?.collect();
-    keys.sort_unstable();
-    assert_eq!(keys, vec![2, 3]);
-    assert_eq!(m.get(&2)?, Some(21));
-    assert_eq!(m.get(&1)?, None);
-    Ok(())
-}
-
-#[test]
-fn a_large_map_expires_per_entry_too() -> Result<(), EddyError> {
-    // Past 32 entries the heap backend hashes a key's map; TTL must work the same.
-    let (mut b, clock) = backend();
-    let m = b.map_state(
-        &MapStateDescriptor::<u64, u64>::new("m")
-            .enable_ttl(StateTtlConfig::new(TTL).update_type(UpdateType::OnReadAndWrite)),
-    )?;
-    b.set_current_key(1)?;
-    for k in 0..100 {
-        m.put(k, k)?;
-    }
-    clock.advance(secs(6));
-    for k in 50..100 {
-        m.put(k, k + 1)?;
-    }
-    assert_eq!(m.get(&0)?, Some(0)); // refreshes entry 0 only
-    clock.advance(secs(6));
-    let mut values: Vec<_> = m.values()?.collect(); // refreshes what it returns
-    values.sort_unstable();
-    let expected: Vec<u64> = std::iter::once(0).chain(51..101).collect();
-    assert_eq!(values, expected);
-    clock.advance(secs(9));
-    assert_eq!(
-        m.values()?.count(),
-        51,
-        "the iteration refreshed every entry it returned"
-    );
     Ok(())
 }
 
@@ -550,76 +186,12 @@ fn incremental_cleanup_keeps_live_values_and_trims_lists_and_maps() -> Result<()
         Some(50),
         "odd keys held only expired entries"
     );
-    b.set_current_key(2)?;
-    assert_eq!(l.get()?.collect::<Vec<_>>(), vec![1_002]);
-    assert_eq!(m.entries()?.collect::<Vec<_>>(), vec![(1, 2)]);
     Ok(())
 }
 
 #[test]
-fn a_second_list_iterator_and_cleanup_work_while_an_iterator_is_alive() -> Result<(), EddyError> {
-    let (mut b, clock) = backend();
-    let l = b.list_state(
-        &ListStateDescriptor::<u64>::new("l")
-            .enable_ttl(StateTtlConfig::new(TTL).cleanup_incrementally(1)),
-    )?;
-    b.set_current_key(1)?;
-    l.add(1)?;
-    clock.advance(secs(6));
-    l.add(2)?;
-    let mut first = l.get()?;
-    clock.advance(secs(6));
-    // Element 1 has expired. The second `get` cannot remove it while `first` borrows the
-    // list, but still hides it.
-    assert_eq!(l.get()?.collect::<Vec<_>>(), vec![2]);
-    // `first` was created before the expiry, and iterates what was live then.
-    assert_eq!(first.next(), Some(1));
-    assert!(
-        l.add(3).is_err(),
-        "modifying while iterating is refused, as without TTL"
-    );
-    drop(first);
-    l.add(3)?;
-    assert_eq!(l.get()?.collect::<Vec<_>>(), vec![2, 3]);
-    Ok(())
-}
-
-#[test]
-fn event_time_ttl_is_refused_until_watermarks_exist() {
+fn ttl_states_have_their_own_heap_tables() -> Result<(), EddyError> {
     let (mut b, _clock) = backend();
-    let ttl = StateTtlConfig::new(TTL).event_time();
-    assert_eq!(ttl.time_domain(), TtlTimeDomain::EventTime);
-    let err = b
-        .value_state(&ValueStateDescriptor::<u64>::new("v").enable_ttl(ttl))
-        .err();
-    assert!(matches!(err, Some(EddyError::Config(_))), "{err:?}");
-    assert_eq!(
-        err.map(|e| e.to_string()).as_deref(),
-        Some(
-            "invalid configuration: state \"v\": event-time TTL needs watermarks, which are not implemented yet"
-        )
-    );
-    assert_eq!(b.state_len("v"), None, "nothing was registered");
-}
-
-#[test]
-fn invalid_ttl_configurations_are_refused() {
-    let (mut b, _clock) = backend();
-    let too_short = StateTtlConfig::new(Duration::from_micros(10));
-    assert!(matches!(
-        b.list_state(&ListStateDescriptor::<u64>::new("l").enable_ttl(too_short)),
-        Err(EddyError::Config(_))
-    ));
-    let no_entries = StateTtlConfig::new(TTL).cleanup_incrementally(0);
-    assert!(matches!(
-        b.map_state(&MapStateDescriptor::<u64, u64>::new("m").enable_ttl(no_entries)),
-        Err(EddyError::Config(_))
-    ));
-}
-
-#[test]
-fn a_state_without_ttl_is_unaffected() -> Result<(), EddyError> {
-    let (mut b, clock) = backend();
     let plain = b.value_state(&ValueStateDescriptor::<u64>::new("plain"))?;
     let with_ttl = b.value_state(
         &ValueStateDescriptor::<u64>::new("ttl")
@@ -628,9 +200,6 @@ fn a_state_without_ttl_is_unaffected() -> Result<(), EddyError> {
     b.set_current_key(1)?;
     plain.update(1)?;
     with_ttl.update(1)?;
-    clock.advance(secs(365 * 24 * 3600));
-    assert_eq!(with_ttl.value()?, None);
-    assert_eq!(plain.value()?, Some(1));
     let heap = b
         .as_heap()
         .ok_or_else(|| EddyError::Internal("heap".into()))?;
@@ -642,87 +211,4 @@ fn a_state_without_ttl_is_unaffected() -> Result<(), EddyError> {
     assert!(heap.state_ttl("plain").is_none());
     assert_eq!(heap.state_ttl("ttl").map(|t| t.ttl()), Some(TTL));
     Ok(())
-}
-
-#[test]
-fn registering_a_name_again_needs_the_same_ttl() -> Result<(), EddyError> {
-    let (mut b, _clock) = backend();
-    let desc = ValueStateDescriptor::<u64>::new("v").enable_ttl(StateTtlConfig::new(TTL));
-    let first = b.value_state(&desc)?;
-    let again = b.value_state(&desc.clone())?;
-    b.set_current_key(1)?;
-    first.update(3)?;
-    assert_eq!(again.value()?, Some(3));
-    let other_ttl = ValueStateDescriptor::<u64>::new("v").enable_ttl(StateTtlConfig::new(secs(1)));
-    let err = b.value_state(&other_ttl).err().map(|e| e.to_string());
-    assert!(
-        err.as_deref()
-            .is_some_and(|e| e.contains("already registered with TTL")),
-        "{err:?}"
-    );
-    assert!(b
-        .value_state(&ValueStateDescriptor::<u64>::new("v"))
-        .is_err());
-    Ok(())
-}
-
-#[test]
-fn a_clock_set_after_registration_reaches_existing_states() -> Result<(), EddyError> {
-    let mut b = KeyedStateBackend::<u64>::heap(KeyGroupRange::new(0, 127), 128);
-    // Registered under the default system clock...
-    let v =
-        b.value_state(&ValueStateDescriptor::<u64>::new("v").enable_ttl(StateTtlConfig::new(TTL)))?;
-    // ...then moved to a manual one at time 0: the value is stamped with that clock.
-    let clock = ManualClock::new(0);
-    b.set_ttl_clock(Arc::new(clock.clone()));
-    b.set_current_key(1)?;
-    v.update(1)?;
-    clock.advance(TTL - Duration::from_millis(1));
-    assert_eq!(v.value()?, Some(1));
-    clock.advance(Duration::from_millis(1));
-    assert_eq!(v.value()?, None);
-    Ok(())
-}
-
-#[test]
-fn the_system_clock_is_the_default_and_keeps_fresh_values() -> Result<(), EddyError> {
-    let mut b = KeyedStateBackend::<u64>::heap(KeyGroupRange::new(0, 127), 128);
-    let v = b.value_state(
-        &ValueStateDescriptor::<u64>::new("v").enable_ttl(StateTtlConfig::new(secs(3600))),
-    )?;
-    b.set_current_key(1)?;
-    v.update(1)?;
-    assert_eq!(v.value()?, Some(1));
-    Ok(())
-}
-
-#[test]
-fn descriptors_carry_their_ttl() {
-    let ttl = StateTtlConfig::new(TTL)
-        .cleanup_full_snapshot()
-        .cleanup_in_rocksdb_compaction_filter()
-        .cleanup_incrementally(3);
-    assert!(ttl.is_cleanup_in_full_snapshot());
-    assert!(ttl.is_cleanup_in_rocksdb_compaction_filter());
-    assert_eq!(ttl.incremental_cleanup(), Some(3));
-    assert_eq!(ttl.get_update_type(), UpdateType::OnCreateAndWrite);
-    assert_eq!(
-        ttl.get_state_visibility(),
-        StateVisibility::NeverReturnExpired
-    );
-    assert_eq!(ttl.time_domain(), TtlTimeDomain::ProcessingTime);
-
-    let value = ValueStateDescriptor::<u64>::new("v").enable_ttl(ttl.clone());
-    assert_eq!(value.clone().ttl(), Some(&ttl));
-    assert!(format!("{value:?}").contains("ttl: Some"));
-    assert!(ValueStateDescriptor::<u64>::new("v").ttl().is_none());
-    let reducing =
-        ReducingStateDescriptor::new("r", |a: &u64, b: &u64| a + b).enable_ttl(ttl.clone());
-    assert_eq!(reducing.clone().ttl(), Some(&ttl));
-    let aggregating = AggregatingStateDescriptor::new("a", Sum).enable_ttl(ttl.clone());
-    assert_eq!(aggregating.clone().ttl(), Some(&ttl));
-    let list = ListStateDescriptor::<u64>::new("l").enable_ttl(ttl.clone());
-    assert_eq!(list.ttl(), Some(&ttl));
-    let map = MapStateDescriptor::<u64, u64>::new("m").enable_ttl(ttl.clone());
-    assert_eq!(map.ttl(), Some(&ttl));
 }

@@ -5,7 +5,7 @@ use std::rc::Rc;
 
 use clap::Parser;
 use eddy_core::{EddyError, Result};
-use eddy_runtime::{JobConfig, JobGraph, JobResult, Source, SourceNode};
+use eddy_runtime::{JobConfig, JobGraph, JobResult, Source, SourceNode, StateBackendKind};
 
 use crate::flags::{JobCommandLine, JobFlags};
 use crate::stream::DataStream;
@@ -80,6 +80,20 @@ impl StreamExecutionEnvironment {
     /// Sets the number of key groups.
     pub fn set_max_parallelism(&self, max_parallelism: usize) -> &Self {
         self.inner.borrow_mut().config.max_parallelism = Some(max_parallelism);
+        self
+    }
+
+    /// Sets the keyed-state backend of the job's keyed operators (`--state-backend`):
+    ///
+    /// ```
+    /// use eddy::{JobConfig, StateBackendKind, StreamExecutionEnvironment};
+    ///
+    /// let env = StreamExecutionEnvironment::new(JobConfig::default());
+    /// env.state_backend(StateBackendKind::RocksDb { working_dir: None });
+    /// assert_eq!(env.config().state_backend, StateBackendKind::RocksDb { working_dir: None });
+    /// ```
+    pub fn state_backend(&self, backend: StateBackendKind) -> &Self {
+        self.inner.borrow_mut().config.state_backend = backend;
         self
     }
 

@@ -40,6 +40,11 @@ pub struct JobFlags {
     #[arg(long, value_enum, default_value_t = BackendFlag::Heap)]
     pub state_backend: BackendFlag,
 
+    /// Where the RocksDB backend keeps its working files: every keyed subtask gets its own
+    /// directory under PATH, deleted when the job ends [default: the OS temp directory].
+    #[arg(long, value_name = "PATH")]
+    pub state_dir: Option<std::path::PathBuf>,
+
     /// Length of an epoch (a timely timestamp; checkpoints happen at epoch boundaries), in ms.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub epoch_interval_ms: u64,
@@ -50,6 +55,9 @@ pub struct JobFlags {
 pub enum BackendFlag {
     /// Objects in memory, no serialization on access.
     Heap,
+    /// Serialized bytes in an embedded RocksDB per keyed subtask: state larger than memory.
+    #[value(name = "rocksdb")]
+    RocksDb,
 }
 
 impl Default for JobFlags {
@@ -58,6 +66,7 @@ impl Default for JobFlags {
             parallelism: default_parallelism(),
             max_parallelism: None,
             state_backend: BackendFlag::Heap,
+            state_dir: None,
             epoch_interval_ms: 10,
         }
     }
@@ -76,6 +85,9 @@ impl JobFlags {
             max_parallelism: self.max_parallelism.map(|m| m as usize),
             state_backend: match self.state_backend {
                 BackendFlag::Heap => StateBackendKind::Heap,
+                BackendFlag::RocksDb => StateBackendKind::RocksDb {
+                    working_dir: self.state_dir.clone(),
+                },
             },
             epoch_interval: std::time::Duration::from_millis(self.epoch_interval_ms),
             ..JobConfig::default()
@@ -110,6 +122,15 @@ mod tests {
         let flags = parse(&["--parallelism", "4", "--max-parallelism", "256"]).ok();
         assert_eq!(flags.as_ref().map(|f| f.parallelism), Some(4));
         assert_eq!(flags.and_then(|f| f.max_parallelism), Some(256));
+        let rocksdb = parse(&["--state-backend", "rocksdb", "--state-dir", "/tmp/x"]).ok();
+        assert_eq!(
+            rocksdb
+                .and_then(|f| f.to_config().ok())
+                .map(|c| c.state_backend),
+            Some(StateBackendKind::RocksDb {
+                working_dir: Some("/tmp/x".into())
+            })
+        );
     }
 
     #[test]

@@ -70,15 +70,18 @@
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+mod broadcast;
 mod environment;
 mod flags;
 mod stream;
 
+pub use broadcast::{BroadcastConnectedStream, BroadcastStream};
 pub use environment::StreamExecutionEnvironment;
 pub use flags::{BackendFlag, JobFlags};
 pub use stream::{DataStream, DataStreamSink, KeyedStream};
 
 pub use eddy_core::{EddyError, Key, Result};
+pub use eddy_runtime::{BroadcastContext, KeyedBroadcastProcessFunction, ReadOnlyBroadcastContext};
 pub use eddy_runtime::{
     Collector, Context, JobConfig, JobResult, KeyedProcessFunction, OpenContext, OperatorSummary,
     Sink, SinkContext, Source, SourceContext, SourceReader, SourceStatus, StateBackendKind,
@@ -88,6 +91,9 @@ pub use eddy_state::{
     ListStateDescriptor, ManualClock, MapState, MapStateDescriptor, ReducingState,
     ReducingStateDescriptor, StateTtlConfig, StateVisibility, SystemClock, TtlClock, TtlTimeDomain,
     UpdateType, ValueState, ValueStateDescriptor,
+};
+pub use eddy_state::{
+    BroadcastState, OperatorListState, OperatorStateStore, ReadOnlyBroadcastState,
 };
 
 /// The layers below, for what the prelude does not cover.
@@ -112,5 +118,9 @@ pub mod prelude {
         KeyedStream, ListState, ListStateDescriptor, MapState, MapStateDescriptor, OpenContext,
         ReducingState, ReducingStateDescriptor, Result, Sink, Source, StateTtlConfig,
         StateVisibility, StreamExecutionEnvironment, UpdateType, ValueState, ValueStateDescriptor,
+    };
+    pub use crate::{
+        BroadcastConnectedStream, BroadcastContext, BroadcastState, BroadcastStream,
+        KeyedBroadcastProcessFunction, ReadOnlyBroadcastContext, ReadOnlyBroadcastState,
     };
 }

@@ -15,8 +15,8 @@ use crate::environment::EnvInner;
 ///
 /// [`StreamExecutionEnvironment`]: crate::StreamExecutionEnvironment
 pub struct DataStream<T> {
-    env: Rc<RefCell<EnvInner>>,
-    node: Box<dyn StreamNode<T>>,
+    pub(crate) env: Rc<RefCell<EnvInner>>,
+    pub(crate) node: Box<dyn StreamNode<T>>,
 }
 
 impl<T: Data> DataStream<T> {
@@ -111,8 +111,8 @@ impl<T: Data> DataStream<T> {
 
 /// A stream partitioned by key: the input of a keyed operator.
 pub struct KeyedStream<T, KS> {
-    stream: DataStream<T>,
-    selector: KS,
+    pub(crate) stream: DataStream<T>,
+    pub(crate) selector: KS,
 }
 
 impl<T: Data, KS> KeyedStream<T, KS> {

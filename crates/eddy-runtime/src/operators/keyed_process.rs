@@ -5,7 +5,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use eddy_core::key_group::{assign_to_key_group, subtask_for_key_group};
-use eddy_core::{EddyError, KeyGroup, KeyGroupRange, Result};
+use eddy_core::{EddyError, Key, KeyGroup, KeyGroupRange, Result};
 use eddy_state::{KeyContext, KeyedStateBackend, PrefetchDepth};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
@@ -72,13 +72,7 @@ where
         let input = self.input.build(scope, worker);
         let parallelism = self.parallelism(worker.peers);
         let max_parallelism = worker.max_parallelism;
-        let selector = self.key_selector.clone();
-        // `key_by`: every record goes to the subtask owning its key's key group. Timely routes
-        // to `h % peers`, and the subtask index is `< peers`, so this picks exactly that worker.
-        let route = move |event: &F::In| {
-            let key_group = assign_to_key_group(&selector(event), max_parallelism);
-            subtask_for_key_group(max_parallelism, parallelism, key_group) as u64
-        };
+        let route = key_group_route(self.key_selector.clone(), max_parallelism, parallelism);
         let mut subtask = (worker.index < parallelism)
             .then(|| KeyedSubtask::open(self, worker, parallelism))
             .and_then(|opened| opened.map_err(|error| worker.fail(&self.name, error)).ok());
@@ -173,10 +167,7 @@ where
         worker: &WorkerContext,
         parallelism: usize,
     ) -> Result<Self> {
-        let range = KeyGroupRange::for_subtask(worker.max_parallelism, parallelism, worker.index);
-        let mut backend = match worker.config.state_backend {
-            StateBackendKind::Heap => KeyedStateBackend::heap(range, worker.max_parallelism),
-        };
+        let mut backend = keyed_backend(worker, parallelism)?;
         let mut function = catch_panic(|| Ok(node.function.clone()))?;
         let state = catch_panic(|| {
             function.open(&mut OpenContext {
@@ -313,4 +304,37 @@ where
             self.output.clear();
         }
     }
+}
+
+/// The `key_by` routing of a keyed operator with `parallelism` subtasks: every record goes to
+/// the subtask owning its key's key group. Timely routes to `h % peers`, and the subtask index
+/// is `< peers`, so this picks exactly that worker.
+pub(crate) fn key_group_route<T, K: Key>(
+    selector: impl Fn(&T) -> K + 'static,
+    max_parallelism: usize,
+    parallelism: usize,
+) -> impl Fn(&T) -> u64 + 'static {
+    move |event: &T| {
+        let key_group = assign_to_key_group(&selector(event), max_parallelism);
+        subtask_for_key_group(max_parallelism, parallelism, key_group) as u64
+    }
+}
+
+/// The keyed state backend of this worker's subtask of a keyed operator with `parallelism`
+/// subtasks, of the kind the job is configured with.
+pub(crate) fn keyed_backend<K: Key>(
+    worker: &WorkerContext,
+    parallelism: usize,
+) -> Result<KeyedStateBackend<K>> {
+    let range = KeyGroupRange::for_subtask(worker.max_parallelism, parallelism, worker.index);
+    Ok(match &worker.config.state_backend {
+        StateBackendKind::Heap => KeyedStateBackend::heap(range, worker.max_parallelism),
+        StateBackendKind::RocksDb { working_dir } => {
+            let config = eddy_state::RocksDbConfig {
+                working_dir: working_dir.clone(),
+                ..eddy_state::RocksDbConfig::default()
+            };
+            KeyedStateBackend::rocksdb(range, worker.max_parallelism, &config)?
+        }
+    })
 }

@@ -1,10 +1,12 @@
 //! The operators Eddy builds into timely dataflows, one file each.
 
+mod keyed_broadcast;
 mod keyed_process;
 mod sink;
 mod source;
 mod stateless;
 
+pub use keyed_broadcast::{BroadcastStateSpec, KeyedBroadcastInputs, KeyedBroadcastNode};
 pub use keyed_process::KeyedProcessNode;
 pub use sink::SinkOperatorNode;
 pub use source::SourceNode;

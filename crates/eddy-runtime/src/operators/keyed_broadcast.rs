@@ -1,0 +1,351 @@
+//! The keyed broadcast operator: a keyed stream connected to a broadcast stream (Flink's
+//! broadcast state pattern), one [`KeyedBroadcastProcessFunction`] instance per subtask.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use eddy_core::key_group::assign_to_key_group;
+use eddy_core::{EddyError, Key, KeyGroup, Result, StateValue};
+use eddy_state::{KeyContext, KeyedStateBackend, MapStateDescriptor, OperatorStateStore};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::{Scope, StreamVec};
+
+use crate::broadcast_function::{
+    BroadcastContext, KeyedBroadcastProcessFunction, ReadOnlyBroadcastContext,
+};
+use crate::failure::catch_panic;
+use crate::function::{Collector, OpenContext};
+use crate::graph::{StreamNode, WorkerContext};
+use crate::metrics::OperatorMetrics;
+use crate::operators::check_parallelism;
+use crate::operators::keyed_process::{key_group_route, keyed_backend};
+use crate::Epoch;
+
+/// Registers a broadcast state in a subtask's [`OperatorStateStore`].
+type Register = dyn Fn(&mut OperatorStateStore) -> Result<()> + Send + Sync;
+
+/// A broadcast state descriptor given to `DataStream::broadcast`, with its types erased so
+/// that one stream can carry several: every subtask of the connected operator registers it
+/// before `open()`.
+#[derive(Clone)]
+pub struct BroadcastStateSpec {
+    name: String,
+    register: Arc<Register>,
+}
+
+impl BroadcastStateSpec {
+    /// The broadcast state described by `desc`.
+    pub fn new<K: Key, V: StateValue>(desc: MapStateDescriptor<K, V>) -> Self {
+        BroadcastStateSpec {
+            name: desc.name().to_string(),
+            register: Arc::new(move |store: &mut OperatorStateStore| {
+                store.broadcast_state(&desc).map(|_| ())
+            }),
+        }
+    }
+
+    /// The state's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Registers the state in `store`.
+    pub fn register(&self, store: &mut OperatorStateStore) -> Result<()> {
+        (self.register)(store)
+    }
+}
+
+/// `keyed.connect(broadcast).process(function)` in the job graph.
+pub struct KeyedBroadcastNode<F: KeyedBroadcastProcessFunction, KS> {
+    name: String,
+    keyed: Box<dyn StreamNode<F::In>>,
+    broadcast: Box<dyn StreamNode<F::BroadcastIn>>,
+    broadcast_states: Vec<BroadcastStateSpec>,
+    key_selector: KS,
+    function: F,
+    parallelism: Option<usize>,
+    metrics: Arc<OperatorMetrics>,
+}
+
+/// The inputs of a [`KeyedBroadcastNode`].
+pub struct KeyedBroadcastInputs<F: KeyedBroadcastProcessFunction, KS> {
+    /// The keyed input, partitioned by `key_selector`.
+    pub keyed: Box<dyn StreamNode<F::In>>,
+    /// Its key selector.
+    pub key_selector: KS,
+    /// The broadcast input: every subtask receives all of it.
+    pub broadcast: Box<dyn StreamNode<F::BroadcastIn>>,
+    /// The broadcast states, registered on every subtask before `open()`.
+    pub broadcast_states: Vec<BroadcastStateSpec>,
+}
+
+impl<F, KS> KeyedBroadcastNode<F, KS>
+where
+    F: KeyedBroadcastProcessFunction,
+    KS: Fn(&F::In) -> F::Key + Clone + Send + Sync + 'static,
+{
+    /// Runs `function` on `inputs`, as an operator called `name`.
+    pub fn new(
+        name: impl Into<String>,
+        inputs: KeyedBroadcastInputs<F, KS>,
+        function: F,
+        metrics: Arc<OperatorMetrics>,
+    ) -> Self {
+        KeyedBroadcastNode {
+            name: name.into(),
+            keyed: inputs.keyed,
+            broadcast: inputs.broadcast,
+            broadcast_states: inputs.broadcast_states,
+            key_selector: inputs.key_selector,
+            function,
+            parallelism: None,
+            metrics,
+        }
+    }
+}
+
+impl<F, KS> StreamNode<F::Out> for KeyedBroadcastNode<F, KS>
+where
+    F: KeyedBroadcastProcessFunction,
+    KS: Fn(&F::In) -> F::Key + Clone + Send + Sync + 'static,
+{
+    fn build<'s>(
+        &self,
+        scope: Scope<'s, Epoch>,
+        worker: &WorkerContext,
+    ) -> StreamVec<'s, Epoch, F::Out> {
+        let keyed = self.keyed.build(scope, worker);
+        // Timely's broadcast: every record to every worker, in order per sending worker.
+        let broadcast = self.broadcast.build(scope, worker).broadcast();
+        let parallelism = self.parallelism(worker.peers);
+        let route = key_group_route(
+            self.key_selector.clone(),
+            worker.max_parallelism,
+            parallelism,
+        );
+        let mut subtask = (worker.index < parallelism)
+            .then(|| BroadcastSubtask::open(self, worker, parallelism))
+            .and_then(|opened| opened.map_err(|error| worker.fail(&self.name, error)).ok());
+        let failures = worker.failures();
+        let (job, name, index) = (worker.job_name.clone(), self.name.clone(), worker.index);
+        let fail = move |error: EddyError| failures.fail(&job, &name, index, error);
+        let aborted = worker.failures();
+
+        keyed.binary_frontier::<_, CapacityContainerBuilder<Vec<F::Out>>, _, _, _, _>(
+            broadcast,
+            Exchange::new(route),
+            Pipeline,
+            &self.name,
+            move |default_cap, _info| {
+                // Held at the inputs' joint frontier so `close()` can still emit.
+                let mut cap = Some(default_cap);
+                move |(keyed_input, keyed_frontier),
+                      (broadcast_input, broadcast_frontier),
+                      output| {
+                    // `for_each`, not `for_each_stamp`: it keeps the arrival order of the
+                    // messages, so every subtask applies the broadcast elements of one upstream
+                    // subtask in the same order (and the keyed elements of one key in order).
+                    // The broadcast input goes first, so a rule that arrives together with
+                    // events already applies to them.
+                    broadcast_input.for_each(|stamp, batch| {
+                        let Some(task) = subtask.as_mut() else { return };
+                        if aborted.is_aborted() {
+                            return;
+                        }
+                        match catch_panic(|| task.process_broadcast_batch(batch)) {
+                            Ok(()) => task.flush(&mut output.session(&stamp)),
+                            Err(error) => {
+                                fail(error);
+                                subtask = None;
+                            }
+                        }
+                    });
+                    keyed_input.for_each(|stamp, batch| {
+                        let Some(task) = subtask.as_mut() else { return };
+                        if aborted.is_aborted() {
+                            return;
+                        }
+                        match catch_panic(|| task.process_keyed_batch(batch)) {
+                            Ok(()) => task.flush(&mut output.session(&stamp)),
+                            Err(error) => {
+                                fail(error);
+                                subtask = None;
+                            }
+                        }
+                    });
+                    // Epochs are totally ordered: the joint frontier is the earlier of the two.
+                    let keyed_time = keyed_frontier.frontier().first().copied();
+                    let broadcast_time = broadcast_frontier.frontier().first().copied();
+                    match keyed_time.into_iter().chain(broadcast_time).min() {
+                        Some(time) => {
+                            if let Some(c) = cap.as_mut() {
+                                if *c.time() < time {
+                                    c.downgrade(&time);
+                                }
+                            }
+                        }
+                        None => {
+                            if let (Some(task), Some(c)) = (subtask.as_mut(), cap.as_ref()) {
+                                if let Err(error) = catch_panic(|| task.close()) {
+                                    fail(error);
+                                }
+                                task.flush(&mut output.session(c));
+                            }
+                            subtask = None;
+                            cap = None;
+                        }
+                    }
+                }
+            },
+        )
+    }
+
+    fn parallelism(&self, job: usize) -> usize {
+        self.parallelism.unwrap_or(job)
+    }
+
+    fn validate(&self, job: usize) -> Result<()> {
+        check_parallelism(&self.name, self.parallelism, job)?;
+        self.keyed.validate(job)?;
+        self.broadcast.validate(job)
+    }
+
+    fn set_parallelism(&mut self, parallelism: usize) -> Result<()> {
+        self.parallelism = Some(parallelism);
+        Ok(())
+    }
+}
+
+/// One subtask of a keyed broadcast operator: the function instance, its keyed state, its
+/// broadcast state and its keys.
+struct BroadcastSubtask<F: KeyedBroadcastProcessFunction, KS> {
+    function: F,
+    state: F::State,
+    backend: KeyedStateBackend<F::Key>,
+    keys: Rc<KeyContext<F::Key>>,
+    operator_state: OperatorStateStore,
+    key_selector: KS,
+    output: Vec<F::Out>,
+    max_parallelism: usize,
+    metrics: Arc<OperatorMetrics>,
+    subtask: usize,
+}
+
+impl<F, KS> BroadcastSubtask<F, KS>
+where
+    F: KeyedBroadcastProcessFunction,
+    KS: Fn(&F::In) -> F::Key + Clone + Send + Sync + 'static,
+{
+    /// Registers the broadcast states, clones the function into this subtask and calls its
+    /// `open()` once.
+    fn open(
+        node: &KeyedBroadcastNode<F, KS>,
+        worker: &WorkerContext,
+        parallelism: usize,
+    ) -> Result<Self> {
+        let mut backend = keyed_backend(worker, parallelism)?;
+        let mut operator_state = OperatorStateStore::new();
+        for spec in &node.broadcast_states {
+            spec.register(&mut operator_state)?;
+        }
+        let mut function = catch_panic(|| Ok(node.function.clone()))?;
+        let state = catch_panic(|| {
+            function.open(&mut OpenContext {
+                backend: &mut backend,
+                operator: &node.name,
+                subtask: worker.index,
+                parallelism,
+            })
+        })?;
+        Ok(BroadcastSubtask {
+            function,
+            state,
+            keys: Rc::clone(backend.context()),
+            backend,
+            operator_state,
+            key_selector: node.key_selector.clone(),
+            output: Vec::new(),
+            max_parallelism: worker.max_parallelism,
+            metrics: Arc::clone(&node.metrics),
+            subtask: worker.index,
+        })
+    }
+
+    /// Hands every broadcast element to the function, with no current key.
+    fn process_broadcast_batch(&mut self, batch: &mut Vec<F::BroadcastIn>) -> Result<()> {
+        self.metrics.add_in(batch.len());
+        for event in batch.drain(..) {
+            let mut ctx = BroadcastContext {
+                backend: &self.backend,
+                subtask: self.subtask,
+                operator_state: &self.operator_state,
+            };
+            let mut out = Collector {
+                buffer: &mut self.output,
+            };
+            self.function
+                .process_broadcast_element(&mut self.state, event, &mut ctx, &mut out)?;
+        }
+        Ok(())
+    }
+
+    /// Sets each keyed element's key as the current key, then hands it to the function.
+    fn process_keyed_batch(&mut self, batch: &mut Vec<F::In>) -> Result<()> {
+        self.metrics.add_in(batch.len());
+        for event in batch.drain(..) {
+            let key = (self.key_selector)(&event);
+            let key_group = assign_to_key_group(&key, self.max_parallelism);
+            self.process_event(event, key, key_group)?;
+        }
+        Ok(())
+    }
+
+    fn process_event(&mut self, event: F::In, key: F::Key, key_group: KeyGroup) -> Result<()> {
+        self.keys.set_current_key_in_group(key, key_group)?;
+        let key = self
+            .keys
+            .current_key()
+            .ok_or_else(|| EddyError::Internal("current key vanished".into()))?;
+        let mut ctx = ReadOnlyBroadcastContext {
+            key,
+            key_group,
+            subtask: self.subtask,
+            operator_state: &self.operator_state,
+        };
+        let mut out = Collector {
+            buffer: &mut self.output,
+        };
+        self.function
+            .process_element(&mut self.state, event, &mut ctx, &mut out)
+    }
+
+    fn close(&mut self) -> Result<()> {
+        let mut out = Collector {
+            buffer: &mut self.output,
+        };
+        self.function.close(&mut self.state, &mut out)
+    }
+
+    /// Sends what the function emitted under the capability of its input.
+    fn flush<CT>(
+        &mut self,
+        session: &mut timely::dataflow::operators::generic::Session<
+            '_,
+            '_,
+            Epoch,
+            CapacityContainerBuilder<Vec<F::Out>>,
+            CT,
+        >,
+    ) where
+        CT: timely::dataflow::operators::CapabilityTrait<Epoch>,
+    {
+        if !self.output.is_empty() {
+            self.metrics.add_out(self.output.len());
+            session.give_container(&mut self.output);
+            self.output.clear();
+        }
+    }
+}

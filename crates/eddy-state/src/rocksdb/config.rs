@@ -1,0 +1,173 @@
+//! [`RocksDbConfig`]: where a RocksDB backend keeps its files and how much memory it may use.
+
+use std::path::PathBuf;
+
+use rocksdb::{BlockBasedOptions, Cache, DBCompressionType, Options, WriteBufferManager};
+
+const MIB: usize = 1024 * 1024;
+
+/// The configuration of an embedded RocksDB keyed state backend (one RocksDB instance per
+/// keyed operator subtask).
+///
+/// Defaults follow Flink's managed memory for RocksDB: one memory budget per instance, split
+/// into a shared block cache that also accounts for the memtables (through a write-buffer
+/// manager charging the cache), the memtables taking up to half of it.
+///
+/// | setting | default |
+/// | --- | --- |
+/// | [`working_dir`](Self::working_dir) | the OS temp directory |
+/// | [`memory_budget`](Self::memory_budget) | 64 MiB |
+/// | [`write_buffer_ratio`](Self::write_buffer_ratio) | 0.5 |
+/// | [`write_buffer_size`](Self::write_buffer_size) | 16 MiB per state |
+/// | [`max_write_buffer_number`](Self::max_write_buffer_number) | 2 |
+/// | [`bloom_bits_per_key`](Self::bloom_bits_per_key) | 10 |
+/// | [`list_chunk_bytes`](Self::list_chunk_bytes) | 64 MiB |
+/// | [`statistics`](Self::statistics) | off |
+///
+/// ```
+/// use eddy_state::rocksdb::RocksDbConfig;
+///
+/// let config = RocksDbConfig::default()
+///     .with_working_dir(std::env::temp_dir())
+///     .with_memory_budget(256 << 20);
+/// assert_eq!(config.memory_budget, 256 << 20);
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct RocksDbConfig {
+    /// The directory under which every backend creates its own, uniquely named, instance
+    /// directory. The instance directory is deleted when the backend is dropped (local state
+    /// is a working copy; durability comes from checkpoints, as in Flink). `None`: the OS
+    /// temp directory.
+    pub working_dir: Option<PathBuf>,
+    /// Bytes of memory for the block cache, memtables included (Flink's managed memory share
+    /// of one slot).
+    pub memory_budget: usize,
+    /// The share of [`memory_budget`](Self::memory_budget) memtables may use before RocksDB
+    /// flushes them (Flink's `state.backend.rocksdb.memory.write-buffer-ratio`).
+    pub write_buffer_ratio: f64,
+    /// The memtable size of each state's column family.
+    pub write_buffer_size: usize,
+    /// Memtables per column family (one active, the others being flushed).
+    pub max_write_buffer_number: i32,
+    /// Bloom filter bits per key (point lookups skip files without the key); 0 disables them.
+    pub bloom_bits_per_key: f64,
+    /// The most bytes of one list chunk: a list state's elements are spread over chunks (one
+    /// RocksDB value each) so that no value exceeds this, whatever the list's length. A single
+    /// element larger than this gets a chunk of its own.
+    pub list_chunk_bytes: usize,
+    /// Collects RocksDB statistics (tickers such as `rocksdb.number.keys.read`), read through
+    /// [`RocksDbKeyedStateBackend::ticker`](super::RocksDbKeyedStateBackend::ticker). Costs a
+    /// little on every access: for tests and diagnosis.
+    pub statistics: bool,
+}
+
+impl Default for RocksDbConfig {
+    fn default() -> Self {
+        RocksDbConfig {
+            working_dir: None,
+            memory_budget: 64 * MIB,
+            write_buffer_ratio: 0.5,
+            write_buffer_size: 16 * MIB,
+            max_write_buffer_number: 2,
+            bloom_bits_per_key: 10.0,
+            list_chunk_bytes: 64 * MIB,
+            statistics: false,
+        }
+    }
+}
+
+impl RocksDbConfig {
+    /// Sets the directory instance directories are created in.
+    pub fn with_working_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.working_dir = Some(dir.into());
+        self
+    }
+
+    /// Sets the memory budget (block cache with memtables) in bytes.
+    pub fn with_memory_budget(mut self, bytes: usize) -> Self {
+        self.memory_budget = bytes;
+        self
+    }
+
+    /// Sets the most bytes of one list chunk.
+    pub fn with_list_chunk_bytes(mut self, bytes: usize) -> Self {
+        self.list_chunk_bytes = bytes;
+        self
+    }
+
+    /// Turns RocksDB statistics on or off.
+    pub fn with_statistics(mut self, on: bool) -> Self {
+        self.statistics = on;
+        self
+    }
+
+    /// Checks the settings; every error names the setting.
+    pub(crate) fn validate(&self) -> eddy_core::Result<()> {
+        let fail = |what: &str| Err(eddy_core::EddyError::Config(format!("RocksDB: {what}")));
+        if self.memory_budget < MIB {
+            return fail("memory_budget must be at least 1 MiB");
+        }
+        if !(self.write_buffer_ratio > 0.0 && self.write_buffer_ratio < 1.0) {
+            return fail("write_buffer_ratio must be between 0 and 1 (exclusive)");
+        }
+        if self.write_buffer_size < 64 * 1024 {
+            return fail("write_buffer_size must be at least 64 KiB");
+        }
+        if self.max_write_buffer_number < 2 {
+            return fail("max_write_buffer_number must be at least 2");
+        }
+        if self.list_chunk_bytes == 0 {
+            return fail("list_chunk_bytes must be positive");
+        }
+        Ok(())
+    }
+
+    /// The block cache of one instance: the whole budget (memtables are charged to it).
+    pub(crate) fn block_cache(&self) -> Cache {
+        Cache::new_lru_cache(self.memory_budget)
+    }
+
+    /// The database-wide options: memtables charged to `cache` up to their share.
+    pub(crate) fn db_options(&self, cache: &Cache) -> Options {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        // `as` is exact enough here: a share of a byte count, rounded down.
+        let write_buffers = (self.memory_budget as f64 * self.write_buffer_ratio) as usize;
+        let manager = WriteBufferManager::new_write_buffer_manager_with_cache(
+            write_buffers,
+            false,
+            cache.clone(),
+        );
+        opts.set_write_buffer_manager(&manager);
+        // RocksDB's info log would otherwise grow for the life of the job in the instance
+        // directory; one small file is enough for diagnosis.
+        opts.set_keep_log_file_num(1);
+        opts.set_max_log_file_size(MIB);
+        if self.statistics {
+            opts.enable_statistics();
+        }
+        opts
+    }
+
+    /// The options of one state's column family (merge operator and compaction filter are
+    /// added by the caller).
+    pub(crate) fn cf_options(&self, cache: &Cache) -> Options {
+        let mut table = BlockBasedOptions::default();
+        table.set_block_cache(cache);
+        if self.bloom_bits_per_key > 0.0 {
+            table.set_bloom_filter(self.bloom_bits_per_key, false);
+        }
+        // Index and filter blocks count against the budget, as in Flink's bounded memory;
+        // level 0's stay pinned because every lookup needs them.
+        table.set_cache_index_and_filter_blocks(true);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        table.set_format_version(5);
+        let mut opts = Options::default();
+        opts.set_block_based_table_factory(&table);
+        opts.set_write_buffer_size(self.write_buffer_size);
+        opts.set_max_write_buffer_number(self.max_write_buffer_number);
+        opts.set_compression_type(DBCompressionType::Lz4);
+        opts
+    }
+}

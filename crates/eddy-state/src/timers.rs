@@ -1,0 +1,300 @@
+//! Timers: per (key, namespace, timestamp), deduplicated, fired in timestamp order.
+//!
+//! A [`TimerService`] is what Flink calls an `InternalTimerService`: two queues of timers,
+//! one per [`TimeDomain`], scoped to the current key of the subtask's [`KeyContext`]. The
+//! runtime registers one per keyed operator; user code registers timers through it while
+//! processing an element of some key, and the runtime polls due timers when the watermark
+//! (event time) or the clock (processing time) advances, sets each timer's key as the
+//! current key and calls `on_timer`.
+//!
+//! Guarantees:
+//! * A timer is identified by (key, namespace, timestamp): registering it twice keeps one.
+//! * Due timers come out in ascending timestamp order; timers with equal timestamps in the
+//!   order of their registration. A timer registered while timers fire (from `on_timer`) and
+//!   already due fires in the same advance, as in Flink.
+//! * Timers are kept per key group (the dedup sets are indexed by the key group's offset in
+//!   the subtask's range), so a snapshot or a rescale can take whole key groups.
+//!
+//! ```
+//! # use eddy_core::KeyGroupRange;
+//! # use eddy_state::{KeyedStateBackend, TimeDomain};
+//! let mut backend = KeyedStateBackend::<String>::heap(KeyGroupRange::new(0, 127), 128);
+//! let timers = backend.timer_service::<()>("timers")?;
+//! backend.set_current_key("alice".to_string())?;
+//! timers.register_event_time_timer((), 20)?;
+//! timers.register_event_time_timer((), 10)?;
+//! timers.register_event_time_timer((), 10)?; // deduplicated
+//! let due: Vec<u64> = std::iter::from_fn(|| timers.poll_event_time(15))
+//!     .map(|timer| timer.timestamp)
+//!     .collect();
+//! assert_eq!(due, vec![10]);
+//! # Ok::<(), eddy_core::EddyError>(())
+//! ```
+
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
+use std::rc::Rc;
+
+use eddy_core::{EddyError, Key, Result};
+
+use crate::key_context::KeyContext;
+use crate::namespace::Namespace;
+
+/// Which clock a timer follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TimeDomain {
+    /// The watermark: fires once the watermark reaches the timer's timestamp.
+    EventTime,
+    /// The wall clock of the subtask (injectable in tests).
+    ProcessingTime,
+}
+
+/// One timer: fires for `key` and `namespace` at `timestamp` (milliseconds).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Timer<K, N> {
+    /// When the timer fires.
+    pub timestamp: u64,
+    /// The key that is current when the timer fires.
+    pub key: K,
+    /// The namespace (a window for window operators, `()` otherwise).
+    pub namespace: N,
+}
+
+/// The timers of one time domain in one subtask.
+///
+/// An ordered index over all timers finds the next due one in O(log n); per-key-group maps
+/// deduplicate and give each key group's timers for snapshots.
+#[derive(Debug)]
+pub struct TimerQueue<K, N> {
+    /// (timestamp, registration sequence) of every live timer, ascending.
+    order: BTreeSet<(u64, u64)>,
+    /// Registration sequence -> the timer and its key group offset.
+    by_sequence: HashMap<u64, (usize, Timer<K, N>)>,
+    /// Per key group offset: (key, namespace, timestamp) -> registration sequence.
+    groups: Vec<HashMap<(K, N, u64), u64>>,
+    next_sequence: u64,
+}
+
+impl<K: Key, N: Namespace> TimerQueue<K, N> {
+    /// An empty queue for a subtask owning `key_groups` key groups.
+    pub fn new(key_groups: usize) -> Self {
+        TimerQueue {
+            order: BTreeSet::new(),
+            by_sequence: HashMap::new(),
+            groups: (0..key_groups).map(|_| HashMap::new()).collect(),
+            next_sequence: 0,
+        }
+    }
+
+    /// Adds `timer` in the key group at `offset`; returns `false` if it was already there.
+    pub fn add(&mut self, offset: usize, timer: Timer<K, N>) -> Result<bool> {
+        let sequence = self.next_sequence;
+        let group = self.group_mut(offset)?;
+        let id = (timer.key.clone(), timer.namespace.clone(), timer.timestamp);
+        if group.contains_key(&id) {
+            return Ok(false);
+        }
+        group.insert(id, sequence);
+        self.next_sequence += 1;
+        self.order.insert((timer.timestamp, sequence));
+        self.by_sequence.insert(sequence, (offset, timer));
+        Ok(true)
+    }
+
+    /// Removes the timer (`key`, `namespace`, `timestamp`); returns whether it existed.
+    pub fn remove(
+        &mut self,
+        offset: usize,
+        key: &K,
+        namespace: &N,
+        timestamp: u64,
+    ) -> Result<bool> {
+        let id = (key.clone(), namespace.clone(), timestamp);
+        let Some(sequence) = self.group_mut(offset)?.remove(&id) else {
+            return Ok(false);
+        };
+        self.order.remove(&(timestamp, sequence));
+        self.by_sequence.remove(&sequence);
+        Ok(true)
+    }
+
+    /// The earliest timestamp of any timer.
+    pub fn peek_timestamp(&self) -> Option<u64> {
+        self.order.first().map(|(timestamp, _)| *timestamp)
+    }
+
+    /// Removes and returns the earliest timer if it is due at `time` (timestamp <= time).
+    pub fn poll(&mut self, time: u64) -> Option<(usize, Timer<K, N>)> {
+        let &(timestamp, sequence) = self.order.first()?;
+        if timestamp > time {
+            return None;
+        }
+        self.order.pop_first();
+        let (offset, timer) = self.by_sequence.remove(&sequence)?;
+        if let Some(group) = self.groups.get_mut(offset) {
+            group.remove(&(timer.key.clone(), timer.namespace.clone(), timer.timestamp));
+        }
+        Some((offset, timer))
+    }
+
+    /// The number of timers.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Whether there is no timer.
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// The timers of the key group at `offset`, in no particular order (for snapshots).
+    pub fn timers_in_group(&self, offset: usize) -> Vec<Timer<K, N>> {
+        let Some(group) = self.groups.get(offset) else {
+            return Vec::new();
+        };
+        group
+            .values()
+            .filter_map(|sequence| self.by_sequence.get(sequence))
+            .map(|(_, timer)| timer.clone())
+            .collect()
+    }
+
+    fn group_mut(&mut self, offset: usize) -> Result<&mut HashMap<(K, N, u64), u64>> {
+        let groups = self.groups.len();
+        self.groups.get_mut(offset).ok_or_else(|| {
+            EddyError::Internal(format!(
+                "key group offset {offset} outside the subtask's {groups} key groups"
+            ))
+        })
+    }
+}
+
+/// The event-time and processing-time timers of one keyed operator subtask, scoped to the
+/// current key (Flink's `InternalTimerService`).
+pub struct TimerService<K, N> {
+    name: Rc<str>,
+    context: Rc<KeyContext<K>>,
+    event_time: RefCell<TimerQueue<K, N>>,
+    processing_time: RefCell<TimerQueue<K, N>>,
+}
+
+impl<K: Key, N: Namespace> TimerService<K, N> {
+    /// A timer service called `name` whose current key lives in `context`.
+    pub fn new(name: &str, context: Rc<KeyContext<K>>) -> Self {
+        let key_groups = context.key_group_range().len();
+        TimerService {
+            name: name.into(),
+            context,
+            event_time: RefCell::new(TimerQueue::new(key_groups)),
+            processing_time: RefCell::new(TimerQueue::new(key_groups)),
+        }
+    }
+
+    /// The service's name (timers of different services are apart, as Flink's).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Registers an event-time timer for the current key; a duplicate is ignored.
+    pub fn register_event_time_timer(&self, namespace: N, timestamp: u64) -> Result<()> {
+        self.register(TimeDomain::EventTime, namespace, timestamp)
+    }
+
+    /// Registers a processing-time timer for the current key; a duplicate is ignored.
+    pub fn register_processing_time_timer(&self, namespace: N, timestamp: u64) -> Result<()> {
+        self.register(TimeDomain::ProcessingTime, namespace, timestamp)
+    }
+
+    /// Deletes the current key's event-time timer at `timestamp`, if there is one.
+    pub fn delete_event_time_timer(&self, namespace: N, timestamp: u64) -> Result<()> {
+        self.delete(TimeDomain::EventTime, namespace, timestamp)
+    }
+
+    /// Deletes the current key's processing-time timer at `timestamp`, if there is one.
+    pub fn delete_processing_time_timer(&self, namespace: N, timestamp: u64) -> Result<()> {
+        self.delete(TimeDomain::ProcessingTime, namespace, timestamp)
+    }
+
+    /// Removes and returns the earliest event-time timer due at `watermark`.
+    pub fn poll_event_time(&self, watermark: u64) -> Option<Timer<K, N>> {
+        self.event_time
+            .try_borrow_mut()
+            .ok()?
+            .poll(watermark)
+            .map(|(_, t)| t)
+    }
+
+    /// Removes and returns the earliest processing-time timer due at `now`.
+    pub fn poll_processing_time(&self, now: u64) -> Option<Timer<K, N>> {
+        self.processing_time
+            .try_borrow_mut()
+            .ok()?
+            .poll(now)
+            .map(|(_, t)| t)
+    }
+
+    /// When the next processing-time timer is due (the runtime sleeps until then).
+    pub fn next_processing_time(&self) -> Option<u64> {
+        self.processing_time.try_borrow().ok()?.peek_timestamp()
+    }
+
+    /// When the next event-time timer is due.
+    pub fn next_event_time(&self) -> Option<u64> {
+        self.event_time.try_borrow().ok()?.peek_timestamp()
+    }
+
+    /// The number of timers of `domain`.
+    pub fn len(&self, domain: TimeDomain) -> usize {
+        self.queue(domain)
+            .try_borrow()
+            .map_or(0, |queue| queue.len())
+    }
+
+    /// Whether no timer of either domain is registered.
+    pub fn is_empty(&self) -> bool {
+        self.len(TimeDomain::EventTime) == 0 && self.len(TimeDomain::ProcessingTime) == 0
+    }
+
+    /// The timers of `domain` in the key group at `offset` of the subtask's range.
+    pub fn timers_in_group(&self, domain: TimeDomain, offset: usize) -> Vec<Timer<K, N>> {
+        self.queue(domain)
+            .try_borrow()
+            .map_or_else(|_| Vec::new(), |queue| queue.timers_in_group(offset))
+    }
+
+    fn queue(&self, domain: TimeDomain) -> &RefCell<TimerQueue<K, N>> {
+        match domain {
+            TimeDomain::EventTime => &self.event_time,
+            TimeDomain::ProcessingTime => &self.processing_time,
+        }
+    }
+
+    fn register(&self, domain: TimeDomain, namespace: N, timestamp: u64) -> Result<()> {
+        let mut queue = self.borrow_queue(domain)?;
+        self.context.with_key(&self.name, |key, offset| {
+            queue.add(
+                offset,
+                Timer {
+                    timestamp,
+                    key: key.clone(),
+                    namespace,
+                },
+            )
+        })??;
+        Ok(())
+    }
+
+    fn delete(&self, domain: TimeDomain, namespace: N, timestamp: u64) -> Result<()> {
+        let mut queue = self.borrow_queue(domain)?;
+        self.context.with_key(&self.name, |key, offset| {
+            queue.remove(offset, key, &namespace, timestamp)
+        })??;
+        Ok(())
+    }
+
+    fn borrow_queue(&self, domain: TimeDomain) -> Result<std::cell::RefMut<'_, TimerQueue<K, N>>> {
+        self.queue(domain)
+            .try_borrow_mut()
+            .map_err(|_| EddyError::state(&*self.name, "timer queue is busy"))
+    }
+}
