@@ -2,24 +2,27 @@
 # Runs the Flink keyed-state anchor and Eddy back to back on this machine, on the same
 # workloads and event stream, and prints one table of eps_job figures and ratios.
 #
-#   bench/compare-flink.sh [WORKLOADS...]          default: w0 w1 w2 w3
+#   bench/compare-flink.sh [WORKLOADS...]          default: w0 w1 w2 w3 (also: w5 w6)
 #   env: N (20000000), K (1000000), P (2), FLINK_BACKEND (hashmap), EDDY_BACKEND (heap),
 #        REPEAT (1: runs of each side per workload; the table shows medians),
 #        PAUSE (10: seconds between runs)
 #
-# Needs ../shared/anchors/flink beside the project (copied to a writable temp dir), python3
-# with venv and JDK 17 for Flink; the first Flink run installs its jars from PyPI (~330 MB).
+# Runs Flink from bench/flink (the project's copy of ../shared/anchors/flink, plus W5/W6). Its
+# sources are copied to a writable temp dir ($FLINK_ANCHOR_DIR, default /tmp/eddy-flink-bench,
+# refreshed on every call unless FLINK_ANCHOR_DIR is set and already holds run.sh), so the repo
+# gets no .venv/build/logs. Needs python3 with venv and JDK 17; the first Flink run installs
+# its jars from PyPI (~330 MB).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-SHARED="${SHARED:-$ROOT/../shared}"
 N="${N:-20000000}" K="${K:-1000000}" P="${P:-2}"
 FLINK_BACKEND="${FLINK_BACKEND:-hashmap}" EDDY_BACKEND="${EDDY_BACKEND:-heap}"
 REPEAT="${REPEAT:-1}"
 WORKLOADS=("$@"); [[ ${#WORKLOADS[@]} -eq 0 ]] && WORKLOADS=(w0 w1 w2 w3)
 
-ANCHOR="${FLINK_ANCHOR_DIR:-/tmp/eddy-flink-anchor}"
-if [[ ! -x "$ANCHOR/run.sh" ]]; then
-    rm -rf "$ANCHOR" && cp -r "$SHARED/anchors/flink" "$ANCHOR" && chmod -R u+w "$ANCHOR"
+ANCHOR="${FLINK_ANCHOR_DIR:-/tmp/eddy-flink-bench}"
+if [[ -z "${FLINK_ANCHOR_DIR:-}" || ! -x "$ANCHOR/run.sh" ]]; then
+    mkdir -p "$ANCHOR" && cp -pr "$ROOT"/bench/flink/{run.sh,src,conf,tools,README.md} "$ANCHOR"/
+    chmod -R u+w "$ANCHOR"
 fi
 (cd "$ROOT" && cargo build --release --locked -p eddy-bench >&2)
 EDDY="$ROOT/target/release/eddy-bench"

@@ -5,6 +5,8 @@ use std::time::Duration;
 use eddy_core::key_group::{default_max_parallelism, validate_parallelism};
 use eddy_core::Result;
 
+use crate::time::ProcessingClock;
+
 /// Which keyed-state backend a job's keyed operators use.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum StateBackendKind {
@@ -36,6 +38,9 @@ pub struct JobConfig {
     /// How many epochs sources may run ahead of the sinks: bounds the records in flight to
     /// what the sources read in `epoch_interval * max_epochs_in_flight`.
     pub max_epochs_in_flight: u64,
+    /// Where processing time comes from (processing-time timers, state TTL, source
+    /// idleness): the wall clock unless a test injects a manual clock.
+    pub clock: ProcessingClock,
 }
 
 impl Default for JobConfig {
@@ -46,6 +51,7 @@ impl Default for JobConfig {
             state_backend: StateBackendKind::Heap,
             epoch_interval: Duration::from_millis(10),
             max_epochs_in_flight: 4,
+            clock: ProcessingClock::default(),
         }
     }
 }

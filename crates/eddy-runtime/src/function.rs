@@ -1,13 +1,16 @@
 //! The keyed process function and the contexts the runtime hands it.
 
-use std::cell::Ref;
+use std::cell::{Cell, Ref};
+use std::rc::Rc;
 
 use eddy_core::{Data, Key, KeyGroup, Result, StateValue};
 use eddy_state::{
     AggregateFunction, AggregatingState, AggregatingStateDescriptor, KeyedStateBackend, ListState,
     ListStateDescriptor, MapState, MapStateDescriptor, ReducingState, ReducingStateDescriptor,
-    ValueState, ValueStateDescriptor,
+    TimeDomain, TimerService as TimerQueues, ValueState, ValueStateDescriptor,
 };
+
+use crate::time::{ProcessingClock, Stamped, NO_TIMESTAMP};
 
 /// A function applied to every event of a keyed stream, with managed keyed state.
 ///
@@ -76,6 +79,21 @@ pub trait KeyedProcessFunction: Clone + Send + Sync + 'static {
         ctx: &mut Context<'_, Self::Key>,
         out: &mut Collector<'_, Self::Out>,
     ) -> Result<()>;
+
+    /// Called when a timer of the current key fires: an event-time timer once the watermark
+    /// has reached its time, a processing-time timer once the clock has. The timer's key is
+    /// the current key (state access is scoped to it), [`Context::time_domain`] says which
+    /// kind fired, and what is collected gets the timer's time as its timestamp (event time)
+    /// or none (processing time), as in Flink.
+    fn on_timer(
+        &mut self,
+        _state: &mut Self::State,
+        _timestamp: u64,
+        _ctx: &mut OnTimerContext<'_, Self::Key>,
+        _out: &mut Collector<'_, Self::Out>,
+    ) -> Result<()> {
+        Ok(())
+    }
 
     /// Called once per subtask after the last event of a bounded input.
     fn close(
@@ -152,17 +170,42 @@ impl<K: Key> OpenContext<'_, K> {
     }
 }
 
-/// What `process_element()` receives besides the event: the current key and the subtask.
+/// What `process_element()` and `on_timer()` receive besides the event: the current key,
+/// the event's (or timer's) timestamp, the timer service and the subtask.
 pub struct Context<'a, K> {
     pub(crate) key: Ref<'a, K>,
     pub(crate) key_group: KeyGroup,
     pub(crate) subtask: usize,
+    pub(crate) timestamp: u64,
+    pub(crate) time_domain: Option<TimeDomain>,
+    pub(crate) timers: &'a TimerService<K>,
 }
 
-impl<K> Context<'_, K> {
-    /// The key of the event being processed (the `key_by` selector's result).
+/// What `on_timer()` receives: the [`Context`] of the timer's key, with
+/// [`time_domain`](Context::time_domain) set (Flink's `OnTimerContext`).
+pub type OnTimerContext<'a, K> = Context<'a, K>;
+
+impl<K: Key> Context<'_, K> {
+    /// The key of the event being processed (the `key_by` selector's result), or of the timer
+    /// that fired.
     pub fn current_key(&self) -> &K {
         &self.key
+    }
+
+    /// The event's timestamp (from `assign_timestamps_and_watermarks`), or the firing timer's
+    /// time; `None` for an event without a timestamp and for processing-time timers.
+    pub fn timestamp(&self) -> Option<u64> {
+        (self.timestamp != NO_TIMESTAMP).then_some(self.timestamp)
+    }
+
+    /// In `on_timer`: which kind of timer fired. `None` in `process_element`.
+    pub fn time_domain(&self) -> Option<TimeDomain> {
+        self.time_domain
+    }
+
+    /// Registers and deletes timers of the current key; reads the watermark and the clock.
+    pub fn timer_service(&self) -> &TimerService<K> {
+        self.timers
     }
 
     /// The key group of the current key.
@@ -177,19 +220,73 @@ impl<K> Context<'_, K> {
 }
 
 /// Where a function emits its output records.
+///
+/// Every record gets the timestamp of the event being processed (or of the event-time timer
+/// that fired), as Flink's `TimestampedCollector` does.
 pub struct Collector<'a, O> {
-    pub(crate) buffer: &'a mut Vec<O>,
+    pub(crate) buffer: &'a mut Vec<Stamped<O>>,
+    pub(crate) timestamp: u64,
 }
 
 impl<'a, O> Collector<'a, O> {
-    /// A collector appending to `buffer` (for tests of functions outside a job).
-    pub fn new(buffer: &'a mut Vec<O>) -> Self {
-        Collector { buffer }
+    /// A collector appending records without timestamps to `buffer` (for tests of functions
+    /// outside a job).
+    pub fn new(buffer: &'a mut Vec<Stamped<O>>) -> Self {
+        Collector {
+            buffer,
+            timestamp: NO_TIMESTAMP,
+        }
     }
 
     /// Emits one record downstream.
     #[inline]
     pub fn collect(&mut self, record: O) {
-        self.buffer.push(record);
+        self.buffer.push(Stamped {
+            value: record,
+            timestamp: self.timestamp,
+        });
+    }
+}
+
+/// The timers of one keyed subtask, and its view of time (Flink's `TimerService`).
+///
+/// Timers are kept per key group in the subtask's state backend, deduplicated per
+/// (key, time): registering the same time twice for one key fires once.
+pub struct TimerService<K> {
+    pub(crate) queues: Rc<TimerQueues<K, ()>>,
+    pub(crate) watermark: Cell<u64>,
+    pub(crate) clock: ProcessingClock,
+}
+
+impl<K: Key> TimerService<K> {
+    /// Calls `on_timer` for the current key once the watermark reaches `time`.
+    pub fn register_event_time_timer(&self, time: u64) -> Result<()> {
+        self.queues.register_event_time_timer((), time)
+    }
+
+    /// Calls `on_timer` for the current key once the processing-time clock reaches `time`.
+    pub fn register_processing_time_timer(&self, time: u64) -> Result<()> {
+        self.queues.register_processing_time_timer((), time)
+    }
+
+    /// Deletes the current key's event-time timer at `time`, if there is one.
+    pub fn delete_event_time_timer(&self, time: u64) -> Result<()> {
+        self.queues.delete_event_time_timer((), time)
+    }
+
+    /// Deletes the current key's processing-time timer at `time`, if there is one.
+    pub fn delete_processing_time_timer(&self, time: u64) -> Result<()> {
+        self.queues.delete_processing_time_timer((), time)
+    }
+
+    /// The operator's current event-time watermark ([`MIN_WATERMARK`](crate::MIN_WATERMARK)
+    /// before the first).
+    pub fn current_watermark(&self) -> u64 {
+        self.watermark.get()
+    }
+
+    /// The current processing time, in milliseconds, from the job's clock.
+    pub fn current_processing_time(&self) -> u64 {
+        self.clock.now_ms()
     }
 }

@@ -13,7 +13,17 @@ use timely::dataflow::{Scope, StreamVec};
 use crate::config::JobConfig;
 use crate::failure::FailureState;
 use crate::metrics::OperatorMetrics;
+use crate::time::{Stamped, WatermarkMessage};
 use crate::Epoch;
+
+/// A stream as one worker built it: its records and, on the same epochs, its watermarks
+/// (see [`crate::time`]).
+pub struct Built<'s, T> {
+    /// The records, each with its event timestamp.
+    pub records: StreamVec<'s, Epoch, Stamped<T>>,
+    /// The watermarks the producing subtask sends downstream.
+    pub watermarks: StreamVec<'s, Epoch, WatermarkMessage>,
+}
 
 /// What a node needs to know about the worker it is built on.
 pub struct WorkerContext {
@@ -48,8 +58,7 @@ impl WorkerContext {
 /// A node of the job graph that produces a stream of `T`.
 pub trait StreamNode<T>: Send + Sync {
     /// Builds this node (and, recursively, its inputs) into `scope` on one worker.
-    fn build<'s>(&self, scope: Scope<'s, Epoch>, worker: &WorkerContext)
-        -> StreamVec<'s, Epoch, T>;
+    fn build<'s>(&self, scope: Scope<'s, Epoch>, worker: &WorkerContext) -> Built<'s, T>;
 
     /// On how many workers (`0..n`) this stream carries records, given the job's parallelism.
     fn parallelism(&self, job_parallelism: usize) -> usize;

@@ -30,6 +30,7 @@ mod metrics;
 mod operators;
 mod sink;
 mod source;
+pub mod time;
 pub mod windows;
 
 pub use broadcast_function::{
@@ -37,15 +38,19 @@ pub use broadcast_function::{
 };
 pub use config::{JobConfig, StateBackendKind};
 pub use execute::{execute, JobResult};
-pub use function::{Collector, Context, KeyedProcessFunction, OpenContext};
-pub use graph::{JobGraph, SinkNode, StreamNode, WorkerContext};
+pub use function::{
+    Collector, Context, KeyedProcessFunction, OnTimerContext, OpenContext, TimerService,
+};
+pub use graph::{Built, JobGraph, SinkNode, StreamNode, WorkerContext};
 pub use metrics::{OperatorMetrics, OperatorSummary};
 pub use operators::{
     BroadcastStateSpec, FilterNode, FlatMapNode, KeyedBroadcastInputs, KeyedBroadcastNode,
-    KeyedProcessNode, MapNode, SinkOperatorNode, SourceNode,
+    KeyedProcessNode, MapNode, SinkOperatorNode, SourceNode, TimestampsAndWatermarksNode,
+    WatermarkStrategy,
 };
 pub use sink::{Sink, SinkContext};
 pub use source::{Source, SourceContext, SourceReader, SourceStatus};
+pub use time::{ProcessingClock, Stamped, WatermarkStatus, MAX_WATERMARK, MIN_WATERMARK};
 
 /// The timely timestamp of every Eddy dataflow: a checkpoint epoch.
 pub type Epoch = u64;

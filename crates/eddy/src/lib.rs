@@ -83,9 +83,11 @@ pub use stream::{DataStream, DataStreamSink, KeyedStream};
 pub use eddy_core::{EddyError, Key, Result};
 pub use eddy_runtime::{BroadcastContext, KeyedBroadcastProcessFunction, ReadOnlyBroadcastContext};
 pub use eddy_runtime::{
-    Collector, Context, JobConfig, JobResult, KeyedProcessFunction, OpenContext, OperatorSummary,
-    Sink, SinkContext, Source, SourceContext, SourceReader, SourceStatus, StateBackendKind,
+    Collector, Context, JobConfig, JobResult, KeyedProcessFunction, OnTimerContext, OpenContext,
+    OperatorSummary, ProcessingClock, Sink, SinkContext, Source, SourceContext, SourceReader,
+    SourceStatus, StateBackendKind, TimerService, WatermarkStrategy, MAX_WATERMARK, MIN_WATERMARK,
 };
+pub use eddy_state::TimeDomain;
 pub use eddy_state::{
     AggregateFunction, AggregatingState, AggregatingStateDescriptor, ListState,
     ListStateDescriptor, ManualClock, MapState, MapStateDescriptor, ReducingState,
@@ -123,4 +125,5 @@ pub mod prelude {
         BroadcastConnectedStream, BroadcastContext, BroadcastState, BroadcastStream,
         KeyedBroadcastProcessFunction, ReadOnlyBroadcastContext, ReadOnlyBroadcastState,
     };
+    pub use crate::{OnTimerContext, TimeDomain, WatermarkStrategy};
 }

@@ -6,7 +6,7 @@ use std::rc::Rc;
 use eddy_core::{Data, Key};
 use eddy_runtime::{
     FilterNode, FlatMapNode, KeyedProcessFunction, KeyedProcessNode, MapNode, Sink,
-    SinkOperatorNode, StreamNode,
+    SinkOperatorNode, StreamNode, TimestampsAndWatermarksNode, WatermarkStrategy,
 };
 
 use crate::environment::EnvInner;
@@ -57,6 +57,14 @@ impl<T: Data> DataStream<T> {
         F: Fn(T) -> I + Clone + Send + Sync + 'static,
     {
         self.then(|input| Box::new(FlatMapNode::new(input, f)))
+    }
+
+    /// Gives every record its event timestamp and generates the stream's watermarks by
+    /// `strategy` (Flink's `assignTimestampsAndWatermarks`), chained to this stream's
+    /// operator. Watermarks from upstream are replaced.
+    pub fn assign_timestamps_and_watermarks(self, strategy: WatermarkStrategy<T>) -> DataStream<T> {
+        let name = self.env.borrow_mut().unique_name("timestamps-watermarks");
+        self.then(|input| Box::new(TimestampsAndWatermarksNode::new(name, input, strategy)))
     }
 
     /// Partitions the stream by the key `selector` returns: every record of one key goes to

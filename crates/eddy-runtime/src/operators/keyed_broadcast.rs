@@ -11,18 +11,29 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Broadcast;
-use timely::dataflow::{Scope, StreamVec};
+use timely::dataflow::Scope;
 
 use crate::broadcast_function::{
     BroadcastContext, KeyedBroadcastProcessFunction, ReadOnlyBroadcastContext,
 };
 use crate::failure::catch_panic;
 use crate::function::{Collector, OpenContext};
-use crate::graph::{StreamNode, WorkerContext};
+use crate::graph::{Built, StreamNode, WorkerContext};
 use crate::metrics::OperatorMetrics;
 use crate::operators::check_parallelism;
 use crate::operators::keyed_process::{key_group_route, keyed_backend};
+use crate::operators::watermarks::combine_watermarks;
+use crate::time::Stamped;
 use crate::Epoch;
+
+/// An output session of this operator.
+type OutputSession<'a, 'b, O, CT> = timely::dataflow::operators::generic::Session<
+    'a,
+    'b,
+    Epoch,
+    CapacityContainerBuilder<Vec<Stamped<O>>>,
+    CT,
+>;
 
 /// Registers a broadcast state in a subtask's [`OperatorStateStore`].
 type Register = dyn Fn(&mut OperatorStateStore) -> Result<()> + Send + Sync;
@@ -112,17 +123,27 @@ where
     F: KeyedBroadcastProcessFunction,
     KS: Fn(&F::In) -> F::Key + Clone + Send + Sync + 'static,
 {
-    fn build<'s>(
-        &self,
-        scope: Scope<'s, Epoch>,
-        worker: &WorkerContext,
-    ) -> StreamVec<'s, Epoch, F::Out> {
+    fn build<'s>(&self, scope: Scope<'s, Epoch>, worker: &WorkerContext) -> Built<'s, F::Out> {
         let keyed = self.keyed.build(scope, worker);
-        // Timely's broadcast: every record to every worker, in order per sending worker.
-        let broadcast = self.broadcast.build(scope, worker).broadcast();
+        let broadcast = self.broadcast.build(scope, worker);
+        let keyed_upstream = self.keyed.parallelism(worker.peers);
         let parallelism = self.parallelism(worker.peers);
+        let watermarks = combine_watermarks(
+            scope,
+            &format!("{}-watermarks", self.name),
+            [
+                (keyed.watermarks, 0),
+                (broadcast.watermarks, keyed_upstream),
+            ],
+            keyed_upstream + self.broadcast.parallelism(worker.peers),
+            (worker.index < parallelism).then_some(worker.index),
+        );
+        let keyed = keyed.records;
+        // Timely's broadcast: every record to every worker, in order per sending worker.
+        let broadcast = broadcast.records.broadcast();
+        let selector = self.key_selector.clone();
         let route = key_group_route(
-            self.key_selector.clone(),
+            move |record: &Stamped<F::In>| selector(&record.value),
             worker.max_parallelism,
             parallelism,
         );
@@ -134,73 +155,78 @@ where
         let fail = move |error: EddyError| failures.fail(&job, &name, index, error);
         let aborted = worker.failures();
 
-        keyed.binary_frontier::<_, CapacityContainerBuilder<Vec<F::Out>>, _, _, _, _>(
-            broadcast,
-            Exchange::new(route),
-            Pipeline,
-            &self.name,
-            move |default_cap, _info| {
-                // Held at the inputs' joint frontier so `close()` can still emit.
-                let mut cap = Some(default_cap);
-                move |(keyed_input, keyed_frontier),
-                      (broadcast_input, broadcast_frontier),
-                      output| {
-                    // `for_each`, not `for_each_stamp`: it keeps the arrival order of the
-                    // messages, so every subtask applies the broadcast elements of one upstream
-                    // subtask in the same order (and the keyed elements of one key in order).
-                    // The broadcast input goes first, so a rule that arrives together with
-                    // events already applies to them.
-                    broadcast_input.for_each(|stamp, batch| {
-                        let Some(task) = subtask.as_mut() else { return };
-                        if aborted.is_aborted() {
-                            return;
-                        }
-                        match catch_panic(|| task.process_broadcast_batch(batch)) {
-                            Ok(()) => task.flush(&mut output.session(&stamp)),
-                            Err(error) => {
-                                fail(error);
-                                subtask = None;
+        let records = keyed
+            .binary_frontier::<_, CapacityContainerBuilder<Vec<Stamped<F::Out>>>, _, _, _, _>(
+                broadcast,
+                Exchange::new(route),
+                Pipeline,
+                &self.name,
+                move |default_cap, _info| {
+                    // Held at the inputs' joint frontier so `close()` can still emit.
+                    let mut cap = Some(default_cap);
+                    move |(keyed_input, keyed_frontier),
+                          (broadcast_input, broadcast_frontier),
+                          output| {
+                        // `for_each`, not `for_each_stamp`: it keeps the arrival order of the
+                        // messages, so every subtask applies the broadcast elements of one upstream
+                        // subtask in the same order (and the keyed elements of one key in order).
+                        // The broadcast input goes first, so a rule that arrives together with
+                        // events already applies to them.
+                        broadcast_input.for_each(|stamp, batch| {
+                            let Some(task) = subtask.as_mut() else { return };
+                            if aborted.is_aborted() {
+                                return;
                             }
-                        }
-                    });
-                    keyed_input.for_each(|stamp, batch| {
-                        let Some(task) = subtask.as_mut() else { return };
-                        if aborted.is_aborted() {
-                            return;
-                        }
-                        match catch_panic(|| task.process_keyed_batch(batch)) {
-                            Ok(()) => task.flush(&mut output.session(&stamp)),
-                            Err(error) => {
-                                fail(error);
-                                subtask = None;
-                            }
-                        }
-                    });
-                    // Epochs are totally ordered: the joint frontier is the earlier of the two.
-                    let keyed_time = keyed_frontier.frontier().first().copied();
-                    let broadcast_time = broadcast_frontier.frontier().first().copied();
-                    match keyed_time.into_iter().chain(broadcast_time).min() {
-                        Some(time) => {
-                            if let Some(c) = cap.as_mut() {
-                                if *c.time() < time {
-                                    c.downgrade(&time);
-                                }
-                            }
-                        }
-                        None => {
-                            if let (Some(task), Some(c)) = (subtask.as_mut(), cap.as_ref()) {
-                                if let Err(error) = catch_panic(|| task.close()) {
+                            match catch_panic(|| task.process_broadcast_batch(batch)) {
+                                Ok(()) => task.flush(&mut output.session(&stamp)),
+                                Err(error) => {
                                     fail(error);
+                                    subtask = None;
                                 }
-                                task.flush(&mut output.session(c));
                             }
-                            subtask = None;
-                            cap = None;
+                        });
+                        keyed_input.for_each(|stamp, batch| {
+                            let Some(task) = subtask.as_mut() else { return };
+                            if aborted.is_aborted() {
+                                return;
+                            }
+                            match catch_panic(|| task.process_keyed_batch(batch)) {
+                                Ok(()) => task.flush(&mut output.session(&stamp)),
+                                Err(error) => {
+                                    fail(error);
+                                    subtask = None;
+                                }
+                            }
+                        });
+                        // Epochs are totally ordered: the joint frontier is the earlier of the two.
+                        let keyed_time = keyed_frontier.frontier().first().copied();
+                        let broadcast_time = broadcast_frontier.frontier().first().copied();
+                        match keyed_time.into_iter().chain(broadcast_time).min() {
+                            Some(time) => {
+                                if let Some(c) = cap.as_mut() {
+                                    if *c.time() < time {
+                                        c.downgrade(&time);
+                                    }
+                                }
+                            }
+                            None => {
+                                if let (Some(task), Some(c)) = (subtask.as_mut(), cap.as_ref()) {
+                                    if let Err(error) = catch_panic(|| task.close()) {
+                                        fail(error);
+                                    }
+                                    task.flush(&mut output.session(c));
+                                }
+                                subtask = None;
+                                cap = None;
+                            }
                         }
                     }
-                }
-            },
-        )
+                },
+            );
+        Built {
+            records,
+            watermarks,
+        }
     }
 
     fn parallelism(&self, job: usize) -> usize {
@@ -228,7 +254,7 @@ struct BroadcastSubtask<F: KeyedBroadcastProcessFunction, KS> {
     keys: Rc<KeyContext<F::Key>>,
     operator_state: OperatorStateStore,
     key_selector: KS,
-    output: Vec<F::Out>,
+    output: Vec<Stamped<F::Out>>,
     max_parallelism: usize,
     metrics: Arc<OperatorMetrics>,
     subtask: usize,
@@ -275,7 +301,7 @@ where
     }
 
     /// Hands every broadcast element to the function, with no current key.
-    fn process_broadcast_batch(&mut self, batch: &mut Vec<F::BroadcastIn>) -> Result<()> {
+    fn process_broadcast_batch(&mut self, batch: &mut Vec<Stamped<F::BroadcastIn>>) -> Result<()> {
         self.metrics.add_in(batch.len());
         for event in batch.drain(..) {
             let mut ctx = BroadcastContext {
@@ -285,25 +311,35 @@ where
             };
             let mut out = Collector {
                 buffer: &mut self.output,
+                timestamp: event.timestamp,
             };
-            self.function
-                .process_broadcast_element(&mut self.state, event, &mut ctx, &mut out)?;
+            self.function.process_broadcast_element(
+                &mut self.state,
+                event.value,
+                &mut ctx,
+                &mut out,
+            )?;
         }
         Ok(())
     }
 
     /// Sets each keyed element's key as the current key, then hands it to the function.
-    fn process_keyed_batch(&mut self, batch: &mut Vec<F::In>) -> Result<()> {
+    fn process_keyed_batch(&mut self, batch: &mut Vec<Stamped<F::In>>) -> Result<()> {
         self.metrics.add_in(batch.len());
         for event in batch.drain(..) {
-            let key = (self.key_selector)(&event);
+            let key = (self.key_selector)(&event.value);
             let key_group = assign_to_key_group(&key, self.max_parallelism);
             self.process_event(event, key, key_group)?;
         }
         Ok(())
     }
 
-    fn process_event(&mut self, event: F::In, key: F::Key, key_group: KeyGroup) -> Result<()> {
+    fn process_event(
+        &mut self,
+        event: Stamped<F::In>,
+        key: F::Key,
+        key_group: KeyGroup,
+    ) -> Result<()> {
         self.keys.set_current_key_in_group(key, key_group)?;
         let key = self
             .keys
@@ -317,29 +353,20 @@ where
         };
         let mut out = Collector {
             buffer: &mut self.output,
+            timestamp: event.timestamp,
         };
         self.function
-            .process_element(&mut self.state, event, &mut ctx, &mut out)
+            .process_element(&mut self.state, event.value, &mut ctx, &mut out)
     }
 
     fn close(&mut self) -> Result<()> {
-        let mut out = Collector {
-            buffer: &mut self.output,
-        };
+        let mut out = Collector::new(&mut self.output);
         self.function.close(&mut self.state, &mut out)
     }
 
     /// Sends what the function emitted under the capability of its input.
-    fn flush<CT>(
-        &mut self,
-        session: &mut timely::dataflow::operators::generic::Session<
-            '_,
-            '_,
-            Epoch,
-            CapacityContainerBuilder<Vec<F::Out>>,
-            CT,
-        >,
-    ) where
+    fn flush<CT>(&mut self, session: &mut OutputSession<'_, '_, F::Out, CT>)
+    where
         CT: timely::dataflow::operators::CapabilityTrait<Epoch>,
     {
         if !self.output.is_empty() {

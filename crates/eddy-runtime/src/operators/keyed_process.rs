@@ -1,24 +1,27 @@
 //! The keyed process operator: `key_by` exchange plus one function instance per subtask.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use eddy_core::key_group::{assign_to_key_group, subtask_for_key_group};
 use eddy_core::{EddyError, Key, KeyGroup, KeyGroupRange, Result};
-use eddy_state::{KeyContext, KeyedStateBackend, PrefetchDepth};
-use timely::container::CapacityContainerBuilder;
-use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::{Scope, StreamVec};
+use eddy_state::{KeyContext, KeyedStateBackend, PrefetchDepth, TimeDomain, Timer};
+use timely::dataflow::Scope;
 
 use crate::config::StateBackendKind;
 use crate::failure::catch_panic;
-use crate::function::{Collector, Context, KeyedProcessFunction, OpenContext};
-use crate::graph::{StreamNode, WorkerContext};
+use crate::function::{Collector, Context, KeyedProcessFunction, OpenContext, TimerService};
+use crate::graph::{Built, StreamNode, WorkerContext};
 use crate::metrics::OperatorMetrics;
 use crate::operators::check_parallelism;
+use crate::operators::keyed_shell::{build_keyed_operator, KeyedOperatorSpec, KeyedTask};
+use crate::time::{Stamped, MIN_WATERMARK, NO_TIMESTAMP};
 use crate::Epoch;
+
+/// The name of the timer service behind [`Context::timer_service`] in the state backend.
+const USER_TIMERS: &str = "_user_timers";
 
 /// How many events ahead the state slot of an event is prefetched.
 const SLOT_DISTANCE: usize = 8;
@@ -64,66 +67,26 @@ where
     F: KeyedProcessFunction,
     KS: Fn(&F::In) -> F::Key + Clone + Send + Sync + 'static,
 {
-    fn build<'s>(
-        &self,
-        scope: Scope<'s, Epoch>,
-        worker: &WorkerContext,
-    ) -> StreamVec<'s, Epoch, F::Out> {
+    fn build<'s>(&self, scope: Scope<'s, Epoch>, worker: &WorkerContext) -> Built<'s, F::Out> {
         let input = self.input.build(scope, worker);
         let parallelism = self.parallelism(worker.peers);
-        let max_parallelism = worker.max_parallelism;
-        let route = key_group_route(self.key_selector.clone(), max_parallelism, parallelism);
-        let mut subtask = (worker.index < parallelism)
+        let selector = self.key_selector.clone();
+        let route = key_group_route(
+            move |record: &Stamped<F::In>| selector(&record.value),
+            worker.max_parallelism,
+            parallelism,
+        );
+        let task = (worker.index < parallelism)
             .then(|| KeyedSubtask::open(self, worker, parallelism))
             .and_then(|opened| opened.map_err(|error| worker.fail(&self.name, error)).ok());
-        let failures = worker.failures();
-        let (job, name, index) = (worker.job_name.clone(), self.name.clone(), worker.index);
-        let fail = move |error: EddyError| failures.fail(&job, &name, index, error);
-        let aborted = worker.failures();
-
-        input.unary_frontier::<CapacityContainerBuilder<Vec<F::Out>>, _, _, _>(
-            Exchange::new(route),
-            &self.name,
-            move |default_cap, _info| {
-                // Held at the input frontier so `close()` can still emit; never ahead of it.
-                let mut cap = Some(default_cap);
-                move |(input, frontier), output| {
-                    input.for_each_stamp(|stamp, batches| {
-                        let Some(task) = subtask.as_mut() else { return };
-                        if aborted.is_aborted() {
-                            return;
-                        }
-                        for batch in batches {
-                            if let Err(error) = catch_panic(|| task.process_batch(batch)) {
-                                fail(error);
-                                subtask = None;
-                                return;
-                            }
-                        }
-                        task.flush(&mut output.session(&stamp));
-                    });
-                    match frontier.frontier().first() {
-                        Some(time) => {
-                            if let Some(c) = cap.as_mut() {
-                                if c.time() < time {
-                                    c.downgrade(time);
-                                }
-                            }
-                        }
-                        None => {
-                            if let (Some(task), Some(c)) = (subtask.as_mut(), cap.as_ref()) {
-                                if let Err(error) = catch_panic(|| task.close()) {
-                                    fail(error);
-                                }
-                                task.flush(&mut output.session(c));
-                            }
-                            subtask = None;
-                            cap = None;
-                        }
-                    }
-                }
-            },
-        )
+        let spec = KeyedOperatorSpec {
+            name: &self.name,
+            route,
+            upstream: self.input.parallelism(worker.peers),
+            timer_poll: worker.config.epoch_interval,
+            metrics: Arc::clone(&self.metrics),
+        };
+        build_keyed_operator(scope, worker, input, spec, task)
     }
 
     fn parallelism(&self, job: usize) -> usize {
@@ -147,8 +110,9 @@ struct KeyedSubtask<F: KeyedProcessFunction, KS> {
     state: F::State,
     backend: KeyedStateBackend<F::Key>,
     keys: Rc<KeyContext<F::Key>>,
+    timers: TimerService<F::Key>,
     key_selector: KS,
-    output: Vec<F::Out>,
+    output: Vec<Stamped<F::Out>>,
     /// Key groups of the events in the prefetch window (see `process_batch`).
     key_groups: VecDeque<KeyGroup>,
     max_parallelism: usize,
@@ -177,9 +141,17 @@ where
                 parallelism,
             })
         })?;
+        let clock = worker.config.clock.clone();
+        backend.set_ttl_clock(Arc::clone(&clock.0));
+        let timers = TimerService {
+            queues: backend.timer_service::<()>(USER_TIMERS)?,
+            watermark: Cell::new(MIN_WATERMARK),
+            clock,
+        };
         Ok(KeyedSubtask {
             function,
             state,
+            timers,
             keys: Rc::clone(backend.context()),
             backend,
             key_selector: node.key_selector.clone(),
@@ -198,12 +170,12 @@ where
     /// then in cache): the memory latency of state far larger than the CPU caches then
     /// overlaps with processing instead of stalling it.
     #[inline]
-    fn process_batch(&mut self, batch: &mut Vec<F::In>) -> Result<()> {
+    fn process_records(&mut self, batch: &mut Vec<Stamped<F::In>>) -> Result<()> {
         self.metrics.add_in(batch.len());
         let mut events = std::mem::take(batch).into_iter();
         if !self.backend.has_state() {
             for event in events {
-                let key = (self.key_selector)(&event);
+                let key = (self.key_selector)(&event.value);
                 let kg = assign_to_key_group(&key, self.max_parallelism);
                 self.process_event(event, key, kg)?;
             }
@@ -218,7 +190,7 @@ where
         }
         for (i, kg) in self.key_groups.iter().take(CONTENTS_DISTANCE).enumerate() {
             if contents {
-                let key = (self.key_selector)(&events.as_slice()[i]);
+                let key = (self.key_selector)(&events.as_slice()[i].value);
                 self.backend
                     .prefetch_in_group(&key, *kg, PrefetchDepth::Contents);
             }
@@ -237,12 +209,12 @@ where
                     ahead.get(CONTENTS_DISTANCE - 1),
                     self.key_groups.get(CONTENTS_DISTANCE - 1),
                 ) {
-                    let key = (self.key_selector)(near);
+                    let key = (self.key_selector)(&near.value);
                     self.backend
                         .prefetch_in_group(&key, *near_kg, PrefetchDepth::Contents);
                 }
             }
-            let key = (self.key_selector)(&event);
+            let key = (self.key_selector)(&event.value);
             self.process_event(event, key, kg)?;
         }
         Ok(())
@@ -250,8 +222,8 @@ where
 
     /// Prefetches the state slot of `event` and remembers its key group.
     #[inline]
-    fn prefetch_slot(&mut self, event: &F::In) {
-        let key = (self.key_selector)(event);
+    fn prefetch_slot(&mut self, event: &Stamped<F::In>) {
+        let key = (self.key_selector)(&event.value);
         let kg = assign_to_key_group(&key, self.max_parallelism);
         self.backend
             .prefetch_in_group(&key, kg, PrefetchDepth::Slot);
@@ -259,7 +231,7 @@ where
     }
 
     #[inline]
-    fn process_event(&mut self, event: F::In, key: F::Key, kg: KeyGroup) -> Result<()> {
+    fn process_event(&mut self, event: Stamped<F::In>, key: F::Key, kg: KeyGroup) -> Result<()> {
         self.keys.set_current_key_in_group(key, kg)?;
         let key = self
             .keys
@@ -269,40 +241,90 @@ where
             key,
             key_group: kg,
             subtask: self.subtask,
+            timestamp: event.timestamp,
+            time_domain: None,
+            timers: &self.timers,
         };
         let mut out = Collector {
             buffer: &mut self.output,
+            timestamp: event.timestamp,
         };
         self.function
-            .process_element(&mut self.state, event, &mut ctx, &mut out)
+            .process_element(&mut self.state, event.value, &mut ctx, &mut out)
+    }
+
+    /// Calls `on_timer` for `timer`, with its key as the current key.
+    fn fire(&mut self, timer: Timer<F::Key, ()>, domain: TimeDomain) -> Result<()> {
+        let kg = assign_to_key_group(&timer.key, self.max_parallelism);
+        self.keys.set_current_key_in_group(timer.key, kg)?;
+        let key = self
+            .keys
+            .current_key()
+            .ok_or_else(|| EddyError::Internal("current key vanished".into()))?;
+        let mut ctx = Context {
+            key,
+            key_group: kg,
+            subtask: self.subtask,
+            timestamp: timer.timestamp,
+            time_domain: Some(domain),
+            timers: &self.timers,
+        };
+        let mut out = Collector {
+            buffer: &mut self.output,
+            // Flink stamps what an event-time timer emits with its time, and erases the
+            // timestamp of what a processing-time timer emits.
+            timestamp: match domain {
+                TimeDomain::EventTime => timer.timestamp,
+                TimeDomain::ProcessingTime => NO_TIMESTAMP,
+            },
+        };
+        self.function
+            .on_timer(&mut self.state, timer.timestamp, &mut ctx, &mut out)
+    }
+}
+
+impl<F, KS> KeyedTask for KeyedSubtask<F, KS>
+where
+    F: KeyedProcessFunction,
+    KS: Fn(&F::In) -> F::Key + Clone + Send + Sync + 'static,
+{
+    type In = F::In;
+    type Out = F::Out;
+
+    fn process_batch(&mut self, batch: &mut Vec<Stamped<F::In>>) -> Result<()> {
+        self.process_records(batch)
+    }
+
+    fn advance_watermark(&mut self, watermark: u64) -> Result<()> {
+        self.timers.watermark.set(watermark);
+        // Timers registered while firing are due too if their time has passed, as in Flink.
+        while let Some(timer) = self.timers.queues.poll_event_time(watermark) {
+            self.fire(timer, TimeDomain::EventTime)?;
+        }
+        Ok(())
+    }
+
+    fn advance_processing_time(&mut self, now: u64) -> Result<Option<u64>> {
+        while let Some(timer) = self.timers.queues.poll_processing_time(now) {
+            self.fire(timer, TimeDomain::ProcessingTime)?;
+        }
+        Ok(self.timers.queues.next_processing_time())
     }
 
     fn close(&mut self) -> Result<()> {
         let mut out = Collector {
             buffer: &mut self.output,
+            timestamp: NO_TIMESTAMP,
         };
         self.function.close(&mut self.state, &mut out)
     }
 
-    /// Sends what the function emitted under the capability of its input.
-    fn flush<CT>(
-        &mut self,
-        session: &mut timely::dataflow::operators::generic::Session<
-            '_,
-            '_,
-            Epoch,
-            CapacityContainerBuilder<Vec<F::Out>>,
-            CT,
-        >,
-    ) where
-        CT: timely::dataflow::operators::CapabilityTrait<Epoch>,
-    {
-        if !self.output.is_empty() {
-            self.metrics.add_out(self.output.len());
-            // Hand the whole buffer over instead of copying record by record.
-            session.give_container(&mut self.output);
-            self.output.clear();
-        }
+    fn output(&mut self) -> &mut Vec<Stamped<F::Out>> {
+        &mut self.output
+    }
+
+    fn now(&self) -> u64 {
+        self.timers.clock.now_ms()
     }
 }
 

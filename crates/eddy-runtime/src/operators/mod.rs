@@ -2,15 +2,18 @@
 
 mod keyed_broadcast;
 mod keyed_process;
+mod keyed_shell;
 mod sink;
 mod source;
 mod stateless;
+mod watermarks;
 
 pub use keyed_broadcast::{BroadcastStateSpec, KeyedBroadcastInputs, KeyedBroadcastNode};
 pub use keyed_process::KeyedProcessNode;
 pub use sink::SinkOperatorNode;
 pub use source::SourceNode;
 pub use stateless::{FilterNode, FlatMapNode, MapNode};
+pub use watermarks::{TimestampsAndWatermarksNode, WatermarkStrategy};
 
 use eddy_core::{EddyError, Result};
 

@@ -19,6 +19,7 @@ use crate::graph::{SinkNode, StreamNode, WorkerContext};
 use crate::metrics::OperatorMetrics;
 use crate::operators::check_parallelism;
 use crate::sink::{Sink, SinkContext};
+use crate::time::Stamped;
 use crate::Epoch;
 
 /// A sink in the job graph.
@@ -52,7 +53,8 @@ impl<T: Data, S: Sink<T>> SinkOperatorNode<T, S> {
 
 impl<T: Data, S: Sink<T>> SinkNode for SinkOperatorNode<T, S> {
     fn build<'s>(&self, scope: Scope<'s, Epoch>, worker: &WorkerContext) {
-        let input = self.input.build(scope, worker);
+        // A sink has no use for watermarks; only the records go on.
+        let input = self.input.build(scope, worker).records;
         let parallelism = self.parallelism.unwrap_or(worker.peers);
         let mut sink = (worker.index < parallelism).then(|| self.sink.clone());
         if let Some(s) = sink.as_mut() {
@@ -73,6 +75,7 @@ impl<T: Data, S: Sink<T>> SinkNode for SinkOperatorNode<T, S> {
             job: worker.job_name.clone(),
             name: self.name.clone(),
             subtask: worker.index,
+            values: Vec::new(),
         };
         type Out<'a> = OutputBuilderSession<'a, Epoch, CapacityContainerBuilder<Vec<()>>>;
         let done = if self.input.parallelism(worker.peers) <= parallelism {
@@ -83,7 +86,7 @@ impl<T: Data, S: Sink<T>> SinkNode for SinkOperatorNode<T, S> {
             // Rebalance round-robin onto the sink's `parallelism` workers, as Flink does when
             // an operator's parallelism differs from its input's.
             let mut next = worker.index;
-            let route = move |_: &T| {
+            let route = move |_: &Stamped<T>| {
                 next = (next + 1) % parallelism;
                 next as u64
             };
@@ -113,16 +116,18 @@ struct SinkTask<T, S> {
     job: String,
     name: String,
     subtask: usize,
+    /// The values of a batch, without their timestamps, as the sink receives them.
+    values: Vec<T>,
     _records: PhantomData<fn(T)>,
 }
 
 impl<T: Data, S: Sink<T>> SinkTask<T, S> {
     fn activate<P>(
         &mut self,
-        input: &mut InputHandleCore<Epoch, Vec<T>, P>,
+        input: &mut InputHandleCore<Epoch, Vec<Stamped<T>>, P>,
         frontier: &MutableAntichain<Epoch>,
     ) where
-        P: timely::communication::Pull<timely::dataflow::channels::Message<Epoch, Vec<T>>>,
+        P: timely::communication::Pull<timely::dataflow::channels::Message<Epoch, Vec<Stamped<T>>>>,
     {
         input.for_each_stamp(|_stamp, batches| {
             let Some(sink) = self.sink.as_mut() else {
@@ -130,7 +135,10 @@ impl<T: Data, S: Sink<T>> SinkTask<T, S> {
             };
             for batch in batches {
                 self.metrics.add_in(batch.len());
-                if let Err(error) = catch_panic(|| sink.write_batch(batch)) {
+                let values = &mut self.values;
+                values.clear();
+                values.extend(batch.drain(..).map(|record| record.value));
+                if let Err(error) = catch_panic(|| sink.write_batch(values)) {
                     self.fail(error);
                     return;
                 }

@@ -5,14 +5,16 @@ use std::time::Duration;
 
 use eddy_core::Result;
 use timely::container::CapacityContainerBuilder;
-use timely::dataflow::operators::generic::operator::source;
-use timely::dataflow::{Scope, StreamVec};
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::Scope;
 
 use crate::failure::catch_panic;
-use crate::graph::{StreamNode, WorkerContext};
+use crate::graph::{Built, StreamNode, WorkerContext};
 use crate::metrics::OperatorMetrics;
 use crate::operators::check_parallelism;
 use crate::source::{Source, SourceContext, SourceReader, SourceStatus};
+use crate::time::{Stamped, WatermarkMessage, WatermarkStatus, MAX_WATERMARK};
 use crate::Epoch;
 
 /// Records requested from a reader per poll: large enough to amortize the call and the
@@ -49,11 +51,7 @@ impl<S: Source> SourceNode<S> {
 }
 
 impl<S: Source> StreamNode<S::Item> for SourceNode<S> {
-    fn build<'s>(
-        &self,
-        scope: Scope<'s, Epoch>,
-        worker: &WorkerContext,
-    ) -> StreamVec<'s, Epoch, S::Item> {
+    fn build<'s>(&self, scope: Scope<'s, Epoch>, worker: &WorkerContext) -> Built<'s, S::Item> {
         let parallelism = self.parallelism(worker.peers);
         let reader = if worker.index < parallelism {
             let ctx = SourceContext {
@@ -73,6 +71,7 @@ impl<S: Source> StreamNode<S::Item> for SourceNode<S> {
         let mut task = SourceTask {
             reader,
             buffer: Vec::with_capacity(POLL_BATCH),
+            stamped: Vec::with_capacity(POLL_BATCH),
             job_start: worker.job_start,
             epoch_interval_nanos: worker.config.epoch_interval.as_nanos().max(1),
             max_epochs_in_flight: worker.config.max_epochs_in_flight,
@@ -82,27 +81,55 @@ impl<S: Source> StreamNode<S::Item> for SourceNode<S> {
             name: self.name.clone(),
             job: worker.job_name.clone(),
             subtask: worker.index,
+            finished: false,
         };
-        source::<_, CapacityContainerBuilder<Vec<S::Item>>, _, _>(
-            scope,
-            &self.name,
-            move |cap, info| {
-                let activator = scope.activator_for(info.address);
-                let mut capability = task.reader.is_some().then_some(cap);
-                move |output| {
-                    let Some(cap) = capability.as_mut() else {
-                        return;
-                    };
-                    match task.step(cap, output) {
-                        Step::Continue => activator.activate(),
-                        Step::Paced => activator.activate_after(PACING_RETRY),
-                        Step::Idle => activator.activate_after(IDLE_RETRY),
-                        // Dropping the capability tells every downstream operator this input is done.
-                        Step::Done => capability = None,
+        let mut builder = OperatorBuilder::new(self.name.clone(), scope);
+        let (records_out, records) = builder.new_output::<Vec<Stamped<S::Item>>>();
+        let (watermarks_out, watermarks) = builder.new_output::<Vec<WatermarkMessage>>();
+        let mut records_out = OutputBuilder::<_, CapacityContainerBuilder<_>>::from(records_out);
+        let mut watermarks_out =
+            OutputBuilder::<_, CapacityContainerBuilder<_>>::from(watermarks_out);
+        let activator = scope.activator_for(builder.operator_info().address);
+        let index = worker.index;
+        builder.build(move |capabilities| {
+            let mut held = task.reader.is_some().then_some(capabilities);
+            move |_frontiers| {
+                let Some(caps) = held.as_mut() else {
+                    return;
+                };
+                let (records_cap, rest) = caps.split_at_mut(1);
+                let step = task.step(&mut records_cap[0], &mut records_out.activate());
+                let epoch = *records_cap[0].time();
+                if *rest[0].time() < epoch {
+                    rest[0].downgrade(&epoch);
+                }
+                match step {
+                    Step::Continue => activator.activate(),
+                    Step::Paced => activator.activate_after(PACING_RETRY),
+                    Step::Idle => activator.activate_after(IDLE_RETRY),
+                    Step::Done => {
+                        if task.finished {
+                            // Flink's end of a split: the maximum watermark, so this subtask
+                            // no longer holds back event time downstream.
+                            watermarks_out
+                                .activate()
+                                .session(&rest[0])
+                                .give(WatermarkMessage {
+                                    from: index,
+                                    status: WatermarkStatus::At(MAX_WATERMARK),
+                                });
+                        }
+                        // Dropping the capabilities tells every downstream operator this
+                        // input is done.
+                        held = None;
                     }
                 }
-            },
-        )
+            }
+        });
+        Built {
+            records,
+            watermarks,
+        }
     }
 
     fn parallelism(&self, job: usize) -> usize {
@@ -134,6 +161,8 @@ enum Step {
 struct SourceTask<R: SourceReader> {
     reader: Option<R>,
     buffer: Vec<R::Item>,
+    /// The records of `buffer`, without timestamps, as they are sent.
+    stamped: Vec<Stamped<R::Item>>,
     job_start: std::time::Instant,
     epoch_interval_nanos: u128,
     max_epochs_in_flight: u64,
@@ -143,12 +172,14 @@ struct SourceTask<R: SourceReader> {
     name: String,
     job: String,
     subtask: usize,
+    /// The reader reported the end of its input (not a failure or an abort).
+    finished: bool,
 }
 
 type Output<'a, T> = timely::dataflow::operators::generic::OutputBuilderSession<
     'a,
     Epoch,
-    CapacityContainerBuilder<Vec<T>>,
+    CapacityContainerBuilder<Vec<Stamped<T>>>,
 >;
 
 impl<R: SourceReader> SourceTask<R>
@@ -212,15 +243,18 @@ where
             if read > 0 {
                 self.metrics.add_in(read);
                 self.metrics.add_out(read);
-                output.session(&*cap).give_container(&mut self.buffer);
+                self.stamped
+                    .extend(self.buffer.drain(..).map(Stamped::unstamped));
+                output.session(&*cap).give_container(&mut self.stamped);
                 // The channel may hand back a recycled container: start from empty.
-                self.buffer.clear();
-                if self.buffer.capacity() < POLL_BATCH {
-                    self.buffer = Vec::with_capacity(POLL_BATCH);
+                self.stamped.clear();
+                if self.stamped.capacity() < POLL_BATCH {
+                    self.stamped = Vec::with_capacity(POLL_BATCH);
                 }
             }
             if status == SourceStatus::Finished {
                 self.reader = None;
+                self.finished = true;
                 return Step::Done;
             }
             if read == 0 {

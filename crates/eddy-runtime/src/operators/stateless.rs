@@ -2,9 +2,10 @@
 
 use eddy_core::{EddyError, Result};
 use timely::dataflow::operators::vec::{Filter, Map};
-use timely::dataflow::{Scope, StreamVec};
+use timely::dataflow::Scope;
 
-use crate::graph::{StreamNode, WorkerContext};
+use crate::graph::{Built, StreamNode, WorkerContext};
+use crate::time::Stamped;
 use crate::Epoch;
 
 fn chained(kind: &str) -> Result<()> {
@@ -30,13 +31,16 @@ impl<I: 'static, O: 'static, F> StreamNode<O> for MapNode<I, F>
 where
     F: Fn(I) -> O + Clone + Send + Sync + 'static,
 {
-    fn build<'s>(
-        &self,
-        scope: Scope<'s, Epoch>,
-        worker: &WorkerContext,
-    ) -> StreamVec<'s, Epoch, O> {
+    fn build<'s>(&self, scope: Scope<'s, Epoch>, worker: &WorkerContext) -> Built<'s, O> {
         let f = self.f.clone();
-        self.input.build(scope, worker).map(f)
+        let input = self.input.build(scope, worker);
+        Built {
+            records: input.records.map(move |record| Stamped {
+                value: f(record.value),
+                timestamp: record.timestamp,
+            }),
+            watermarks: input.watermarks,
+        }
     }
 
     fn parallelism(&self, job: usize) -> usize {
@@ -69,13 +73,13 @@ impl<T: 'static, P> StreamNode<T> for FilterNode<T, P>
 where
     P: Fn(&T) -> bool + Clone + Send + Sync + 'static,
 {
-    fn build<'s>(
-        &self,
-        scope: Scope<'s, Epoch>,
-        worker: &WorkerContext,
-    ) -> StreamVec<'s, Epoch, T> {
+    fn build<'s>(&self, scope: Scope<'s, Epoch>, worker: &WorkerContext) -> Built<'s, T> {
         let predicate = self.predicate.clone();
-        self.input.build(scope, worker).filter(predicate)
+        let input = self.input.build(scope, worker);
+        Built {
+            records: input.records.filter(move |record| predicate(&record.value)),
+            watermarks: input.watermarks,
+        }
     }
 
     fn parallelism(&self, job: usize) -> usize {
@@ -109,13 +113,19 @@ where
     It: IntoIterator<Item = O>,
     F: Fn(I) -> It + Clone + Send + Sync + 'static,
 {
-    fn build<'s>(
-        &self,
-        scope: Scope<'s, Epoch>,
-        worker: &WorkerContext,
-    ) -> StreamVec<'s, Epoch, O> {
+    fn build<'s>(&self, scope: Scope<'s, Epoch>, worker: &WorkerContext) -> Built<'s, O> {
         let f = self.f.clone();
-        self.input.build(scope, worker).flat_map(f)
+        let input = self.input.build(scope, worker);
+        Built {
+            // Every output inherits the timestamp of the record it came from, as in Flink.
+            records: input.records.flat_map(move |record| {
+                let timestamp = record.timestamp;
+                f(record.value)
+                    .into_iter()
+                    .map(move |value| Stamped { value, timestamp })
+            }),
+            watermarks: input.watermarks,
+        }
     }
 
     fn parallelism(&self, job: usize) -> usize {

@@ -1,0 +1,256 @@
+//! The timely operator every keyed operator runs in: `key_by` exchange, epoch order, event
+//! time and processing time, failure handling. What the operator computes is a [`KeyedTask`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use eddy_core::{Data, EddyError, Result};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
+use timely::dataflow::operators::generic::OutputBuilder;
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::Scope;
+
+use crate::failure::catch_panic;
+use crate::graph::{Built, WorkerContext};
+use crate::metrics::OperatorMetrics;
+use crate::time::{InputWatermarks, Stamped, WatermarkAdvance, WatermarkMessage, WatermarkStatus};
+use crate::Epoch;
+
+/// The per-subtask logic of a keyed operator, driven by [`build_keyed_operator`].
+pub(crate) trait KeyedTask: 'static {
+    /// The input records.
+    type In: Data;
+    /// The output records.
+    type Out: Data;
+
+    /// Processes a batch of records of one epoch (every record's key belongs to this subtask).
+    fn process_batch(&mut self, batch: &mut Vec<Stamped<Self::In>>) -> Result<()>;
+
+    /// The combined watermark of the inputs has advanced to `watermark`: fire the event-time
+    /// timers it makes due.
+    fn advance_watermark(&mut self, watermark: u64) -> Result<()>;
+
+    /// Fires the processing-time timers due at `now`; returns when the next one is due.
+    fn advance_processing_time(&mut self, now: u64) -> Result<Option<u64>>;
+
+    /// The inputs have ended (after the final watermark).
+    fn close(&mut self) -> Result<()>;
+
+    /// The records emitted since the last call; the operator sends and clears them.
+    fn output(&mut self) -> &mut Vec<Stamped<Self::Out>>;
+
+    /// The processing-time clock, in milliseconds.
+    fn now(&self) -> u64;
+}
+
+/// How a keyed operator reaches its task and reports failures.
+pub(crate) struct KeyedOperatorSpec<'a, R> {
+    pub name: &'a str,
+    /// The `key_by` routing: record to target worker.
+    pub route: R,
+    /// How many subtasks send watermarks into this operator (its input's parallelism).
+    pub upstream: usize,
+    /// How often to look at the processing-time clock while a processing-time timer waits.
+    pub timer_poll: Duration,
+    /// The operator's counters (records out are counted here).
+    pub metrics: Arc<OperatorMetrics>,
+}
+
+/// Builds a keyed operator on `input` whose subtask on this worker runs `task` (`None` on a
+/// worker above the operator's parallelism, or when `open()` failed).
+///
+/// Records are processed as they arrive, grouped by epoch in epoch order (a stable sort, so
+/// the records of one sending subtask keep their order). Watermark messages wait until both
+/// inputs have passed their epoch (see [`crate::time`]); then the task sees the new combined
+/// watermark, and this operator forwards it downstream on the same epoch.
+pub(crate) fn build_keyed_operator<'s, T, R>(
+    scope: Scope<'s, Epoch>,
+    worker: &WorkerContext,
+    input: Built<'s, T::In>,
+    spec: KeyedOperatorSpec<'_, R>,
+    task: Option<T>,
+) -> Built<'s, T::Out>
+where
+    T: KeyedTask,
+    R: Fn(&Stamped<T::In>) -> u64 + 'static,
+{
+    let mut builder = OperatorBuilder::new(spec.name.to_string(), scope);
+    let mut records_in = builder.new_input(input.records, Exchange::new(spec.route));
+    let mut watermarks_in = builder.new_input(input.watermarks.broadcast(), Pipeline);
+    let (records_out, records) = builder.new_output::<Vec<Stamped<T::Out>>>();
+    let (watermarks_out, watermarks) = builder.new_output::<Vec<WatermarkMessage>>();
+    let mut records_out = OutputBuilder::<_, CapacityContainerBuilder<_>>::from(records_out);
+    let mut watermarks_out = OutputBuilder::<_, CapacityContainerBuilder<_>>::from(watermarks_out);
+    let activator = scope.activator_for(builder.operator_info().address);
+
+    let mut task = task;
+    let failures = worker.failures();
+    let (job, name, index) = (worker.job_name.clone(), spec.name.to_string(), worker.index);
+    let fail = move |error: EddyError| failures.fail(&job, &name, index, error);
+    let aborted = worker.failures();
+    let mut input_watermarks = InputWatermarks::new(spec.upstream);
+    let mut staged: Vec<(Epoch, Vec<Stamped<T::In>>)> = Vec::new();
+    let timer_poll = spec.timer_poll;
+    let metrics = spec.metrics;
+
+    builder.build(move |capabilities| {
+        // Held at the inputs' joint frontier, one per output, so that timers and `close()`
+        // can still emit; never ahead of the frontier.
+        let mut held: Option<Vec<Capability<Epoch>>> = Some(capabilities);
+        move |frontiers| {
+            records_in.for_each(|cap, data| {
+                let epoch = cap.least().copied().unwrap_or_default();
+                staged.push((epoch, std::mem::take(data)));
+            });
+            watermarks_in.for_each(|cap, data| {
+                let epoch = cap.least().copied().unwrap_or_default();
+                for message in data.drain(..) {
+                    input_watermarks.stage(epoch, message);
+                }
+            });
+            // Epochs are totally ordered: the joint frontier is the earlier of the two.
+            let frontier = frontiers
+                .iter()
+                .filter_map(|f| f.frontier().first().copied())
+                .min();
+            let Some(caps) = held.as_mut() else {
+                staged.clear();
+                return;
+            };
+            if aborted.is_aborted() {
+                task = None;
+            }
+            // A stable sort: one sender's records of an epoch keep their order.
+            staged.sort_by_key(|(epoch, _)| *epoch);
+            let advances = input_watermarks.advance(frontier);
+            let mut records_out = records_out.activate();
+            let mut watermarks_out = watermarks_out.activate();
+            let mut next_advance = advances.iter().peekable();
+            let mut out = Outputs {
+                records: &mut records_out,
+                watermarks: &mut watermarks_out,
+                metrics: &metrics,
+                from: index,
+            };
+            for (epoch, mut batch) in staged.drain(..) {
+                // Watermarks of earlier epochs apply before this epoch's records.
+                while let Some(advance) = next_advance.next_if(|a| a.epoch < epoch) {
+                    apply_advance(&mut task, &fail, caps, advance, &mut out);
+                }
+                run(&mut task, &fail, |t| t.process_batch(&mut batch));
+                let at = caps[0].delayed(&epoch.max(*caps[0].time()));
+                out.send(&mut task, &at);
+            }
+            for advance in next_advance {
+                apply_advance(&mut task, &fail, caps, advance, &mut out);
+            }
+            let mut next_timer = None;
+            run(&mut task, &fail, |t| {
+                next_timer = t.advance_processing_time(t.now())?;
+                Ok(())
+            });
+            out.send(&mut task, &caps[0]);
+            match frontier {
+                Some(time) => {
+                    for cap in caps.iter_mut() {
+                        if *cap.time() < time {
+                            cap.downgrade(&time);
+                        }
+                    }
+                    if next_timer.is_some() {
+                        // Epochs move every `epoch_interval` while sources run, which wakes
+                        // this operator too; this covers a stalled input.
+                        activator.activate_after(timer_poll);
+                    }
+                }
+                None => {
+                    run(&mut task, &fail, |t| t.close());
+                    out.send(&mut task, &caps[0]);
+                    task = None;
+                    held = None;
+                }
+            }
+        }
+    });
+    Built {
+        records,
+        watermarks,
+    }
+}
+
+type RecordsOut<'a, O> = timely::dataflow::operators::generic::OutputBuilderSession<
+    'a,
+    Epoch,
+    CapacityContainerBuilder<Vec<Stamped<O>>>,
+>;
+type WatermarksOut<'a> = timely::dataflow::operators::generic::OutputBuilderSession<
+    'a,
+    Epoch,
+    CapacityContainerBuilder<Vec<WatermarkMessage>>,
+>;
+
+/// The two outputs of a keyed operator during one activation.
+struct Outputs<'o, 'a, O: 'static> {
+    records: &'o mut RecordsOut<'a, O>,
+    watermarks: &'o mut WatermarksOut<'a>,
+    metrics: &'o OperatorMetrics,
+    /// This subtask's index: the sender of its watermarks.
+    from: usize,
+}
+
+impl<O: Data> Outputs<'_, '_, O> {
+    /// Sends the task's pending output at `cap`'s epoch.
+    fn send<T: KeyedTask<Out = O>>(&mut self, task: &mut Option<T>, cap: &Capability<Epoch>) {
+        let Some(t) = task.as_mut() else { return };
+        let output = t.output();
+        if !output.is_empty() {
+            self.metrics.add_out(output.len());
+            // Hand the whole buffer over instead of copying record by record.
+            self.records.session(cap).give_container(output);
+            output.clear();
+        }
+    }
+}
+
+/// Runs one step of the task; a failure (error or panic) is reported and ends the task.
+fn run<T: KeyedTask>(
+    task: &mut Option<T>,
+    fail: &impl Fn(EddyError),
+    step: impl FnOnce(&mut T) -> Result<()>,
+) {
+    if let Some(t) = task.as_mut() {
+        if let Err(error) = catch_panic(|| step(t)) {
+            fail(error);
+            *task = None;
+        }
+    }
+}
+
+/// Hands the combined watermark to the task (firing its timers), sends what the timers
+/// emitted, and forwards the watermark downstream, all at the advance's epoch.
+fn apply_advance<T: KeyedTask>(
+    task: &mut Option<T>,
+    fail: &impl Fn(EddyError),
+    caps: &[Capability<Epoch>],
+    advance: &WatermarkAdvance,
+    out: &mut Outputs<'_, '_, T::Out>,
+) {
+    if task.is_none() {
+        return;
+    }
+    let epoch = advance.epoch.max(*caps[0].time());
+    if let WatermarkStatus::At(watermark) = advance.status {
+        run(task, fail, |t| t.advance_watermark(watermark));
+        out.send(task, &caps[0].delayed(&epoch));
+    }
+    let message = WatermarkMessage {
+        from: out.from,
+        status: advance.status,
+    };
+    out.watermarks
+        .session(&caps[1].delayed(&epoch))
+        .give(message);
+}
