@@ -74,11 +74,14 @@ mod broadcast;
 mod environment;
 mod flags;
 mod stream;
+mod window;
 
 pub use broadcast::{BroadcastConnectedStream, BroadcastStream};
+pub use eddy_runtime::windows::{ProcessWindowFunction, TimeWindow, WindowAssigner, WindowOutput};
 pub use environment::StreamExecutionEnvironment;
 pub use flags::{BackendFlag, JobFlags};
 pub use stream::{DataStream, DataStreamSink, KeyedStream};
+pub use window::{LateDataWindowedStream, WindowedStream};
 
 pub use eddy_core::{EddyError, Key, Result};
 pub use eddy_runtime::{BroadcastContext, KeyedBroadcastProcessFunction, ReadOnlyBroadcastContext};
@@ -125,5 +128,8 @@ pub mod prelude {
         BroadcastConnectedStream, BroadcastContext, BroadcastState, BroadcastStream,
         KeyedBroadcastProcessFunction, ReadOnlyBroadcastContext, ReadOnlyBroadcastState,
     };
-    pub use crate::{OnTimerContext, TimeDomain, WatermarkStrategy};
+    pub use crate::{
+        OnTimerContext, ProcessWindowFunction, TimeDomain, TimeWindow, WatermarkStrategy,
+        WindowAssigner, WindowOutput,
+    };
 }

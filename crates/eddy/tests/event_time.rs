@@ -5,108 +5,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use eddy::prelude::*;
-use eddy::{
-    ManualClock, ProcessingClock, SourceContext, SourceReader, SourceStatus, StateBackendKind,
-};
+use eddy::{ManualClock, ProcessingClock, StateBackendKind};
 use eddy::{TimeDomain, MAX_WATERMARK};
 
-/// An event: a key and an event time in milliseconds.
-type Event = (String, u64);
+mod common;
 
-/// One step of a scripted source subtask.
-#[derive(Clone)]
-enum Step {
-    Emit(Vec<Event>),
-    /// Moves the job's manual clock to this time.
-    SetClock(u64),
-    /// Keeps the subtask open (emitting nothing) for this long in wall time.
-    StayOpen(Duration),
-}
-
-/// A source whose subtask `i` plays `scripts[i]`, then ends and raises `ended[i]`.
-#[derive(Clone)]
-struct ScriptedSource {
-    scripts: Vec<Vec<Step>>,
-    clock: Option<Arc<ManualClock>>,
-    ended: Arc<Vec<AtomicBool>>,
-}
-
-impl ScriptedSource {
-    fn new(scripts: Vec<Vec<Step>>, clock: Option<Arc<ManualClock>>) -> Self {
-        let ended = Arc::new(scripts.iter().map(|_| AtomicBool::new(false)).collect());
-        ScriptedSource {
-            scripts,
-            clock,
-            ended,
-        }
-    }
-}
-
-struct ScriptedReader {
-    steps: std::vec::IntoIter<Step>,
-    open_until: Option<Instant>,
-    clock: Option<Arc<ManualClock>>,
-    ended: Arc<Vec<AtomicBool>>,
-    subtask: usize,
-}
-
-impl Source for ScriptedSource {
-    type Item = Event;
-    type Reader = ScriptedReader;
-
-    fn create_reader(&self, ctx: SourceContext) -> eddy::Result<ScriptedReader> {
-        Ok(ScriptedReader {
-            steps: self
-                .scripts
-                .get(ctx.subtask)
-                .cloned()
-                .unwrap_or_default()
-                .into_iter(),
-            open_until: None,
-            clock: self.clock.clone(),
-            ended: Arc::clone(&self.ended),
-            subtask: ctx.subtask,
-        })
-    }
-}
-
-impl SourceReader for ScriptedReader {
-    type Item = Event;
-
-    fn poll(&mut self, out: &mut Vec<Event>, _max: usize) -> eddy::Result<SourceStatus> {
-        if let Some(until) = self.open_until {
-            if Instant::now() < until {
-                return Ok(SourceStatus::More);
-            }
-            self.open_until = None;
-        }
-        match self.steps.next() {
-            Some(Step::Emit(events)) => out.extend(events),
-            Some(Step::SetClock(ms)) => {
-                if let Some(clock) = &self.clock {
-                    clock.set(ms);
-                }
-            }
-            Some(Step::StayOpen(duration)) => self.open_until = Some(Instant::now() + duration),
-            None => {
-                if let Some(flag) = self.ended.get(self.subtask) {
-                    flag.store(true, Ordering::SeqCst);
-                }
-                return Ok(SourceStatus::Finished);
-            }
-        }
-        Ok(SourceStatus::More)
-    }
-}
-
-fn events(key: &str, times: impl IntoIterator<Item = u64>) -> Vec<Event> {
-    times.into_iter().map(|t| (key.to_string(), t)).collect()
-}
+use common::{events, Event, ScriptedSource, Step};
 
 /// What `on_timer` saw.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

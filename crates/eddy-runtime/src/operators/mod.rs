@@ -2,7 +2,7 @@
 
 mod keyed_broadcast;
 mod keyed_process;
-mod keyed_shell;
+pub(crate) mod keyed_shell;
 mod sink;
 mod source;
 mod stateless;
@@ -10,6 +10,7 @@ mod watermarks;
 
 pub use keyed_broadcast::{BroadcastStateSpec, KeyedBroadcastInputs, KeyedBroadcastNode};
 pub use keyed_process::KeyedProcessNode;
+pub(crate) use keyed_process::{key_group_route, keyed_backend};
 pub use sink::SinkOperatorNode;
 pub use source::SourceNode;
 pub use stateless::{FilterNode, FlatMapNode, MapNode};

@@ -6,6 +6,11 @@
 
 mod assigners;
 mod merging;
+mod operator;
 
 pub use assigners::{merge_windows, window_start, TimeWindow, WindowAssigner, WindowTime};
 pub use merging::{MergingWindowSet, WindowMerge};
+pub use operator::{
+    AggregateContents, Emit, LateOutput, ListContents, ProcessWindowFunction, ReduceContents,
+    WindowContents, WindowContentsSpec, WindowNode, WindowOutput, WindowSpec,
+};

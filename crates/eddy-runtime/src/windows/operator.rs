@@ -1,0 +1,627 @@
+//! The window operator (Flink's `WindowOperator` with its default triggers): window contents
+//! in keyed state under the window's namespace, a timer per window, allowed lateness, late
+//! elements to a side output, and session windows merged with their state.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use eddy_core::key_group::assign_to_key_group;
+use eddy_core::{Data, EddyError, Key, Result, StateValue};
+use eddy_state::{
+    AggregateFunction, AggregatingState, AggregatingStateDescriptor, KeyContext, KeyedStateBackend,
+    ListState, ListStateDescriptor, Namespaced, ReducingState, ReducingStateDescriptor, Timer,
+    TimerService, ValueState, ValueStateDescriptor,
+};
+use serde::{Deserialize, Serialize};
+use timely::dataflow::Scope;
+
+use crate::function::Collector;
+use crate::graph::{Built, StreamNode, WorkerContext};
+use crate::metrics::OperatorMetrics;
+use crate::operators::keyed_shell::{build_keyed_operator, KeyedOperatorSpec, KeyedTask};
+use crate::operators::{check_parallelism, key_group_route, keyed_backend};
+use crate::time::{ProcessingClock, Stamped, MIN_WATERMARK};
+use crate::windows::{MergingWindowSet, TimeWindow, WindowAssigner, WindowMerge};
+use crate::Epoch;
+
+/// The name of the window contents state in the backend.
+const CONTENTS: &str = "_window_contents";
+/// The name of the session windows' bookkeeping state.
+const MERGING_WINDOWS: &str = "_merging_windows";
+/// The name of the window timers' service.
+const WINDOW_TIMERS: &str = "_window_timers";
+
+/// What a window emits when it fires, or a late element (see `side_output_late_data`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WindowOutput<O, T> {
+    /// A window's result.
+    Result(O),
+    /// An element that arrived after its windows were purged (their end plus the allowed
+    /// lateness is at or below the watermark): Flink's late-data side output.
+    Late(T),
+}
+
+/// Computes a window's output from all its elements (Flink's `ProcessWindowFunction`).
+pub trait ProcessWindowFunction<K, In, Out>: Clone + Send + Sync + 'static {
+    /// Called once per firing with the window's key, the window and its elements in arrival
+    /// order.
+    fn process(
+        &mut self,
+        key: &K,
+        window: &TimeWindow,
+        elements: Vec<In>,
+        out: &mut Collector<'_, Out>,
+    ) -> Result<()>;
+}
+
+impl<K, In, Out, F> ProcessWindowFunction<K, In, Out> for F
+where
+    F: FnMut(&K, &TimeWindow, Vec<In>, &mut Collector<'_, Out>) -> Result<()>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    fn process(
+        &mut self,
+        key: &K,
+        window: &TimeWindow,
+        elements: Vec<In>,
+        out: &mut Collector<'_, Out>,
+    ) -> Result<()> {
+        self(key, window, elements, out)
+    }
+}
+
+/// The contents of the windows of one subtask, under the current key and window.
+pub trait WindowContents<In>: 'static {
+    /// What a window's contents give when it fires.
+    type Result;
+    /// Makes `window` the namespace of the following calls.
+    fn set_window(&self, window: TimeWindow);
+    /// Adds an element to the current window.
+    fn add(&self, value: In) -> Result<()>;
+    /// The current window's result, if it has any element.
+    fn get(&self) -> Result<Option<Self::Result>>;
+    /// Drops the current window's contents.
+    fn clear(&self) -> Result<()>;
+    /// Merges the contents of `sources` into `target` (session windows).
+    fn merge(&self, target: &TimeWindow, sources: &[TimeWindow]) -> Result<()>;
+}
+
+/// Creates the [`WindowContents`] of each subtask from its backend.
+pub trait WindowContentsSpec<K: Key, In>: Clone + Send + Sync + 'static {
+    /// The subtask's contents.
+    type Contents: WindowContents<In>;
+    /// Registers the contents state in `backend`.
+    fn open(&self, backend: &mut KeyedStateBackend<K>) -> Result<Self::Contents>;
+}
+
+macro_rules! namespaced_contents {
+    ($result:ty, |$s:ident| $get:expr) => {
+        fn set_window(&self, window: TimeWindow) {
+            self.set_current_namespace(window);
+        }
+        fn get(&self) -> Result<Option<$result>> {
+            let $s = self;
+            $get
+        }
+        fn clear(&self) -> Result<()> {
+            self.state().clear()
+        }
+        fn merge(&self, target: &TimeWindow, sources: &[TimeWindow]) -> Result<()> {
+            self.merge_namespaces(target, sources)
+        }
+    };
+}
+
+impl<T: StateValue> WindowContents<T> for Namespaced<ReducingState<T>, TimeWindow> {
+    type Result = T;
+    fn add(&self, value: T) -> Result<()> {
+        self.state().add(value)
+    }
+    namespaced_contents!(T, |s| s.state().get());
+}
+
+impl<In: 'static, O: 'static> WindowContents<In>
+    for Namespaced<AggregatingState<In, O>, TimeWindow>
+{
+    type Result = O;
+    fn add(&self, value: In) -> Result<()> {
+        self.state().add(value)
+    }
+    namespaced_contents!(O, |s| s.state().get());
+}
+
+impl<T: StateValue> WindowContents<T> for Namespaced<ListState<T>, TimeWindow> {
+    type Result = Vec<T>;
+    fn add(&self, value: T) -> Result<()> {
+        self.state().add(value)
+    }
+    namespaced_contents!(Vec<T>, |s| {
+        let elements: Vec<T> = s.state().get()?.collect();
+        Ok((!elements.is_empty()).then_some(elements))
+    });
+}
+
+/// Window contents folded by a reduce function as elements arrive.
+pub struct ReduceContents<T> {
+    reduce: eddy_state::ReduceFn<T>,
+}
+
+impl<T> Clone for ReduceContents<T> {
+    fn clone(&self) -> Self {
+        ReduceContents {
+            reduce: Arc::clone(&self.reduce),
+        }
+    }
+}
+
+impl<T> ReduceContents<T> {
+    /// Contents reduced by `reduce`.
+    pub fn new(reduce: impl Fn(&T, &T) -> T + Send + Sync + 'static) -> Self {
+        ReduceContents {
+            reduce: Arc::new(reduce),
+        }
+    }
+}
+
+impl<K: Key, T: StateValue> WindowContentsSpec<K, T> for ReduceContents<T> {
+    type Contents = Namespaced<ReducingState<T>, TimeWindow>;
+    fn open(&self, backend: &mut KeyedStateBackend<K>) -> Result<Self::Contents> {
+        let reduce = Arc::clone(&self.reduce);
+        backend.namespaced_reducing_state(&ReducingStateDescriptor::new(CONTENTS, move |a, b| {
+            reduce(a, b)
+        }))
+    }
+}
+
+/// Window contents kept as an accumulator of an [`AggregateFunction`].
+#[derive(Clone)]
+pub struct AggregateContents<F>(pub F);
+
+impl<K: Key, In: 'static, F: AggregateFunction<In> + Clone> WindowContentsSpec<K, In>
+    for AggregateContents<F>
+{
+    type Contents = Namespaced<AggregatingState<In, F::Out>, TimeWindow>;
+    fn open(&self, backend: &mut KeyedStateBackend<K>) -> Result<Self::Contents> {
+        backend.namespaced_aggregating_state(&AggregatingStateDescriptor::new(
+            CONTENTS,
+            self.0.clone(),
+        ))
+    }
+}
+
+/// Window contents kept as the list of their elements (for a [`ProcessWindowFunction`]).
+pub struct ListContents<T>(std::marker::PhantomData<fn(T)>);
+
+impl<T> Clone for ListContents<T> {
+    fn clone(&self) -> Self {
+        ListContents(std::marker::PhantomData)
+    }
+}
+
+impl<T> Default for ListContents<T> {
+    fn default() -> Self {
+        ListContents(std::marker::PhantomData)
+    }
+}
+
+impl<K: Key, T: StateValue> WindowContentsSpec<K, T> for ListContents<T> {
+    type Contents = Namespaced<ListState<T>, TimeWindow>;
+    fn open(&self, backend: &mut KeyedStateBackend<K>) -> Result<Self::Contents> {
+        backend.namespaced_list_state(&ListStateDescriptor::new(CONTENTS))
+    }
+}
+
+/// Turns a fired window's result into output records.
+pub type Emit<K, R, Out> =
+    Arc<dyn Fn(&K, &TimeWindow, R, &mut Collector<'_, Out>) -> Result<()> + Send + Sync>;
+
+/// Turns a late element into an output record (`None`: late elements are dropped).
+pub type LateOutput<In, Out> = Option<Arc<dyn Fn(In) -> Out + Send + Sync>>;
+
+/// What a window operator computes, apart from its input.
+pub struct WindowSpec<K, In, C, Out, KS>
+where
+    K: Key,
+    C: WindowContentsSpec<K, In>,
+{
+    /// The key selector.
+    pub key_selector: KS,
+    /// Which windows an element belongs to.
+    pub assigner: WindowAssigner,
+    /// How long after a window's end (in event time) late elements still update it.
+    pub allowed_lateness: u64,
+    /// How the window contents are kept.
+    pub contents: C,
+    /// How a fired window's result becomes output.
+    pub emit: Emit<K, <C::Contents as WindowContents<In>>::Result, Out>,
+    /// Where late elements go.
+    pub late: LateOutput<In, Out>,
+}
+
+/// `key_by(..).window(..).reduce/aggregate/process(..)` in the job graph.
+pub struct WindowNode<K, In, C, Out, KS>
+where
+    K: Key,
+    C: WindowContentsSpec<K, In>,
+{
+    name: String,
+    input: Box<dyn StreamNode<In>>,
+    spec: WindowSpec<K, In, C, Out, KS>,
+    parallelism: Option<usize>,
+    metrics: Arc<OperatorMetrics>,
+}
+
+impl<K, In, C, Out, KS> WindowNode<K, In, C, Out, KS>
+where
+    K: Key,
+    In: Data,
+    Out: Data,
+    C: WindowContentsSpec<K, In>,
+    KS: Fn(&In) -> K + Clone + Send + Sync + 'static,
+{
+    /// Windows `input` by `spec`, as an operator called `name`.
+    pub fn new(
+        name: impl Into<String>,
+        input: Box<dyn StreamNode<In>>,
+        spec: WindowSpec<K, In, C, Out, KS>,
+        metrics: Arc<OperatorMetrics>,
+    ) -> Self {
+        WindowNode {
+            name: name.into(),
+            input,
+            spec,
+            parallelism: None,
+            metrics,
+        }
+    }
+}
+
+impl<K, In, C, Out, KS> StreamNode<Out> for WindowNode<K, In, C, Out, KS>
+where
+    K: Key,
+    In: Data,
+    Out: Data,
+    C: WindowContentsSpec<K, In>,
+    KS: Fn(&In) -> K + Clone + Send + Sync + 'static,
+{
+    fn build<'s>(&self, scope: Scope<'s, Epoch>, worker: &WorkerContext) -> Built<'s, Out> {
+        let input = self.input.build(scope, worker);
+        let parallelism = self.parallelism(worker.peers);
+        let selector = self.spec.key_selector.clone();
+        let route = key_group_route(
+            move |record: &Stamped<In>| selector(&record.value),
+            worker.max_parallelism,
+            parallelism,
+        );
+        let task = (worker.index < parallelism)
+            .then(|| WindowTask::open(self, worker, parallelism))
+            .and_then(|opened| opened.map_err(|error| worker.fail(&self.name, error)).ok());
+        let spec = KeyedOperatorSpec {
+            name: &self.name,
+            route,
+            upstream: self.input.parallelism(worker.peers),
+            timer_poll: worker.config.epoch_interval,
+            metrics: Arc::clone(&self.metrics),
+        };
+        build_keyed_operator(scope, worker, input, spec, task)
+    }
+
+    fn parallelism(&self, job: usize) -> usize {
+        self.parallelism.unwrap_or(job)
+    }
+
+    fn validate(&self, job: usize) -> Result<()> {
+        check_parallelism(&self.name, self.parallelism, job)?;
+        self.input.validate(job)
+    }
+
+    fn set_parallelism(&mut self, parallelism: usize) -> Result<()> {
+        self.parallelism = Some(parallelism);
+        Ok(())
+    }
+}
+
+/// One subtask of a window operator.
+struct WindowTask<K: Key, In, C: WindowContents<In>, Out, KS> {
+    contents: C,
+    timers: Rc<TimerService<K, TimeWindow>>,
+    /// Session windows only: the live windows of the current key and their state windows.
+    merging: Option<ValueState<Vec<(TimeWindow, TimeWindow)>>>,
+    keys: Rc<KeyContext<K>>,
+    /// Kept alive for the handles above.
+    _backend: KeyedStateBackend<K>,
+    key_selector: KS,
+    assigner: WindowAssigner,
+    allowed_lateness: u64,
+    emit: Emit<K, C::Result, Out>,
+    late: LateOutput<In, Out>,
+    watermark: Cell<u64>,
+    clock: ProcessingClock,
+    output: Vec<Stamped<Out>>,
+    max_parallelism: usize,
+    metrics: Arc<OperatorMetrics>,
+}
+
+impl<K, In, C, Out, KS> WindowTask<K, In, C, Out, KS>
+where
+    K: Key,
+    In: Data,
+    Out: Data,
+    C: WindowContents<In>,
+    KS: Fn(&In) -> K + Clone + Send + Sync + 'static,
+{
+    fn open<CS: WindowContentsSpec<K, In, Contents = C>>(
+        node: &WindowNode<K, In, CS, Out, KS>,
+        worker: &WorkerContext,
+        parallelism: usize,
+    ) -> Result<Self> {
+        let mut backend = keyed_backend::<K>(worker, parallelism)?;
+        let clock = worker.config.clock.clone();
+        backend.set_ttl_clock(Arc::clone(&clock.0));
+        let contents = node.spec.contents.open(&mut backend)?;
+        let timers = backend.timer_service::<TimeWindow>(WINDOW_TIMERS)?;
+        let merging = if node.spec.assigner.is_merging() {
+            Some(backend.value_state(&ValueStateDescriptor::new(MERGING_WINDOWS))?)
+        } else {
+            None
+        };
+        Ok(WindowTask {
+            contents,
+            timers,
+            merging,
+            keys: Rc::clone(backend.context()),
+            _backend: backend,
+            key_selector: node.spec.key_selector.clone(),
+            assigner: node.spec.assigner,
+            allowed_lateness: node.spec.allowed_lateness,
+            emit: Arc::clone(&node.spec.emit),
+            late: node.spec.late.clone(),
+            watermark: Cell::new(MIN_WATERMARK),
+            clock,
+            output: Vec::new(),
+            max_parallelism: worker.max_parallelism,
+            metrics: Arc::clone(&node.metrics),
+        })
+    }
+
+    fn event_time(&self) -> bool {
+        self.assigner.is_event_time()
+    }
+
+    /// When a window's state is dropped: its end plus the allowed lateness (event time), or
+    /// its end (processing time), as Flink's `cleanupTime`.
+    fn cleanup_time(&self, window: &TimeWindow) -> u64 {
+        if self.event_time() {
+            window.max_timestamp().saturating_add(self.allowed_lateness)
+        } else {
+            window.max_timestamp()
+        }
+    }
+
+    fn is_window_late(&self, window: &TimeWindow) -> bool {
+        self.event_time() && self.cleanup_time(window) <= self.watermark.get()
+    }
+
+    fn register_timer(&self, window: TimeWindow, time: u64) -> Result<()> {
+        if self.event_time() {
+            self.timers.register_event_time_timer(window, time)
+        } else {
+            self.timers.register_processing_time_timer(window, time)
+        }
+    }
+
+    fn delete_timer(&self, window: TimeWindow, time: u64) -> Result<()> {
+        if self.event_time() {
+            self.timers.delete_event_time_timer(window, time)
+        } else {
+            self.timers.delete_processing_time_timer(window, time)
+        }
+    }
+
+    /// Flink's `processElement`: assign windows, merge sessions, add, trigger.
+    fn process_element(&mut self, record: Stamped<In>) -> Result<()> {
+        let key = (self.key_selector)(&record.value);
+        let kg = assign_to_key_group(&key, self.max_parallelism);
+        self.keys.set_current_key_in_group(key, kg)?;
+        let timestamp = if self.event_time() {
+            record.timestamp().ok_or_else(|| {
+                EddyError::Config(
+                    "an event-time window got a record without a timestamp: call `assign_timestamps_and_watermarks` before `window`".into(),
+                )
+            })?
+        } else {
+            self.clock.now_ms()
+        };
+        let mut skipped = true;
+        let windows = self.assigner.assign(timestamp);
+        let last = windows.len().saturating_sub(1);
+        // Moved into the last window, cloned into the others (sliding windows).
+        let mut value = Some(record.value);
+        let mut set = self.load_merging_set()?;
+        for (i, window) in windows.into_iter().enumerate() {
+            let (window, state_window) = match set.as_mut() {
+                Some(set) => {
+                    let actual = set.add_window(window, |merge| self.on_merge(merge))?;
+                    if self.is_window_late(&actual) {
+                        set.retire_window(&actual);
+                        continue;
+                    }
+                    let state_window = set.state_window(&actual).ok_or_else(|| {
+                        EddyError::Internal("merged window has no state window".into())
+                    })?;
+                    (actual, state_window)
+                }
+                None => {
+                    if self.is_window_late(&window) {
+                        continue;
+                    }
+                    (window, window)
+                }
+            };
+            skipped = false;
+            self.contents.set_window(state_window);
+            let element = if i == last {
+                value.take()
+            } else {
+                value.clone()
+            };
+            if let Some(element) = element {
+                self.contents.add(element)?;
+            }
+            if self.event_time() && window.max_timestamp() <= self.watermark.get() {
+                // A late element within the allowed lateness: fire again at once.
+                self.fire(&window)?;
+            } else {
+                self.register_timer(window, window.max_timestamp())?;
+            }
+            let cleanup = self.cleanup_time(&window);
+            if cleanup != window.max_timestamp() && cleanup != u64::MAX {
+                self.register_timer(window, cleanup)?;
+            }
+        }
+        if let Some(set) = set {
+            self.store_merging_set(&set)?;
+        }
+        if skipped && self.event_time() {
+            let late = timestamp.saturating_add(self.allowed_lateness) <= self.watermark.get();
+            if let (true, Some(late_output), Some(value)) = (late, &self.late, value) {
+                self.output.push(Stamped {
+                    value: late_output(value),
+                    timestamp,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Carries out a session merge: the merged window's timer replaces the members', and
+    /// their contents merge into the surviving state window.
+    fn on_merge(&self, merge: &WindowMerge) -> Result<()> {
+        if !self.event_time() || merge.result.max_timestamp() > self.watermark.get() {
+            self.register_timer(merge.result, merge.result.max_timestamp())?;
+        }
+        for window in &merge.merged_windows {
+            self.delete_timer(*window, window.max_timestamp())?;
+            self.delete_timer(*window, self.cleanup_time(window))?;
+        }
+        let cleanup = self.cleanup_time(&merge.result);
+        if cleanup != merge.result.max_timestamp() && cleanup != u64::MAX {
+            self.register_timer(merge.result, cleanup)?;
+        }
+        self.contents
+            .merge(&merge.state_window, &merge.merged_state_windows)
+    }
+
+    fn load_merging_set(&self) -> Result<Option<MergingWindowSet>> {
+        match &self.merging {
+            Some(state) => Ok(Some(MergingWindowSet::from_pairs(
+                state.value()?.unwrap_or_default(),
+            ))),
+            None => Ok(None),
+        }
+    }
+
+    fn store_merging_set(&self, set: &MergingWindowSet) -> Result<()> {
+        match &self.merging {
+            Some(state) if set.is_empty() => state.clear(),
+            Some(state) => state.update(set.to_pairs()),
+            None => Ok(()),
+        }
+    }
+
+    /// Emits the current contents of `window` (already the contents' namespace).
+    fn fire(&mut self, window: &TimeWindow) -> Result<()> {
+        let Some(result) = self.contents.get()? else {
+            return Ok(());
+        };
+        let key = self
+            .keys
+            .current_key()
+            .ok_or_else(|| EddyError::Internal("current key vanished".into()))?;
+        let mut out = Collector {
+            buffer: &mut self.output,
+            timestamp: window.max_timestamp(),
+        };
+        (self.emit)(&key, window, result, &mut out)
+    }
+
+    /// Flink's `onEventTime` / `onProcessingTime` with the default triggers: fire at the
+    /// window's end, purge at its cleanup time.
+    fn on_timer(&mut self, timer: Timer<K, TimeWindow>) -> Result<()> {
+        let window = timer.namespace;
+        let kg = assign_to_key_group(&timer.key, self.max_parallelism);
+        self.keys.set_current_key_in_group(timer.key, kg)?;
+        let mut set = self.load_merging_set()?;
+        let state_window = match set.as_ref() {
+            Some(set) => match set.state_window(&window) {
+                Some(state_window) => state_window,
+                // The window merged into another since the timer was set.
+                None => return Ok(()),
+            },
+            None => window,
+        };
+        self.contents.set_window(state_window);
+        if timer.timestamp == window.max_timestamp() {
+            self.fire(&window)?;
+        }
+        if timer.timestamp == self.cleanup_time(&window) {
+            self.contents.clear()?;
+            if let Some(set) = set.as_mut() {
+                set.retire_window(&window);
+                self.store_merging_set(set)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<K, In, C, Out, KS> KeyedTask for WindowTask<K, In, C, Out, KS>
+where
+    K: Key,
+    In: Data,
+    Out: Data,
+    C: WindowContents<In>,
+    KS: Fn(&In) -> K + Clone + Send + Sync + 'static,
+{
+    type In = In;
+    type Out = Out;
+
+    fn process_batch(&mut self, batch: &mut Vec<Stamped<In>>) -> Result<()> {
+        self.metrics.add_in(batch.len());
+        for record in batch.drain(..) {
+            self.process_element(record)?;
+        }
+        Ok(())
+    }
+
+    fn advance_watermark(&mut self, watermark: u64) -> Result<()> {
+        self.watermark.set(watermark);
+        while let Some(timer) = self.timers.poll_event_time(watermark) {
+            self.on_timer(timer)?;
+        }
+        Ok(())
+    }
+
+    fn advance_processing_time(&mut self, now: u64) -> Result<Option<u64>> {
+        while let Some(timer) = self.timers.poll_processing_time(now) {
+            self.on_timer(timer)?;
+        }
+        Ok(self.timers.next_processing_time())
+    }
+
+    fn close(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    fn output(&mut self) -> &mut Vec<Stamped<Out>> {
+        &mut self.output
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.now_ms()
+    }
+}
