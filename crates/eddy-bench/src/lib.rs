@@ -11,6 +11,14 @@
 //! | W2 | `ListState<Transaction>` | `add(in)`; when `transaction_id % E == 0`, iterate the list and emit the sum of amounts |
 //! | W3 | `MapState<u64, u64>` | `mk = transaction_id % 100`; `put(mk, get(mk) + amount)`; when `transaction_id % E == 0`, emit it |
 //! | W4 | `ValueState<Transaction>` with TTL 1 h (`OnCreateAndWrite`) | as W1: measures what TTL costs |
+//! | W5 | tumbling 1-minute event-time windows (aggregating state per window) | add `amount` to the customer's window; emit `(sum, count)` per window |
+//! | W6 | event-time session windows, gap 10 s (merging windows) | as W5 per session; timestamps `base + i / 100` ms so sessions form |
+//!
+//! W5 and W6 stamp events with their `timestamp` field (W6 first rewrites it) under
+//! `for_monotonous_timestamps` (each source split is in timestamp order). W6's timestamps put
+//! 100 events in each millisecond, so with K = 1M customers a customer's events are on
+//! average K / 100 ms = 10 s apart: about the gap, so sessions of several events form and
+//! close. The same rule is in the Flink job under `bench/flink`.
 //!
 //! The sink counts records and sums a checksum (W0/W1: transaction ids; W2: sums; W3: map
 //! values), so a run's *results* can be compared, not only its speed.
@@ -36,6 +44,10 @@ pub enum Workload {
     W3,
     /// W1 with a state TTL of one hour (`OnCreateAndWrite`): the cost of TTL.
     W4,
+    /// Tumbling 1-minute event-time windows summing `amount` per customer.
+    W5,
+    /// Event-time session windows (gap 10 s) summing `amount` per customer session.
+    W6,
 }
 
 /// The workload parameters (the anchor's flags).
@@ -98,9 +110,20 @@ pub fn run(
         ));
     }
     let source = TransactionGenerator::new(args.customers, args.seed).source(args.events);
-    let keyed = env
-        .from_source_named("transactions", source)
-        .key_by(|tx: &Transaction| tx.customer_id);
+    let mut stream = env.from_source_named("transactions", source);
+    if workload == Workload::W6 {
+        stream = stream.map(|mut tx: Transaction| {
+            tx.timestamp = W6_BASE_MS + tx.transaction_id / 100;
+            tx
+        });
+    }
+    if matches!(workload, Workload::W5 | Workload::W6) {
+        stream = stream.assign_timestamps_and_watermarks(
+            WatermarkStrategy::for_monotonous_timestamps()
+                .with_timestamp_assigner(|tx: &Transaction| tx.timestamp),
+        );
+    }
+    let keyed = stream.key_by(|tx: &Transaction| tx.customer_id);
     let e = args.emit_every;
     let (sink_count, sink_checksum): (Counter, Counter) = match workload {
         Workload::W0 => {
@@ -141,6 +164,7 @@ pub fn run(
                 .sink(sink.clone());
             counters(sink)
         }
+        Workload::W5 | Workload::W6 => window_workload(workload, keyed)?,
     };
     let result = env.execute(&format!("bench-{workload:?}"))?;
     let processed = result.operator("process").map_or(0, |o| o.records_in);
@@ -160,6 +184,57 @@ pub fn run(
         processed,
         checksum: sink_checksum(),
     })
+}
+
+/// W6's first timestamp (the anchor's base).
+const W6_BASE_MS: u64 = 1_700_000_000_000;
+
+/// W5 and W6: windows summing amounts per customer; the sink counts windows and sums sums.
+fn window_workload<KS>(
+    workload: Workload,
+    keyed: KeyedStream<Transaction, KS>,
+) -> Result<(Counter, Counter)>
+where
+    KS: Fn(&Transaction) -> u64 + Clone + Send + Sync + 'static,
+{
+    let assigner = if workload == Workload::W5 {
+        WindowAssigner::tumbling_event_time(Duration::from_secs(60))?
+    } else {
+        WindowAssigner::event_time_session(Duration::from_secs(10))?
+    };
+    let sink = CountingSink::with_checksum(|(sum, _count): &(u64, u64)| *sum);
+    keyed
+        .window(assigner)
+        .name("process")
+        .aggregate(SumAndCount)
+        .sink(sink.clone());
+    Ok(counters(sink))
+}
+
+/// Sums amounts and counts transactions (W5, W6).
+#[derive(Clone)]
+struct SumAndCount;
+
+impl AggregateFunction<Transaction> for SumAndCount {
+    type Acc = (u64, u64);
+    type Out = (u64, u64);
+
+    fn create_accumulator(&self) -> (u64, u64) {
+        (0, 0)
+    }
+
+    fn add(&self, tx: Transaction, acc: &mut (u64, u64)) {
+        acc.0 += tx.amount;
+        acc.1 += 1;
+    }
+
+    fn get_result(&self, acc: &(u64, u64)) -> (u64, u64) {
+        *acc
+    }
+
+    fn merge(&self, a: (u64, u64), b: (u64, u64)) -> (u64, u64) {
+        (a.0 + b.0, a.1 + b.1)
+    }
 }
 
 type Counter = Box<dyn Fn() -> u64>;
@@ -363,6 +438,31 @@ mod tests {
             emit_every: 10,
             checkpoint_ms: 0,
         }
+    }
+
+    #[test]
+    fn w5_and_w6_windows_account_for_every_amount() -> Result<()> {
+        let env = || StreamExecutionEnvironment::new(JobConfig::with_parallelism(2));
+        let args = args(30_000, 500);
+        let total: u64 = (0..30_000)
+            .map(|i| {
+                eddy::connectors::Generator::generate(&TransactionGenerator::new(500, 42), i).amount
+            })
+            .sum();
+        for workload in [Workload::W5, Workload::W6] {
+            let report = run(workload, &args, &env())?;
+            assert_eq!(report.processed, 30_000);
+            assert_eq!(
+                report.checksum, total,
+                "{workload:?}: every amount in one window"
+            );
+            assert!(
+                report.emitted >= 500,
+                "{workload:?}: {} windows",
+                report.emitted
+            );
+        }
+        Ok(())
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! `eddy-bench`: runs one workload (W0–W4), prints one summary line in the Flink anchor's shape.
+//! `eddy-bench`: runs one workload (W0–W6), prints one summary line in the Flink anchor's shape.
 //!
 //! ```text
 //! cargo run --release -p eddy-bench -- w1 heap --n 20000000 --k 1000000 --parallelism 2
