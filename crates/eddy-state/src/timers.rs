@@ -32,7 +32,9 @@
 //! ```
 
 use std::cell::RefCell;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
 use std::rc::Rc;
 
 use eddy_core::{EddyError, Key, Result};
@@ -66,12 +68,10 @@ pub struct Timer<K, N> {
 /// deduplicate and give each key group's timers for snapshots.
 #[derive(Debug)]
 pub struct TimerQueue<K, N> {
-    /// (timestamp, registration sequence) of every live timer, ascending.
-    order: BTreeSet<(u64, u64)>,
-    /// Registration sequence -> the timer and its key group offset.
-    by_sequence: HashMap<u64, (usize, Timer<K, N>)>,
+    /// Every live timer with its key group offset, by (timestamp, registration sequence).
+    order: BTreeMap<(u64, u64), (usize, Timer<K, N>)>,
     /// Per key group offset: (key, namespace, timestamp) -> registration sequence.
-    groups: Vec<HashMap<(K, N, u64), u64>>,
+    groups: Vec<FxHashMap<(K, N, u64), u64>>,
     next_sequence: u64,
 }
 
@@ -79,9 +79,8 @@ impl<K: Key, N: Namespace> TimerQueue<K, N> {
     /// An empty queue for a subtask owning `key_groups` key groups.
     pub fn new(key_groups: usize) -> Self {
         TimerQueue {
-            order: BTreeSet::new(),
-            by_sequence: HashMap::new(),
-            groups: (0..key_groups).map(|_| HashMap::new()).collect(),
+            order: BTreeMap::new(),
+            groups: (0..key_groups).map(|_| FxHashMap::default()).collect(),
             next_sequence: 0,
         }
     }
@@ -96,8 +95,8 @@ impl<K: Key, N: Namespace> TimerQueue<K, N> {
         }
         group.insert(id, sequence);
         self.next_sequence += 1;
-        self.order.insert((timer.timestamp, sequence));
-        self.by_sequence.insert(sequence, (offset, timer));
+        self.order
+            .insert((timer.timestamp, sequence), (offset, timer));
         Ok(true)
     }
 
@@ -114,23 +113,23 @@ impl<K: Key, N: Namespace> TimerQueue<K, N> {
             return Ok(false);
         };
         self.order.remove(&(timestamp, sequence));
-        self.by_sequence.remove(&sequence);
         Ok(true)
     }
 
     /// The earliest timestamp of any timer.
     pub fn peek_timestamp(&self) -> Option<u64> {
-        self.order.first().map(|(timestamp, _)| *timestamp)
+        self.order
+            .first_key_value()
+            .map(|((timestamp, _), _)| *timestamp)
     }
 
     /// Removes and returns the earliest timer if it is due at `time` (timestamp <= time).
     pub fn poll(&mut self, time: u64) -> Option<(usize, Timer<K, N>)> {
-        let &(timestamp, sequence) = self.order.first()?;
+        let (&(timestamp, _), _) = self.order.first_key_value()?;
         if timestamp > time {
             return None;
         }
-        self.order.pop_first();
-        let (offset, timer) = self.by_sequence.remove(&sequence)?;
+        let (_, (offset, timer)) = self.order.pop_first()?;
         if let Some(group) = self.groups.get_mut(offset) {
             group.remove(&(timer.key.clone(), timer.namespace.clone(), timer.timestamp));
         }
@@ -153,13 +152,13 @@ impl<K: Key, N: Namespace> TimerQueue<K, N> {
             return Vec::new();
         };
         group
-            .values()
-            .filter_map(|sequence| self.by_sequence.get(sequence))
+            .iter()
+            .filter_map(|((_, _, timestamp), sequence)| self.order.get(&(*timestamp, *sequence)))
             .map(|(_, timer)| timer.clone())
             .collect()
     }
 
-    fn group_mut(&mut self, offset: usize) -> Result<&mut HashMap<(K, N, u64), u64>> {
+    fn group_mut(&mut self, offset: usize) -> Result<&mut FxHashMap<(K, N, u64), u64>> {
         let groups = self.groups.len();
         self.groups.get_mut(offset).ok_or_else(|| {
             EddyError::Internal(format!(
