@@ -292,3 +292,48 @@ fn allowed_lateness_fires_a_window_again_with_the_late_element() {
     );
     assert!(!got.iter().any(|o| matches!(o, WindowOutput::Late(_))));
 }
+
+#[test]
+fn processing_time_windows_fire_when_the_injected_clock_passes_their_end() {
+    let clock = std::sync::Arc::new(eddy::ManualClock::new(500));
+    let script = vec![vec![
+        Step::Emit(events("a", [1, 2])),
+        Step::Emit(events("b", [3])),
+        Step::StayOpen(Duration::from_millis(100)),
+        Step::SetClock(1_200),
+        Step::StayOpen(Duration::from_millis(200)),
+        // In window [1_000, 2_000), which is still open when the bounded input ends: its
+        // processing-time timer is dropped, as in Flink.
+        Step::Emit(events("a", [4])),
+    ]];
+    for backend in backends() {
+        let env = StreamExecutionEnvironment::new(JobConfig {
+            state_backend: backend.clone(),
+            clock: eddy::ProcessingClock(clock.clone()),
+            ..JobConfig::default()
+        });
+        clock.set(500);
+        let sink = CollectSink::new();
+        env.from_source(ScriptedSource::new(script.clone(), Some(clock.clone())))
+            .key_by(|e: &Event| e.0.clone())
+            .window(WindowAssigner::tumbling_processing_time(Duration::from_secs(1)).unwrap())
+            .process(
+                |key: &String,
+                 window: &TimeWindow,
+                 elements: Vec<Event>,
+                 out: &mut Collector<'_, (String, u64, usize)>| {
+                    out.collect((key.clone(), window.start, elements.len()));
+                    Ok(())
+                },
+            )
+            .sink(sink.clone());
+        env.execute("processing-time-windows").unwrap();
+        let mut got = sink.take();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![("a".to_string(), 0, 2), ("b".to_string(), 0, 1)],
+            "{backend:?}"
+        );
+    }
+}
