@@ -75,6 +75,7 @@ pub fn sessions(
 }
 
 /// The process window function: one [`Session`] per fired window.
+#[allow(clippy::ptr_arg)] // `&K` with `K = String`: the shape every process window function has
 fn summarize(
     user: &String,
     window: &TimeWindow,

@@ -23,6 +23,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use eddy_state::{SystemClock, TtlClock};
@@ -215,6 +216,23 @@ impl InputWatermarks {
                 }
             }
         }
+    }
+}
+
+/// An operator's current watermark as a clock: the time of its event-time TTL states.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct WatermarkClock(Arc<AtomicU64>);
+
+impl WatermarkClock {
+    /// Moves the clock to `watermark`.
+    pub(crate) fn set(&self, watermark: u64) {
+        self.0.store(watermark, Ordering::Relaxed);
+    }
+}
+
+impl TtlClock for WatermarkClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
     }
 }
 

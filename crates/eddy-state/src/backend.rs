@@ -146,6 +146,18 @@ impl<K: Key> KeyedStateBackend<K> {
         }
     }
 
+    /// Makes `clock` the time of every event-time TTL state
+    /// ([`StateTtlConfig::event_time`](crate::StateTtlConfig::event_time)), including states
+    /// already registered. The runtime passes the operator's current watermark; until a clock
+    /// is set, event time stands at 0 and nothing expires.
+    pub fn set_event_time_clock(&mut self, clock: Arc<dyn TtlClock>) {
+        match &mut self.inner {
+            BackendImpl::Heap(heap) => heap.set_event_time_clock(clock),
+            #[cfg(feature = "rocksdb")]
+            BackendImpl::RocksDb(rocksdb) => rocksdb.set_event_time_clock(clock),
+        }
+    }
+
     /// The number of keys holding a value in the state called `name` (expired values that no
     /// cleanup has removed yet included), or `None` if no such state is registered.
     pub fn state_len(&self, name: &str) -> Option<usize> {

@@ -38,7 +38,10 @@ use crate::namespace::{MergeNamespaces, Namespace, NamespaceCell, Namespaced};
 use crate::prefetch::prefetch_read;
 use crate::probe_table::ProbeTable;
 use crate::small_map::SmallMap;
-use crate::ttl::{StateTtlConfig, StateVisibility, SystemClock, TtlClock, TtlValue, UpdateType};
+use crate::ttl::{
+    ManualClock, StateTtlConfig, StateVisibility, SystemClock, TtlClock, TtlTimeDomain, TtlValue,
+    UpdateType,
+};
 
 /// One hash table per key group of a subtask's range.
 #[derive(Debug)]
@@ -188,6 +191,8 @@ pub struct HeapKeyedStateBackend<K> {
     /// The clock of TTL states; created with the first TTL state (or set), so that a backend
     /// without TTL states never starts [`SystemClock`]'s ticker thread.
     ttl_clock: Option<SharedClock>,
+    /// The event-time clock (the operator's watermark) of event-time TTL states.
+    event_clock: Option<SharedClock>,
 }
 
 /// The backend's TTL clock, shared with every TTL handle, so that a clock set after a state
@@ -222,6 +227,7 @@ impl<K: Key> HeapKeyedStateBackend<K> {
             prefetchers: Vec::new(),
             has_contents: false,
             ttl_clock: None,
+            event_clock: None,
         }
     }
 
@@ -243,6 +249,33 @@ impl<K: Key> HeapKeyedStateBackend<K> {
     }
 
     /// The TTL clock, starting the default [`SystemClock`] if none was set.
+    /// Makes `clock` the time source of every event-time TTL state (the runtime passes the
+    /// operator's watermark); until then event time stands at 0 and nothing expires.
+    pub fn set_event_time_clock(&mut self, clock: Arc<dyn TtlClock>) {
+        let clock = BackendClock::Injected(clock);
+        match &self.event_clock {
+            Some(shared) => {
+                if let Ok(mut current) = shared.try_borrow_mut() {
+                    *current = clock;
+                }
+            }
+            None => self.event_clock = Some(Rc::new(RefCell::new(clock))),
+        }
+    }
+
+    /// The clock of a TTL state configured by `config`.
+    fn clock_for(&mut self, config: &StateTtlConfig) -> SharedClock {
+        if config.time_domain() == TtlTimeDomain::EventTime {
+            let clock = self.event_clock.get_or_insert_with(|| {
+                Rc::new(RefCell::new(BackendClock::Injected(Arc::new(
+                    ManualClock::new(0),
+                ))))
+            });
+            return Rc::clone(clock);
+        }
+        self.shared_ttl_clock()
+    }
+
     fn shared_ttl_clock(&mut self) -> SharedClock {
         let clock = self
             .ttl_clock
@@ -1184,7 +1217,7 @@ impl<K: Key> HeapKeyedStateBackend<K> {
             update_on_read: config.get_update_type() == UpdateType::OnReadAndWrite,
             return_expired: config.get_state_visibility()
                 == StateVisibility::ReturnExpiredIfNotCleanedUp,
-            clock: self.shared_ttl_clock(),
+            clock: self.clock_for(config),
             incremental: config.incremental_cleanup().map(|entries_per_access| {
                 IncrementalCleanup {
                     entries_per_access,

@@ -19,9 +19,9 @@
 //!   which a state that does not need it should not pay for.
 //! * **Time.** Processing time, read from a [`TtlClock`]: [`SystemClock`] in production,
 //!   [`ManualClock`] in tests (tests never sleep). Event-time TTL
-//!   ([`StateTtlConfig::event_time`]) goes beyond Flink: it will measure age against the
-//!   current watermark. Watermarks do not exist yet, so registering such a state fails with
-//!   [`EddyError::Config`].
+//!   ([`StateTtlConfig::event_time`]) goes beyond Flink: it measures age against the
+//!   operator's current watermark, which the runtime passes as the backend's event-time clock
+//!   ([`KeyedStateBackend::set_event_time_clock`](crate::KeyedStateBackend::set_event_time_clock)).
 //!
 //! ```
 //! use std::sync::Arc;
@@ -153,8 +153,10 @@ impl StateTtlConfig {
     /// Measures TTL against the watermark instead of the processing-time clock (beyond
     /// Flink, whose TTL is processing time only).
     ///
-    /// Watermarks are not implemented yet: registering a state with this option fails with
-    /// [`EddyError::Config`]. It is accepted here so that job code can be written against it.
+    /// A value's age is the watermark now minus the watermark when it was written: state of
+    /// a key whose events stopped expires once event time has moved on by the TTL, however
+    /// fast or slow the job replays it. In an operator without watermarks event time stays at
+    /// 0 and nothing expires.
     pub fn event_time(mut self) -> Self {
         self.time_domain = TtlTimeDomain::EventTime;
         self
@@ -233,11 +235,6 @@ impl StateTtlConfig {
     /// The TTL in whole milliseconds, after checking that the configuration can be used by a
     /// backend today; `state` names the state in the error.
     pub(crate) fn validate(&self, state: &str) -> Result<u64> {
-        if self.time_domain == TtlTimeDomain::EventTime {
-            return Err(EddyError::Config(format!(
-                "state \"{state}\": event-time TTL needs watermarks, which are not implemented yet"
-            )));
-        }
         let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
         if ttl_ms == 0 {
             return Err(EddyError::Config(format!(

@@ -85,7 +85,7 @@ macro_rules! conformance_suite {
                     a_large_map_expires_per_entry_too,
                     incremental_cleanup_keeps_live_values_and_hides_expired_ones,
                     a_second_list_iterator_and_cleanup_work_while_an_iterator_is_alive,
-                    event_time_ttl_is_refused_until_watermarks_exist,
+                    event_time_ttl_follows_the_event_clock_not_the_processing_clock,
                     invalid_ttl_configurations_are_refused,
                     a_state_without_ttl_is_unaffected,
                     registering_a_name_again_needs_the_same_ttl,

@@ -357,3 +357,71 @@ fn records_without_a_timestamp_assigner_are_an_error_naming_the_fix() {
         .to_string();
     assert!(error.contains("with_timestamp_assigner"), "{error}");
 }
+
+/// Emits, per event, what the key's event-time TTL state held before the event.
+#[derive(Clone)]
+struct RememberLast;
+
+impl KeyedProcessFunction for RememberLast {
+    type Key = String;
+    type In = Event;
+    type Out = (String, u64, Option<u64>);
+    type State = ValueState<u64>;
+
+    fn open(&mut self, ctx: &mut OpenContext<'_, String>) -> eddy::Result<ValueState<u64>> {
+        let ttl = StateTtlConfig::new(Duration::from_millis(100)).event_time();
+        ctx.value_state(&ValueStateDescriptor::new("last").enable_ttl(ttl))
+    }
+
+    fn process_element(
+        &mut self,
+        last: &mut ValueState<u64>,
+        event: Event,
+        ctx: &mut Context<'_, String>,
+        out: &mut Collector<'_, (String, u64, Option<u64>)>,
+    ) -> eddy::Result<()> {
+        out.collect((ctx.current_key().clone(), event.1, last.value()?));
+        last.update(event.1)
+    }
+}
+
+#[test]
+fn event_time_ttl_expires_state_as_the_watermark_passes() {
+    for backend in [
+        StateBackendKind::Heap,
+        StateBackendKind::RocksDb { working_dir: None },
+    ] {
+        let script = vec![vec![
+            Step::Emit(events("a", [10])),
+            Step::Emit(events("b", [50])),
+            Step::StayOpen(Duration::from_millis(50)),
+            // Watermark 49: a's value (written at watermark 0) is still live.
+            Step::Emit(events("a", [60])),
+            Step::Emit(events("z", [1_000])),
+            Step::StayOpen(Duration::from_millis(50)),
+            // Watermark 999: a's value (written at watermark 49) has expired.
+            Step::Emit(events("a", [1_010])),
+        ]];
+        let env = StreamExecutionEnvironment::new(JobConfig {
+            state_backend: backend.clone(),
+            ..JobConfig::default()
+        });
+        let sink = CollectSink::new();
+        env.from_source(ScriptedSource::new(script, None))
+            .assign_timestamps_and_watermarks(monotonous())
+            .key_by(|e: &Event| e.0.clone())
+            .process(RememberLast)
+            .sink(sink.clone());
+        env.execute("event-time-ttl").unwrap();
+        let a: Vec<_> = sink.take().into_iter().filter(|r| r.0 == "a").collect();
+        assert_eq!(
+            a,
+            vec![
+                ("a".to_string(), 10, None),
+                ("a".to_string(), 60, Some(10)),
+                ("a".to_string(), 1_010, None),
+            ],
+            "{backend:?}"
+        );
+    }
+}

@@ -273,6 +273,7 @@ where
         parallelism: usize,
     ) -> Result<Self> {
         let mut backend = keyed_backend(worker, parallelism)?;
+        backend.set_ttl_clock(std::sync::Arc::clone(&worker.config.clock.0));
         let mut operator_state = OperatorStateStore::new();
         for spec in &node.broadcast_states {
             spec.register(&mut operator_state)?;

@@ -17,7 +17,7 @@ use crate::graph::{Built, StreamNode, WorkerContext};
 use crate::metrics::OperatorMetrics;
 use crate::operators::check_parallelism;
 use crate::operators::keyed_shell::{build_keyed_operator, KeyedOperatorSpec, KeyedTask};
-use crate::time::{Stamped, MIN_WATERMARK, NO_TIMESTAMP};
+use crate::time::{Stamped, WatermarkClock, MIN_WATERMARK, NO_TIMESTAMP};
 use crate::Epoch;
 
 /// The name of the timer service behind [`Context::timer_service`] in the state backend.
@@ -111,6 +111,8 @@ struct KeyedSubtask<F: KeyedProcessFunction, KS> {
     backend: KeyedStateBackend<F::Key>,
     keys: Rc<KeyContext<F::Key>>,
     timers: TimerService<F::Key>,
+    /// The watermark as the clock of event-time TTL states.
+    event_clock: WatermarkClock,
     key_selector: KS,
     output: Vec<Stamped<F::Out>>,
     /// Key groups of the events in the prefetch window (see `process_batch`).
@@ -143,6 +145,8 @@ where
         })?;
         let clock = worker.config.clock.clone();
         backend.set_ttl_clock(Arc::clone(&clock.0));
+        let event_clock = WatermarkClock::default();
+        backend.set_event_time_clock(Arc::new(event_clock.clone()));
         let timers = TimerService {
             queues: backend.timer_service::<()>(USER_TIMERS)?,
             watermark: Cell::new(MIN_WATERMARK),
@@ -152,6 +156,7 @@ where
             function,
             state,
             timers,
+            event_clock,
             keys: Rc::clone(backend.context()),
             backend,
             key_selector: node.key_selector.clone(),
@@ -297,6 +302,7 @@ where
 
     fn advance_watermark(&mut self, watermark: u64) -> Result<()> {
         self.timers.watermark.set(watermark);
+        self.event_clock.set(watermark);
         // Timers registered while firing are due too if their time has passed, as in Flink.
         while let Some(timer) = self.timers.queues.poll_event_time(watermark) {
             self.fire(timer, TimeDomain::EventTime)?;

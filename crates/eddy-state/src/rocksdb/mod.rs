@@ -99,7 +99,7 @@ use crate::descriptor::{
 use crate::handle::{AggregatingState, ListState, MapState, ReducingState, ValueState};
 use crate::key_context::KeyContext;
 use crate::namespace::{Namespace, NamespaceCell, Namespaced};
-use crate::ttl::{StateTtlConfig, SystemClock, TtlClock};
+use crate::ttl::{ManualClock, StateTtlConfig, SystemClock, TtlClock, TtlTimeDomain};
 
 /// The RocksDB backend of one keyed operator subtask (see the [module docs](self)).
 pub struct RocksDbKeyedStateBackend<K> {
@@ -111,6 +111,8 @@ pub struct RocksDbKeyedStateBackend<K> {
     /// Created with the first TTL state (or set), so that a backend without TTL states never
     /// starts [`SystemClock`]'s ticker thread.
     ttl_clock: Option<SharedClock>,
+    /// The event-time clock (the operator's watermark) of event-time TTL states.
+    event_clock: Option<SharedClock>,
 }
 
 /// A registered state.
@@ -163,6 +165,7 @@ impl<K: Key> RocksDbKeyedStateBackend<K> {
             config: config.clone(),
             states: BTreeMap::new(),
             ttl_clock: None,
+            event_clock: None,
         })
     }
 
@@ -218,6 +221,27 @@ impl<K: Key> RocksDbKeyedStateBackend<K> {
             Some(shared) => *shared.lock().unwrap_or_else(PoisonError::into_inner) = clock,
             None => self.ttl_clock = Some(Arc::new(Mutex::new(clock))),
         }
+    }
+
+    /// Makes `clock` the time source of every event-time TTL state and its compaction filter
+    /// (the runtime passes the operator's watermark); until then event time stands at 0.
+    pub fn set_event_time_clock(&mut self, clock: Arc<dyn TtlClock>) {
+        match &self.event_clock {
+            Some(shared) => *shared.lock().unwrap_or_else(PoisonError::into_inner) = clock,
+            None => self.event_clock = Some(Arc::new(Mutex::new(clock))),
+        }
+    }
+
+    /// The clock of a TTL state configured by `config`.
+    fn clock_for(&mut self, config: &StateTtlConfig) -> SharedClock {
+        if config.time_domain() == TtlTimeDomain::EventTime {
+            let clock = self.event_clock.get_or_insert_with(|| {
+                let zero: Arc<dyn TtlClock> = Arc::new(ManualClock::new(0));
+                Arc::new(Mutex::new(zero))
+            });
+            return Arc::clone(clock);
+        }
+        self.shared_ttl_clock()
     }
 
     /// The TTL clock, starting the default [`SystemClock`] if none was set.
@@ -330,7 +354,10 @@ impl<K: Key> RocksDbKeyedStateBackend<K> {
             Rc::clone(&registered.failure),
         );
         let rules = match ttl {
-            Some(config) => Some(TtlRules::new(name, config, self.shared_ttl_clock())?),
+            Some(config) => {
+                let clock = self.clock_for(config);
+                Some(TtlRules::new(name, config, clock)?)
+            }
             None => None,
         };
         Ok(Registration {
@@ -355,14 +382,15 @@ impl<K: Key> RocksDbKeyedStateBackend<K> {
         if kind == StateKind::List {
             options.set_merge_operator_associative("eddy-list-append", append_merge);
         }
-        if let Some(ttl_ms) = ttl_ms {
+        if let (Some(ttl_ms), Some(config)) = (ttl_ms, ttl) {
+            let clock = self.clock_for(config);
             options.set_compaction_filter_factory(TtlFilterFactory {
                 ttl_ms,
                 layout: match kind {
                     StateKind::List => TtlLayout::List,
                     _ => TtlLayout::Single,
                 },
-                clock: self.shared_ttl_clock(),
+                clock,
             });
         }
         let cf_name = format!("state:{name}");

@@ -580,28 +580,39 @@ pub(super) fn a_second_list_iterator_and_cleanup_work_while_an_iterator_is_alive
     Ok(())
 }
 
-pub(super) fn event_time_ttl_is_refused_until_watermarks_exist(
+pub(super) fn event_time_ttl_follows_the_event_clock_not_the_processing_clock(
     factory: Factory,
 ) -> Result<(), EddyError> {
-    let (mut b, _clock) = backend(factory);
+    let (mut b, processing) = backend(factory);
     let ttl = StateTtlConfig::new(TTL).event_time();
     assert_eq!(ttl.time_domain(), TtlTimeDomain::EventTime);
-    let err = b
-        .value_state(&ValueStateDescriptor::<u64>::new("v").enable_ttl(ttl))
-        .err();
-    assert!(matches!(err, Some(EddyError::Config(_))), "{err:?}");
-    assert_eq!(
-        err.map(|e| e.to_string()).as_deref(),
-        Some(
-            "invalid configuration: state \"v\": event-time TTL needs watermarks, which are not implemented yet"
-        )
-    );
-    assert_eq!(b.state_len("v"), None, "nothing was registered");
-    // So the name is free for a state of another kind.
-    let l = b.list_state(&ListStateDescriptor::<u64>::new("v"))?;
+    let v = b.value_state(&ValueStateDescriptor::<u64>::new("v").enable_ttl(ttl.clone()))?;
+    let l = b.list_state(&ListStateDescriptor::<u64>::new("l").enable_ttl(ttl))?;
+    // Set after registration, as the runtime does once the operator has opened.
+    let watermark = ManualClock::new(1_000);
+    b.set_event_time_clock(Arc::new(watermark.clone()));
     b.set_current_key(1)?;
+    v.update(5)?;
     l.add(1)?;
-    assert_eq!(l.get()?.collect::<Vec<_>>(), vec![1]);
+    processing.advance(secs(3_600));
+    assert_eq!(
+        v.value()?,
+        Some(5),
+        "processing time does not age event-time TTL"
+    );
+    watermark.advance(secs(6));
+    l.add(2)?;
+    watermark.advance(secs(5));
+    assert_eq!(
+        v.value()?,
+        None,
+        "expired once the watermark is the TTL past the write"
+    );
+    assert_eq!(
+        l.get()?.collect::<Vec<_>>(),
+        vec![2],
+        "per element, in event time"
+    );
     Ok(())
 }
 
