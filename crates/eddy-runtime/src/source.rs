@@ -1,6 +1,7 @@
 //! Sources: where a job's records come from.
 
 use eddy_core::{Data, Result};
+use eddy_state::OperatorStateStore;
 
 /// Where one source subtask reads.
 #[derive(Clone, Copy, Debug)]
@@ -23,6 +24,18 @@ pub trait Source: Send + Sync + 'static {
 
     /// Creates the reader of subtask `ctx.subtask`.
     fn create_reader(&self, ctx: SourceContext) -> Result<Self::Reader>;
+
+    /// Creates the reader of subtask `ctx.subtask` with the subtask's operator state store,
+    /// where a reader that needs operator state (e.g. its position) registers list or union
+    /// list states and keeps the handles. The store belongs to the source operator's subtask;
+    /// checkpoints will snapshot and restore it. By default: [`create_reader`](Self::create_reader).
+    fn create_reader_with_state(
+        &self,
+        ctx: SourceContext,
+        _state: &mut OperatorStateStore,
+    ) -> Result<Self::Reader> {
+        self.create_reader(ctx)
+    }
 }
 
 /// What a [`SourceReader::poll`] call left behind.

@@ -1,6 +1,7 @@
 //! The current key: set by the runtime, read by every state handle.
 
 use std::cell::{Cell, Ref, RefCell};
+use std::rc::Rc;
 
 use eddy_core::{key_group::assign_to_key_group, EddyError, Key, KeyGroup, KeyGroupRange, Result};
 
@@ -16,6 +17,33 @@ pub struct KeyContext<K> {
     key_group: Cell<KeyGroup>,
     range: KeyGroupRange,
     max_parallelism: usize,
+    /// Whether the handles of this context may be used right now (see [`Self::enter`]).
+    guard: Cell<Guard>,
+    /// The operator the handles belong to, for the error when they are used elsewhere.
+    owner: RefCell<Rc<str>>,
+}
+
+/// When state handles may be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Guard {
+    /// Always (a backend used directly, outside a job).
+    Unguarded,
+    /// The owning operator is running.
+    Active,
+    /// Another operator (or none) is running on this thread.
+    Inactive,
+}
+
+/// While alive, the handles of one operator's context may be used ([`KeyContext::enter`]).
+#[must_use = "the handles are usable only while the guard lives"]
+pub struct ActiveOperator<K> {
+    context: Rc<KeyContext<K>>,
+}
+
+impl<K> Drop for ActiveOperator<K> {
+    fn drop(&mut self) {
+        self.context.guard.set(Guard::Inactive);
+    }
 }
 
 impl<K: Key> KeyContext<K> {
@@ -27,6 +55,29 @@ impl<K: Key> KeyContext<K> {
             key_group: Cell::new(0),
             range,
             max_parallelism,
+            guard: Cell::new(Guard::Unguarded),
+            owner: RefCell::new(Rc::from("")),
+        }
+    }
+
+    /// Binds the context to the keyed operator `operator`: from now on its state handles
+    /// work only while that operator runs ([`enter`](Self::enter)). A handle smuggled into
+    /// another operator on the same thread (handles are not `Send`) then fails with an error
+    /// naming the state and its operator, instead of reading the other operator's key.
+    pub fn bind_to_operator(&self, operator: &str) {
+        if let Ok(mut owner) = self.owner.try_borrow_mut() {
+            *owner = Rc::from(operator);
+        }
+        self.guard.set(Guard::Inactive);
+    }
+
+    /// Marks the bound operator as running until the returned guard is dropped.
+    pub fn enter(self: &Rc<Self>) -> ActiveOperator<K> {
+        if self.guard.get() != Guard::Unguarded {
+            self.guard.set(Guard::Active);
+        }
+        ActiveOperator {
+            context: Rc::clone(self),
         }
     }
 
@@ -99,6 +150,9 @@ impl<K: Key> KeyContext<K> {
     /// Runs `f` with the current key and its key-group offset, or fails if no key is set.
     #[inline]
     pub(crate) fn with_key<R>(&self, state: &str, f: impl FnOnce(&K, usize) -> R) -> Result<R> {
+        if self.guard.get() == Guard::Inactive {
+            return Err(self.foreign_use(state));
+        }
         match &*self.key.borrow() {
             Some(key) => Ok(f(key, self.offset.get())),
             None => Err(EddyError::state(
@@ -106,5 +160,20 @@ impl<K: Key> KeyContext<K> {
                 "accessed outside a keyed context (no current key is set)",
             )),
         }
+    }
+
+    #[cold]
+    fn foreign_use(&self, state: &str) -> EddyError {
+        let owner = self
+            .owner
+            .try_borrow()
+            .map(|o| o.to_string())
+            .unwrap_or_default();
+        EddyError::state(
+            state,
+            format!(
+                "used outside its operator \"{owner}\": a state handle belongs to the keyed operator whose open() created it"
+            ),
+        )
     }
 }

@@ -62,7 +62,7 @@ pub use handle::{
     ReducingState, ReducingStateAccess, StateIter, ValueState, ValueStateAccess,
 };
 pub use heap::PrefetchDepth;
-pub use key_context::KeyContext;
+pub use key_context::{ActiveOperator, KeyContext};
 pub use namespace::{MergeNamespaces, Namespace, NamespaceCell, Namespaced};
 pub use operator_state::{
     redistribute, BroadcastState, NamedOperatorState, OperatorListState, OperatorStateMode,

@@ -581,3 +581,90 @@ fn modifying_a_list_while_iterating_it_fails_the_job_with_a_state_error() {
         other => panic!("expected a state error, got {other:?}"),
     }
 }
+
+thread_local! {
+    /// Where `Smuggler` leaves its handle for `Thief` (both run on the same worker thread).
+    static SMUGGLED: std::cell::RefCell<Option<ValueState<u64>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Registers a state and leaves its handle in a thread-local: the misuse under test.
+#[derive(Clone)]
+struct Smuggler;
+
+impl KeyedProcessFunction for Smuggler {
+    type Key = u64;
+    type In = u64;
+    type Out = u64;
+    type State = ValueState<u64>;
+
+    fn open(&mut self, ctx: &mut OpenContext<'_, u64>) -> Result<ValueState<u64>> {
+        let state = ctx.value_state(&ValueStateDescriptor::new("smuggled"))?;
+        let copy = ctx.value_state(&ValueStateDescriptor::new("smuggled"))?;
+        SMUGGLED.with(|s| *s.borrow_mut() = Some(copy));
+        Ok(state)
+    }
+
+    fn process_element(
+        &mut self,
+        state: &mut ValueState<u64>,
+        event: u64,
+        _ctx: &mut Context<'_, u64>,
+        out: &mut Collector<'_, u64>,
+    ) -> Result<()> {
+        state.update(event)?;
+        out.collect(event);
+        Ok(())
+    }
+}
+
+/// Uses the handle of another operator.
+#[derive(Clone)]
+struct Thief;
+
+impl KeyedProcessFunction for Thief {
+    type Key = u64;
+    type In = u64;
+    type Out = u64;
+    type State = ();
+
+    fn open(&mut self, _ctx: &mut OpenContext<'_, u64>) -> Result<()> {
+        Ok(())
+    }
+
+    fn process_element(
+        &mut self,
+        _state: &mut (),
+        event: u64,
+        _ctx: &mut Context<'_, u64>,
+        out: &mut Collector<'_, u64>,
+    ) -> Result<()> {
+        let stolen = SMUGGLED.with(|s| s.borrow().as_ref().map(|h| h.value()));
+        if let Some(read) = stolen {
+            read?;
+        }
+        out.collect(event);
+        Ok(())
+    }
+}
+
+#[test]
+fn a_state_handle_used_in_another_operator_is_an_error_naming_state_and_owner() {
+    let result = run_with_watchdog(|| {
+        let env = StreamExecutionEnvironment::new(JobConfig::default());
+        env.from_source(GeneratorSource::new(100, |i: u64| i))
+            .key_by(|x: &u64| *x)
+            .process_named("smuggler", Smuggler)
+            .key_by(|x: &u64| *x)
+            .process_named("thief", Thief)
+            .sink(CountingSink::new());
+        env.execute("smuggling")
+    });
+    let error = result.expect_err("the stolen handle must fail").to_string();
+    assert!(error.contains("\"thief\""), "fails in the thief: {error}");
+    assert!(error.contains("smuggled"), "names the state: {error}");
+    assert!(
+        error.contains("used outside its operator \"smuggler\""),
+        "names the owner: {error}"
+    );
+}

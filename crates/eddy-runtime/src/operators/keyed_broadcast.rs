@@ -287,6 +287,7 @@ where
                 parallelism,
             })
         })?;
+        backend.context().bind_to_operator(&node.name);
         Ok(BroadcastSubtask {
             function,
             state,
@@ -303,6 +304,7 @@ where
 
     /// Hands every broadcast element to the function, with no current key.
     fn process_broadcast_batch(&mut self, batch: &mut Vec<Stamped<F::BroadcastIn>>) -> Result<()> {
+        let _running = self.keys.enter();
         self.metrics.add_in(batch.len());
         for event in batch.drain(..) {
             let mut ctx = BroadcastContext {
@@ -326,6 +328,7 @@ where
 
     /// Sets each keyed element's key as the current key, then hands it to the function.
     fn process_keyed_batch(&mut self, batch: &mut Vec<Stamped<F::In>>) -> Result<()> {
+        let _running = self.keys.enter();
         self.metrics.add_in(batch.len());
         for event in batch.drain(..) {
             let key = (self.key_selector)(&event.value);
@@ -361,6 +364,7 @@ where
     }
 
     fn close(&mut self) -> Result<()> {
+        let _running = self.keys.enter();
         let mut out = Collector::new(&mut self.output);
         self.function.close(&mut self.state, &mut out)
     }

@@ -152,6 +152,7 @@ where
             watermark: Cell::new(MIN_WATERMARK),
             clock,
         };
+        backend.context().bind_to_operator(&node.name);
         Ok(KeyedSubtask {
             function,
             state,
@@ -297,10 +298,12 @@ where
     type Out = F::Out;
 
     fn process_batch(&mut self, batch: &mut Vec<Stamped<F::In>>) -> Result<()> {
+        let _running = self.keys.enter();
         self.process_records(batch)
     }
 
     fn advance_watermark(&mut self, watermark: u64) -> Result<()> {
+        let _running = self.keys.enter();
         self.timers.watermark.set(watermark);
         self.event_clock.set(watermark);
         // Timers registered while firing are due too if their time has passed, as in Flink.
@@ -311,6 +314,7 @@ where
     }
 
     fn advance_processing_time(&mut self, now: u64) -> Result<Option<u64>> {
+        let _running = self.keys.enter();
         while let Some(timer) = self.timers.queues.poll_processing_time(now) {
             self.fire(timer, TimeDomain::ProcessingTime)?;
         }
@@ -318,6 +322,7 @@ where
     }
 
     fn close(&mut self) -> Result<()> {
+        let _running = self.keys.enter();
         let mut out = Collector {
             buffer: &mut self.output,
             timestamp: NO_TIMESTAMP,

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use eddy_core::Result;
+use eddy_state::OperatorStateStore;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
@@ -53,12 +54,16 @@ impl<S: Source> SourceNode<S> {
 impl<S: Source> StreamNode<S::Item> for SourceNode<S> {
     fn build<'s>(&self, scope: Scope<'s, Epoch>, worker: &WorkerContext) -> Built<'s, S::Item> {
         let parallelism = self.parallelism(worker.peers);
+        let mut operator_state = OperatorStateStore::new();
         let reader = if worker.index < parallelism {
             let ctx = SourceContext {
                 subtask: worker.index,
                 parallelism,
             };
-            match catch_panic(|| self.source.create_reader(ctx)) {
+            match catch_panic(|| {
+                self.source
+                    .create_reader_with_state(ctx, &mut operator_state)
+            }) {
                 Ok(reader) => Some(reader),
                 Err(error) => {
                     worker.fail(&self.name, error);
@@ -82,6 +87,7 @@ impl<S: Source> StreamNode<S::Item> for SourceNode<S> {
             job: worker.job_name.clone(),
             subtask: worker.index,
             finished: false,
+            _operator_state: operator_state,
         };
         let mut builder = OperatorBuilder::new(self.name.clone(), scope);
         let (records_out, records) = builder.new_output::<Vec<Stamped<S::Item>>>();
@@ -174,6 +180,9 @@ struct SourceTask<R: SourceReader> {
     subtask: usize,
     /// The reader reported the end of its input (not a failure or an abort).
     finished: bool,
+    /// The subtask's operator state, which the reader's handles point into (checkpoints
+    /// will snapshot it).
+    _operator_state: OperatorStateStore,
 }
 
 type Output<'a, T> = timely::dataflow::operators::generic::OutputBuilderSession<

@@ -369,6 +369,7 @@ where
         } else {
             None
         };
+        backend.context().bind_to_operator(&node.name);
         Ok(WindowTask {
             contents,
             timers,
@@ -591,6 +592,7 @@ where
     type Out = Out;
 
     fn process_batch(&mut self, batch: &mut Vec<Stamped<In>>) -> Result<()> {
+        let _running = self.keys.enter();
         self.metrics.add_in(batch.len());
         for record in batch.drain(..) {
             self.process_element(record)?;
@@ -599,6 +601,7 @@ where
     }
 
     fn advance_watermark(&mut self, watermark: u64) -> Result<()> {
+        let _running = self.keys.enter();
         self.watermark.set(watermark);
         while let Some(timer) = self.timers.poll_event_time(watermark) {
             self.on_timer(timer)?;
@@ -607,6 +610,7 @@ where
     }
 
     fn advance_processing_time(&mut self, now: u64) -> Result<Option<u64>> {
+        let _running = self.keys.enter();
         while let Some(timer) = self.timers.poll_processing_time(now) {
             self.on_timer(timer)?;
         }
