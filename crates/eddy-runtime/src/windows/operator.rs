@@ -10,8 +10,8 @@ use eddy_core::key_group::assign_to_key_group;
 use eddy_core::{Data, EddyError, Key, Result, StateValue};
 use eddy_state::{
     AggregateFunction, AggregatingState, AggregatingStateDescriptor, KeyContext, KeyedStateBackend,
-    ListState, ListStateDescriptor, Namespaced, ReducingState, ReducingStateDescriptor, Timer,
-    TimerService, ValueState, ValueStateDescriptor,
+    ListState, ListStateDescriptor, Namespaced, PrefetchDepth, ReducingState,
+    ReducingStateDescriptor, Timer, TimerService, ValueState, ValueStateDescriptor,
 };
 use serde::{Deserialize, Serialize};
 use timely::dataflow::Scope;
@@ -29,6 +29,8 @@ use crate::Epoch;
 const CONTENTS: &str = "_window_contents";
 /// The name of the session windows' bookkeeping state.
 const MERGING_WINDOWS: &str = "_merging_windows";
+/// How many elements ahead the state slot of an element is prefetched.
+const PREFETCH: usize = 8;
 /// The name of the window timers' service.
 const WINDOW_TIMERS: &str = "_window_timers";
 
@@ -332,8 +334,8 @@ struct WindowTask<K: Key, In, C: WindowContents<In>, Out, KS> {
     /// Session windows only: the live windows of the current key and their state windows.
     merging: Option<ValueState<Vec<(TimeWindow, TimeWindow)>>>,
     keys: Rc<KeyContext<K>>,
-    /// Kept alive for the handles above.
-    _backend: KeyedStateBackend<K>,
+    /// Owns the state behind the handles above; also prefetches.
+    backend: KeyedStateBackend<K>,
     key_selector: KS,
     assigner: WindowAssigner,
     allowed_lateness: u64,
@@ -375,7 +377,7 @@ where
             timers,
             merging,
             keys: Rc::clone(backend.context()),
-            _backend: backend,
+            backend,
             key_selector: node.spec.key_selector.clone(),
             assigner: node.spec.assigner,
             allowed_lateness: node.spec.allowed_lateness,
@@ -387,6 +389,13 @@ where
             max_parallelism: worker.max_parallelism,
             metrics: Arc::clone(&node.metrics),
         })
+    }
+
+    fn prefetch(&self, element: &In) {
+        let key = (self.key_selector)(element);
+        let kg = assign_to_key_group(&key, self.max_parallelism);
+        self.backend
+            .prefetch_in_group(&key, kg, PrefetchDepth::Slot);
     }
 
     fn event_time(&self) -> bool {
@@ -594,7 +603,16 @@ where
     fn process_batch(&mut self, batch: &mut Vec<Stamped<In>>) -> Result<()> {
         let _running = self.keys.enter();
         self.metrics.add_in(batch.len());
-        for record in batch.drain(..) {
+        // As the keyed process operator does: the state slot of the element `PREFETCH`
+        // ahead is fetched while this one is processed, overlapping the memory latency.
+        for ahead in batch.iter().take(PREFETCH) {
+            self.prefetch(&ahead.value);
+        }
+        let mut records = std::mem::take(batch).into_iter();
+        while let Some(record) = records.next() {
+            if let Some(ahead) = records.as_slice().get(PREFETCH - 1) {
+                self.prefetch(&ahead.value);
+            }
             self.process_element(record)?;
         }
         Ok(())
