@@ -16,7 +16,7 @@ use crate::function::{Collector, Context, KeyedProcessFunction, OpenContext, Tim
 use crate::graph::{Built, StreamNode, WorkerContext};
 use crate::metrics::OperatorMetrics;
 use crate::operators::check_parallelism;
-use crate::operators::keyed_shell::{build_keyed_operator, KeyedOperatorSpec, KeyedTask};
+use crate::operators::keyed_shell::{build_keyed_node, KeyedTask};
 use crate::time::{Stamped, WatermarkClock, MIN_WATERMARK, NO_TIMESTAMP};
 use crate::Epoch;
 
@@ -68,25 +68,17 @@ where
     KS: Fn(&F::In) -> F::Key + Clone + Send + Sync + 'static,
 {
     fn build<'s>(&self, scope: Scope<'s, Epoch>, worker: &WorkerContext) -> Built<'s, F::Out> {
-        let input = self.input.build(scope, worker);
         let parallelism = self.parallelism(worker.peers);
-        let selector = self.key_selector.clone();
-        let route = key_group_route(
-            move |record: &Stamped<F::In>| selector(&record.value),
-            worker.max_parallelism,
+        build_keyed_node(
+            scope,
+            worker,
+            &self.name,
+            &*self.input,
+            &self.key_selector,
             parallelism,
-        );
-        let task = (worker.index < parallelism)
-            .then(|| KeyedSubtask::open(self, worker, parallelism))
-            .and_then(|opened| opened.map_err(|error| worker.fail(&self.name, error)).ok());
-        let spec = KeyedOperatorSpec {
-            name: &self.name,
-            route,
-            upstream: self.input.parallelism(worker.peers),
-            timer_poll: worker.config.epoch_interval,
-            metrics: Arc::clone(&self.metrics),
-        };
-        build_keyed_operator(scope, worker, input, spec, task)
+            &self.metrics,
+            || KeyedSubtask::open(self, worker, parallelism),
+        )
     }
 
     fn parallelism(&self, job: usize) -> usize {
@@ -238,6 +230,48 @@ where
 
     #[inline]
     fn process_event(&mut self, event: Stamped<F::In>, key: F::Key, kg: KeyGroup) -> Result<()> {
+        let call = Call {
+            timestamp: event.timestamp,
+            time_domain: None,
+            output_timestamp: event.timestamp,
+        };
+        self.with_key(key, kg, call, |function, state, ctx, out| {
+            function.process_element(state, event.value, ctx, out)
+        })
+    }
+
+    /// Calls `on_timer` for `timer`, with its key as the current key.
+    fn fire(&mut self, timer: Timer<F::Key, ()>, domain: TimeDomain) -> Result<()> {
+        let kg = assign_to_key_group(&timer.key, self.max_parallelism);
+        let call = Call {
+            timestamp: timer.timestamp,
+            time_domain: Some(domain),
+            // Flink stamps what an event-time timer emits with its time, and erases the
+            // timestamp of what a processing-time timer emits.
+            output_timestamp: match domain {
+                TimeDomain::EventTime => timer.timestamp,
+                TimeDomain::ProcessingTime => NO_TIMESTAMP,
+            },
+        };
+        self.with_key(timer.key, kg, call, |function, state, ctx, out| {
+            function.on_timer(state, call.timestamp, ctx, out)
+        })
+    }
+
+    /// Makes `key` current and runs `f` on the function with the context `call` describes.
+    #[inline]
+    fn with_key(
+        &mut self,
+        key: F::Key,
+        kg: KeyGroup,
+        call: Call,
+        f: impl FnOnce(
+            &mut F,
+            &mut F::State,
+            &mut Context<'_, F::Key>,
+            &mut Collector<'_, F::Out>,
+        ) -> Result<()>,
+    ) -> Result<()> {
         self.keys.set_current_key_in_group(key, kg)?;
         let key = self
             .keys
@@ -247,46 +281,27 @@ where
             key,
             key_group: kg,
             subtask: self.subtask,
-            timestamp: event.timestamp,
-            time_domain: None,
+            timestamp: call.timestamp,
+            time_domain: call.time_domain,
             timers: &self.timers,
         };
         let mut out = Collector {
             buffer: &mut self.output,
-            timestamp: event.timestamp,
+            timestamp: call.output_timestamp,
         };
-        self.function
-            .process_element(&mut self.state, event.value, &mut ctx, &mut out)
+        f(&mut self.function, &mut self.state, &mut ctx, &mut out)
     }
+}
 
-    /// Calls `on_timer` for `timer`, with its key as the current key.
-    fn fire(&mut self, timer: Timer<F::Key, ()>, domain: TimeDomain) -> Result<()> {
-        let kg = assign_to_key_group(&timer.key, self.max_parallelism);
-        self.keys.set_current_key_in_group(timer.key, kg)?;
-        let key = self
-            .keys
-            .current_key()
-            .ok_or_else(|| EddyError::Internal("current key vanished".into()))?;
-        let mut ctx = Context {
-            key,
-            key_group: kg,
-            subtask: self.subtask,
-            timestamp: timer.timestamp,
-            time_domain: Some(domain),
-            timers: &self.timers,
-        };
-        let mut out = Collector {
-            buffer: &mut self.output,
-            // Flink stamps what an event-time timer emits with its time, and erases the
-            // timestamp of what a processing-time timer emits.
-            timestamp: match domain {
-                TimeDomain::EventTime => timer.timestamp,
-                TimeDomain::ProcessingTime => NO_TIMESTAMP,
-            },
-        };
-        self.function
-            .on_timer(&mut self.state, timer.timestamp, &mut ctx, &mut out)
-    }
+/// What a call into the function sees of time.
+#[derive(Clone, Copy)]
+struct Call {
+    /// `ctx.timestamp()`: the event's or the timer's.
+    timestamp: u64,
+    /// `ctx.time_domain()`: set in `on_timer`.
+    time_domain: Option<TimeDomain>,
+    /// The timestamp of what the call emits.
+    output_timestamp: u64,
 }
 
 impl<F, KS> KeyedTask for KeyedSubtask<F, KS>

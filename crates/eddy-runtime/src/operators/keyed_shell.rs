@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use eddy_core::{Data, EddyError, Result};
+use eddy_core::{Data, EddyError, Key, Result};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
@@ -14,8 +14,9 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::Scope;
 
 use crate::failure::catch_panic;
-use crate::graph::{Built, WorkerContext};
+use crate::graph::{Built, StreamNode, WorkerContext};
 use crate::metrics::OperatorMetrics;
+use crate::operators::key_group_route;
 use crate::time::{InputWatermarks, Stamped, WatermarkAdvance, WatermarkMessage, WatermarkStatus};
 use crate::Epoch;
 
@@ -57,6 +58,45 @@ pub(crate) struct KeyedOperatorSpec<'a, R> {
     pub timer_poll: Duration,
     /// The operator's counters (records out are counted here).
     pub metrics: Arc<OperatorMetrics>,
+}
+
+/// Builds the keyed node called `name` on `input`, partitioned by `key_selector` onto
+/// `parallelism` subtasks; this worker's subtask (if it runs one) is opened by `open`, whose
+/// failure is reported as the operator's.
+#[allow(clippy::too_many_arguments)] // the parts of a keyed node; a struct would only rename them
+pub(crate) fn build_keyed_node<'s, K, T, KS>(
+    scope: Scope<'s, Epoch>,
+    worker: &WorkerContext,
+    name: &str,
+    input: &dyn StreamNode<T::In>,
+    key_selector: &KS,
+    parallelism: usize,
+    metrics: &Arc<OperatorMetrics>,
+    open: impl FnOnce() -> Result<T>,
+) -> Built<'s, T::Out>
+where
+    K: Key,
+    T: KeyedTask,
+    KS: Fn(&T::In) -> K + Clone + 'static,
+{
+    let built = input.build(scope, worker);
+    let selector = key_selector.clone();
+    let route = key_group_route(
+        move |record: &Stamped<T::In>| selector(&record.value),
+        worker.max_parallelism,
+        parallelism,
+    );
+    let task = (worker.index < parallelism)
+        .then(open)
+        .and_then(|opened| opened.map_err(|error| worker.fail(name, error)).ok());
+    let spec = KeyedOperatorSpec {
+        name,
+        route,
+        upstream: input.parallelism(worker.peers),
+        timer_poll: worker.config.epoch_interval,
+        metrics: Arc::clone(metrics),
+    };
+    build_keyed_operator(scope, worker, built, spec, task)
 }
 
 /// Builds a keyed operator on `input` whose subtask on this worker runs `task` (`None` on a

@@ -19,8 +19,8 @@ use timely::dataflow::Scope;
 use crate::function::Collector;
 use crate::graph::{Built, StreamNode, WorkerContext};
 use crate::metrics::OperatorMetrics;
-use crate::operators::keyed_shell::{build_keyed_operator, KeyedOperatorSpec, KeyedTask};
-use crate::operators::{check_parallelism, key_group_route, keyed_backend};
+use crate::operators::keyed_shell::{build_keyed_node, KeyedTask};
+use crate::operators::{check_parallelism, keyed_backend};
 use crate::time::{ProcessingClock, Stamped, MIN_WATERMARK};
 use crate::windows::{MergingWindowSet, TimeWindow, WindowAssigner, WindowMerge};
 use crate::Epoch;
@@ -291,25 +291,17 @@ where
     KS: Fn(&In) -> K + Clone + Send + Sync + 'static,
 {
     fn build<'s>(&self, scope: Scope<'s, Epoch>, worker: &WorkerContext) -> Built<'s, Out> {
-        let input = self.input.build(scope, worker);
         let parallelism = self.parallelism(worker.peers);
-        let selector = self.spec.key_selector.clone();
-        let route = key_group_route(
-            move |record: &Stamped<In>| selector(&record.value),
-            worker.max_parallelism,
+        build_keyed_node(
+            scope,
+            worker,
+            &self.name,
+            &*self.input,
+            &self.spec.key_selector,
             parallelism,
-        );
-        let task = (worker.index < parallelism)
-            .then(|| WindowTask::open(self, worker, parallelism))
-            .and_then(|opened| opened.map_err(|error| worker.fail(&self.name, error)).ok());
-        let spec = KeyedOperatorSpec {
-            name: &self.name,
-            route,
-            upstream: self.input.parallelism(worker.peers),
-            timer_poll: worker.config.epoch_interval,
-            metrics: Arc::clone(&self.metrics),
-        };
-        build_keyed_operator(scope, worker, input, spec, task)
+            &self.metrics,
+            || WindowTask::open(self, worker, parallelism),
+        )
     }
 
     fn parallelism(&self, job: usize) -> usize {
