@@ -448,16 +448,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn validation_rejects_event_time_zero_ttl_and_zero_cleanup() {
+    fn validation_accepts_event_time_and_rejects_zero_ttl_and_zero_cleanup() {
         let ok = StateTtlConfig::new(Duration::from_millis(1));
         assert_eq!(ok.validate("s").ok(), Some(1));
-        let event_time = ok.clone().event_time().validate("s").err();
-        assert_eq!(
-            event_time.map(|e| e.to_string()).as_deref(),
-            Some(
-                "invalid configuration: state \"s\": event-time TTL needs watermarks, which are not implemented yet"
-            )
-        );
+        assert_eq!(ok.clone().event_time().validate("s").ok(), Some(1));
         assert!(StateTtlConfig::new(Duration::from_micros(999))
             .validate("s")
             .is_err());
