@@ -13,6 +13,8 @@ pub type Result<T, E = EddyError> = std::result::Result<T, E>;
 /// * [`State`](EddyError::State): a state access failed (wrong use, or a backend failure).
 /// * [`User`](EddyError::User): a user function returned an error.
 /// * [`Io`](EddyError::Io): the operating system refused a file operation.
+/// * [`Checkpoint`](EddyError::Checkpoint): a checkpoint or savepoint cannot be written, read
+///   or restored (corrupt, truncated, foreign, newer format, incompatible); names the file.
 /// * [`Job`](EddyError::Job): a job failed; wraps the first error with the operator and subtask.
 /// * [`Internal`](EddyError::Internal): a bug in Eddy; please report it.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +56,15 @@ pub enum EddyError {
         source: std::io::Error,
     },
 
+    /// A checkpoint or savepoint cannot be written, read or restored.
+    #[error("checkpoint {location}: {reason}")]
+    Checkpoint {
+        /// The checkpoint file, directory or URL concerned.
+        location: String,
+        /// What is wrong with it, e.g. `checksum mismatch (file is corrupt)`.
+        reason: String,
+    },
+
     /// A job failed in one of its operators.
     #[error("{0}")]
     Job(Box<JobFailure>),
@@ -74,6 +85,14 @@ impl EddyError {
         EddyError::Io {
             path: path.into(),
             source,
+        }
+    }
+
+    /// A checkpoint error about `location` (a file, directory or URL).
+    pub fn checkpoint(location: impl Into<String>, reason: impl Into<String>) -> Self {
+        EddyError::Checkpoint {
+            location: location.into(),
+            reason: reason.into(),
         }
     }
 
