@@ -6,17 +6,22 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use eddy_core::{Key, KeyGroupRange, Result, StateValue};
+use eddy_core::{EddyError, Key, KeyGroup, KeyGroupRange, Result, StateValue};
 
 use crate::descriptor::{
     AggregateFunction, AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor,
-    ReducingStateDescriptor, ValueStateDescriptor,
+    ReducingStateDescriptor, StateKind, ValueStateDescriptor,
 };
 use crate::handle::{AggregatingState, ListState, MapState, ReducingState, ValueState};
 use crate::heap::{HeapKeyedStateBackend, PrefetchDepth};
 use crate::key_context::KeyContext;
 use crate::namespace::{Namespace, Namespaced};
-use crate::timers::TimerService;
+use crate::snapshot::heap_codec::KeyCheck;
+use crate::snapshot::{
+    EntryBlock, EntryWriter, KeyGroupSnapshot, KeyedStateSnapshot, Staged, StateMeta,
+    TimerServiceMeta,
+};
+use crate::timers::{ErasedTimers, TimerService};
 use crate::ttl::TtlClock;
 
 /// The keyed state of one operator subtask: the current key plus the backend holding values.
@@ -27,7 +32,19 @@ pub struct KeyedStateBackend<K> {
     context: Rc<KeyContext<K>>,
     inner: BackendImpl<K>,
     /// Timer services by name; each is a `TimerService<K, N>` for its own `N`.
-    timer_services: BTreeMap<String, Rc<dyn Any>>,
+    timer_services: BTreeMap<String, RegisteredTimers>,
+    /// What a snapshot records of each registered state, by name.
+    metas: BTreeMap<String, StateMeta>,
+    /// Restored entries waiting for their state to be registered, from
+    /// [`restore`](Self::restore) until [`finish_restore`](Self::finish_restore).
+    staged: Option<Staged>,
+}
+
+/// A registered timer service, typed (to hand out) and erased (to snapshot).
+struct RegisteredTimers {
+    service: Rc<dyn Any>,
+    erased: Rc<dyn ErasedTimers>,
+    meta: TimerServiceMeta,
 }
 
 enum BackendImpl<K> {
@@ -45,6 +62,8 @@ impl<K: Key> KeyedStateBackend<K> {
             context,
             inner,
             timer_services: BTreeMap::new(),
+            metas: BTreeMap::new(),
+            staged: None,
         }
     }
 
@@ -62,6 +81,8 @@ impl<K: Key> KeyedStateBackend<K> {
             context,
             inner: BackendImpl::RocksDb(backend),
             timer_services: BTreeMap::new(),
+            metas: BTreeMap::new(),
+            staged: None,
         })
     }
 
@@ -182,11 +203,13 @@ impl<K: Key> KeyedStateBackend<K> {
         &mut self,
         desc: &ValueStateDescriptor<T>,
     ) -> Result<ValueState<T>> {
-        match &mut self.inner {
+        let meta =
+            StateMeta::of::<K, (), T>(desc.name(), StateKind::Value, None, desc.ttl().is_some());
+        self.register(meta, |inner| match inner {
             BackendImpl::Heap(heap) => heap.value_state(desc),
             #[cfg(feature = "rocksdb")]
             BackendImpl::RocksDb(rocksdb) => rocksdb.value_state(desc),
-        }
+        })
     }
 
     /// Creates a [`ListState`] from its descriptor; the same name returns the same state.
@@ -194,11 +217,13 @@ impl<K: Key> KeyedStateBackend<K> {
         &mut self,
         desc: &ListStateDescriptor<T>,
     ) -> Result<ListState<T>> {
-        match &mut self.inner {
+        let meta =
+            StateMeta::of::<K, (), T>(desc.name(), StateKind::List, None, desc.ttl().is_some());
+        self.register(meta, |inner| match inner {
             BackendImpl::Heap(heap) => heap.list_state(desc),
             #[cfg(feature = "rocksdb")]
             BackendImpl::RocksDb(rocksdb) => rocksdb.list_state(desc),
-        }
+        })
     }
 
     /// Creates a [`MapState`] from its descriptor; the same name returns the same state.
@@ -206,11 +231,17 @@ impl<K: Key> KeyedStateBackend<K> {
         &mut self,
         desc: &MapStateDescriptor<UK, UV>,
     ) -> Result<MapState<UK, UV>> {
-        match &mut self.inner {
+        let meta = StateMeta::of::<K, (), UV>(
+            desc.name(),
+            StateKind::Map,
+            Some(std::any::type_name::<UK>()),
+            desc.ttl().is_some(),
+        );
+        self.register(meta, |inner| match inner {
             BackendImpl::Heap(heap) => heap.map_state(desc),
             #[cfg(feature = "rocksdb")]
             BackendImpl::RocksDb(rocksdb) => rocksdb.map_state(desc),
-        }
+        })
     }
 
     /// Creates a [`ReducingState`] from its descriptor; the same name returns the same state.
@@ -218,11 +249,13 @@ impl<K: Key> KeyedStateBackend<K> {
         &mut self,
         desc: &ReducingStateDescriptor<T>,
     ) -> Result<ReducingState<T>> {
-        match &mut self.inner {
+        let meta =
+            StateMeta::of::<K, (), T>(desc.name(), StateKind::Reducing, None, desc.ttl().is_some());
+        self.register(meta, |inner| match inner {
             BackendImpl::Heap(heap) => heap.reducing_state(desc),
             #[cfg(feature = "rocksdb")]
             BackendImpl::RocksDb(rocksdb) => rocksdb.reducing_state(desc),
-        }
+        })
     }
 
     /// Creates an [`AggregatingState`] from its descriptor; the same name returns the same
@@ -231,22 +264,34 @@ impl<K: Key> KeyedStateBackend<K> {
         &mut self,
         desc: &AggregatingStateDescriptor<In, F>,
     ) -> Result<AggregatingState<In, F::Out>> {
-        match &mut self.inner {
+        let meta = StateMeta::of::<K, (), F::Acc>(
+            desc.name(),
+            StateKind::Aggregating,
+            None,
+            desc.ttl().is_some(),
+        );
+        self.register(meta, |inner| match inner {
             BackendImpl::Heap(heap) => heap.aggregating_state(desc),
             #[cfg(feature = "rocksdb")]
             BackendImpl::RocksDb(rocksdb) => rocksdb.aggregating_state(desc),
-        }
+        })
     }
 
     /// The timer service called `name` with namespace type `N`, created on first use; the
     /// same name returns the same service (see [`crate::timers`]). Timers are kept on the heap
     /// for every backend (as Flink's `HEAP` timer-service factory for RocksDB).
+    ///
+    /// A service restored by [`restore`](Self::restore) gets its timers back here; its key
+    /// and namespace types must be the ones it was snapshotted with.
     pub fn timer_service<N: Namespace>(&mut self, name: &str) -> Result<Rc<TimerService<K, N>>> {
-        let service = self
+        if !self.timer_services.contains_key(name) {
+            self.create_timer_service::<N>(name)?;
+        }
+        let registered = self
             .timer_services
-            .entry(name.to_string())
-            .or_insert_with(|| Rc::new(TimerService::<K, N>::new(name, Rc::clone(&self.context))));
-        Rc::clone(service)
+            .get(name)
+            .ok_or_else(|| EddyError::Internal(format!("timer service \"{name}\" vanished")))?;
+        Rc::clone(&registered.service)
             .downcast::<TimerService<K, N>>()
             .map_err(|_| {
                 eddy_core::EddyError::state(
@@ -264,11 +309,12 @@ impl<K: Key> KeyedStateBackend<K> {
         desc: &ValueStateDescriptor<T>,
     ) -> Result<Namespaced<ValueState<T>, N>> {
         reject_ttl(desc.name(), desc.ttl())?;
-        match &mut self.inner {
+        let meta = StateMeta::of::<K, N, T>(desc.name(), StateKind::Value, None, false);
+        self.register(meta, |inner| match inner {
             BackendImpl::Heap(heap) => heap.namespaced_value_state(desc),
             #[cfg(feature = "rocksdb")]
             BackendImpl::RocksDb(rocksdb) => rocksdb.namespaced_value_state(desc),
-        }
+        })
     }
 
     /// Creates a namespaced [`ListState`] (see [`namespaced_value_state`](Self::namespaced_value_state)).
@@ -277,11 +323,12 @@ impl<K: Key> KeyedStateBackend<K> {
         desc: &ListStateDescriptor<T>,
     ) -> Result<Namespaced<ListState<T>, N>> {
         reject_ttl(desc.name(), desc.ttl())?;
-        match &mut self.inner {
+        let meta = StateMeta::of::<K, N, T>(desc.name(), StateKind::List, None, false);
+        self.register(meta, |inner| match inner {
             BackendImpl::Heap(heap) => heap.namespaced_list_state(desc),
             #[cfg(feature = "rocksdb")]
             BackendImpl::RocksDb(rocksdb) => rocksdb.namespaced_list_state(desc),
-        }
+        })
     }
 
     /// Creates a namespaced [`MapState`] (see [`namespaced_value_state`](Self::namespaced_value_state)).
@@ -290,11 +337,17 @@ impl<K: Key> KeyedStateBackend<K> {
         desc: &MapStateDescriptor<UK, UV>,
     ) -> Result<Namespaced<MapState<UK, UV>, N>> {
         reject_ttl(desc.name(), desc.ttl())?;
-        match &mut self.inner {
+        let meta = StateMeta::of::<K, N, UV>(
+            desc.name(),
+            StateKind::Map,
+            Some(std::any::type_name::<UK>()),
+            false,
+        );
+        self.register(meta, |inner| match inner {
             BackendImpl::Heap(heap) => heap.namespaced_map_state(desc),
             #[cfg(feature = "rocksdb")]
             BackendImpl::RocksDb(rocksdb) => rocksdb.namespaced_map_state(desc),
-        }
+        })
     }
 
     /// Creates a namespaced [`ReducingState`] (see [`namespaced_value_state`](Self::namespaced_value_state)).
@@ -303,11 +356,12 @@ impl<K: Key> KeyedStateBackend<K> {
         desc: &ReducingStateDescriptor<T>,
     ) -> Result<Namespaced<ReducingState<T>, N>> {
         reject_ttl(desc.name(), desc.ttl())?;
-        match &mut self.inner {
+        let meta = StateMeta::of::<K, N, T>(desc.name(), StateKind::Reducing, None, false);
+        self.register(meta, |inner| match inner {
             BackendImpl::Heap(heap) => heap.namespaced_reducing_state(desc),
             #[cfg(feature = "rocksdb")]
             BackendImpl::RocksDb(rocksdb) => rocksdb.namespaced_reducing_state(desc),
-        }
+        })
     }
 
     /// Creates a namespaced [`AggregatingState`] (see [`namespaced_value_state`](Self::namespaced_value_state)).
@@ -316,11 +370,12 @@ impl<K: Key> KeyedStateBackend<K> {
         desc: &AggregatingStateDescriptor<In, F>,
     ) -> Result<Namespaced<AggregatingState<In, F::Out>, N>> {
         reject_ttl(desc.name(), desc.ttl())?;
-        match &mut self.inner {
+        let meta = StateMeta::of::<K, N, F::Acc>(desc.name(), StateKind::Aggregating, None, false);
+        self.register(meta, |inner| match inner {
             BackendImpl::Heap(heap) => heap.namespaced_aggregating_state(desc),
             #[cfg(feature = "rocksdb")]
             BackendImpl::RocksDb(rocksdb) => rocksdb.namespaced_aggregating_state(desc),
-        }
+        })
     }
 
     /// The keys of this subtask holding a value in the state called `state_name` (in any
@@ -365,6 +420,188 @@ impl<K: Key> KeyedStateBackend<K> {
         };
         outcome.and(restored)
     }
+}
+
+// Snapshots and restores (see `crate::snapshot`).
+impl<K: Key> KeyedStateBackend<K> {
+    /// Registers a state through `create`, checked against (and then filled from) a restored
+    /// state of the same name, and records what a snapshot needs to know about it.
+    fn register<S>(
+        &mut self,
+        meta: StateMeta,
+        create: impl FnOnce(&mut BackendImpl<K>) -> Result<S>,
+    ) -> Result<S> {
+        // Checked before creating anything, so that a refused registration changes nothing.
+        let restored = self
+            .staged
+            .as_ref()
+            .and_then(|staged| staged.states.get(&meta.name));
+        if let Some((restored, _)) = restored {
+            restored.check_restorable_as(&meta)?;
+        }
+        let state = create(&mut self.inner)?;
+        let restored = self
+            .staged
+            .as_mut()
+            .and_then(|staged| staged.states.remove(&meta.name));
+        if let Some((restored, blocks)) = restored {
+            match &self.inner {
+                BackendImpl::Heap(heap) => heap.restore_state(&meta.name, &restored, &blocks)?,
+                #[cfg(feature = "rocksdb")]
+                BackendImpl::RocksDb(rocksdb) => {
+                    rocksdb.restore_state(&meta.name, &restored, &blocks)?
+                }
+            }
+        }
+        self.metas.entry(meta.name.clone()).or_insert(meta);
+        Ok(state)
+    }
+
+    /// Creates the timer service `name`, with its restored timers if any.
+    fn create_timer_service<N: Namespace>(&mut self, name: &str) -> Result<()> {
+        let meta = TimerServiceMeta::of::<K, N>(name);
+        let restored = self
+            .staged
+            .as_ref()
+            .and_then(|staged| staged.timers.get(name));
+        if let Some((restored, _)) = restored {
+            restored.check_restorable_as(&meta)?;
+        }
+        let service = Rc::new(TimerService::<K, N>::new(name, Rc::clone(&self.context)));
+        let restored = self
+            .staged
+            .as_mut()
+            .and_then(|staged| staged.timers.remove(name));
+        if let Some((_, blocks)) = restored {
+            let range = self.context.key_group_range();
+            for (kg, block) in &blocks {
+                let offset = offset_in(range, *kg)?;
+                let check = KeyCheck {
+                    kg: *kg,
+                    max_parallelism: self.context.max_parallelism(),
+                };
+                service
+                    .restore_group(offset, block, &check)
+                    .map_err(|e| e.in_state(name, *kg, "cannot restore the timers of"))?;
+            }
+        }
+        let erased: Rc<dyn ErasedTimers> = Rc::clone(&service) as Rc<dyn ErasedTimers>;
+        self.timer_services.insert(
+            name.to_string(),
+            RegisteredTimers {
+                service,
+                erased,
+                meta,
+            },
+        );
+        Ok(())
+    }
+
+    /// A consistent, backend-independent copy of every registered state and every timer
+    /// service of this subtask (see [`crate::snapshot`]).
+    ///
+    /// Call it between records (no state iterator alive). TTL states whose configuration
+    /// has [`cleanup_full_snapshot`](crate::StateTtlConfig::cleanup_full_snapshot) leave out
+    /// the values that have expired by now; other TTL values are copied with their
+    /// timestamps. Restored states that nobody registered are not part of it.
+    pub fn snapshot(&self) -> Result<KeyedStateSnapshot> {
+        let range = self.context.key_group_range();
+        let states: Vec<StateMeta> = self.metas.values().cloned().collect();
+        let per_state: Vec<Vec<(KeyGroup, EntryBlock)>> = match &self.inner {
+            BackendImpl::Heap(heap) => states
+                .iter()
+                .zip(0u32..)
+                .map(|(meta, index)| heap.snapshot_state(&meta.name, index))
+                .collect::<Result<_>>()?,
+            // One RocksDB snapshot for all states, so they are consistent with each other.
+            #[cfg(feature = "rocksdb")]
+            BackendImpl::RocksDb(rocksdb) => rocksdb.snapshot_states(&states)?,
+        };
+        let mut groups: BTreeMap<KeyGroup, KeyGroupSnapshot> = BTreeMap::new();
+        for (kg, block) in per_state.into_iter().flatten() {
+            groups
+                .entry(kg)
+                .or_insert_with(|| KeyGroupSnapshot::new(kg))
+                .push_state(block);
+        }
+        let mut timer_metas = Vec::with_capacity(self.timer_services.len());
+        let mut writer = EntryWriter::new();
+        for ((name, timers), index) in self.timer_services.iter().zip(0u32..) {
+            timer_metas.push(timers.meta.clone());
+            for (offset, kg) in range.iter().enumerate() {
+                timers
+                    .erased
+                    .snapshot_group(offset, &mut writer)
+                    .map_err(|e| e.in_state(name, kg, "cannot snapshot the timers of"))?;
+                if let Some(block) = writer.finish(index) {
+                    groups
+                        .entry(kg)
+                        .or_insert_with(|| KeyGroupSnapshot::new(kg))
+                        .push_timers(block);
+                }
+            }
+        }
+        Ok(KeyedStateSnapshot::new(
+            self.context.max_parallelism(),
+            range,
+            states,
+            timer_metas,
+            groups.into_values().collect(),
+        ))
+    }
+
+    /// Stages `snapshots` (of any old subtasks: rescaling) in this fresh backend; call it
+    /// before the operator's `open()` registers its states.
+    ///
+    /// Only the key groups of this backend's own range are kept. Every snapshot must have
+    /// been taken with this backend's `max_parallelism`, the snapshots must agree on each
+    /// state's kind and types, and no key group may come from two of them; otherwise this is
+    /// an [`EddyError::Checkpoint`] and nothing is staged. When a state (or timer service) is
+    /// then registered by name, its entries are loaded into it; registering it with another
+    /// kind, other types or TTL on/off is an [`EddyError::State`] naming the state and both
+    /// types. Call [`finish_restore`](Self::finish_restore) after `open()`.
+    pub fn restore(&mut self, snapshots: Vec<KeyedStateSnapshot>) -> Result<()> {
+        if !self.metas.is_empty() || !self.timer_services.is_empty() || self.staged.is_some() {
+            return Err(EddyError::Internal(
+                "keyed state can only be restored once, into a fresh backend, before open() \
+                 registers states"
+                    .into(),
+            ));
+        }
+        let staged = Staged::new(
+            snapshots,
+            self.context.key_group_range(),
+            self.context.max_parallelism(),
+        )?;
+        self.staged = Some(staged);
+        Ok(())
+    }
+
+    /// Ends a restore (after `open()`): drops what was restored but not registered and
+    /// returns the names of those states and timer services (the runtime decides whether
+    /// that is an error, as Flink's `allowNonRestoredState`). Empty without a restore.
+    pub fn finish_restore(&mut self) -> Result<Vec<String>> {
+        let Some(staged) = self.staged.take() else {
+            return Ok(Vec::new());
+        };
+        Ok(staged
+            .states
+            .into_keys()
+            .chain(staged.timers.into_keys())
+            .collect())
+    }
+
+    /// What a snapshot records about the registered state `name`.
+    pub fn state_meta(&self, name: &str) -> Option<&StateMeta> {
+        self.metas.get(name)
+    }
+}
+
+/// The offset of restored key group `kg` in `range` (the restore kept only those inside).
+fn offset_in(range: KeyGroupRange, kg: KeyGroup) -> Result<usize> {
+    range
+        .offset_of(kg)
+        .ok_or_else(|| EddyError::Internal(format!("restored key group {kg} is outside {range:?}")))
 }
 
 /// Namespaced state has no TTL: Flink's window state has none either, and the heap's TTL

@@ -7,8 +7,9 @@ use eddy_core::StateValue;
 
 use crate::ttl::StateTtlConfig;
 
-/// The kinds of keyed state, as recorded by a backend for each registered name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The kinds of keyed state, as recorded by a backend for each registered name (and in
+/// snapshots, see [`StateMeta`](crate::snapshot::StateMeta)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum StateKind {
     /// [`ValueState`](crate::ValueState).
     Value,

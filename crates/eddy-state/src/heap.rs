@@ -38,6 +38,10 @@ use crate::namespace::{MergeNamespaces, Namespace, NamespaceCell, Namespaced};
 use crate::prefetch::prefetch_read;
 use crate::probe_table::ProbeTable;
 use crate::small_map::SmallMap;
+use crate::snapshot::heap_codec::{
+    self, Inner, KeyCheck, List, Map, Single, TableCodec, TtlCut, TtlList, TtlMap, TtlSingle,
+};
+use crate::snapshot::{EntryBlock, EntryWriter, SnapshotError, StateMeta};
 use crate::ttl::{
     ManualClock, StateTtlConfig, StateVisibility, SystemClock, TtlClock, TtlTimeDomain, TtlValue,
     UpdateType,
@@ -127,6 +131,21 @@ trait ErasedTable<K> {
     fn len(&self) -> Option<usize>;
     /// The keys holding a value, or `None` while the table is being modified.
     fn keys(&self) -> Option<Vec<K>>;
+    /// Writes the entries of the key group at `offset` (see [`crate::snapshot`]).
+    fn snapshot_shard(
+        &self,
+        offset: usize,
+        w: &mut EntryWriter,
+        cut: Option<TtlCut>,
+    ) -> std::result::Result<(), SnapshotError>;
+    /// Adds the restored entries of `block` to the key group at `offset`.
+    fn restore_block(
+        &self,
+        offset: usize,
+        block: &EntryBlock,
+        meta: &StateMeta,
+        check: &KeyCheck,
+    ) -> std::result::Result<(), SnapshotError>;
 }
 
 /// How far into a key's state a prefetch reaches.
@@ -139,11 +158,12 @@ pub enum PrefetchDepth {
     Contents,
 }
 
-/// A table plus how to prefetch what one of its values points to.
+/// A table plus how to prefetch what one of its values points to, and how to snapshot it.
 struct Prefetcher<K, V> {
     table: Table<K, V>,
     /// `None` when a value holds no pointer worth following (value state).
     contents: Option<fn(&V)>,
+    codec: TableCodec<K, V>,
 }
 
 impl<K: Key, V> ErasedTable<K> for Prefetcher<K, V> {
@@ -160,6 +180,39 @@ impl<K: Key, V> ErasedTable<K> for Prefetcher<K, V> {
                 .flat_map(|shard| shard.iter().map(|(key, _)| key.clone()))
                 .collect(),
         )
+    }
+
+    fn snapshot_shard(
+        &self,
+        offset: usize,
+        w: &mut EntryWriter,
+        cut: Option<TtlCut>,
+    ) -> std::result::Result<(), SnapshotError> {
+        let table = self.table.try_borrow().map_err(|_| busy())?;
+        match table.shards.get(offset) {
+            Some(shard) => (self.codec.write)(shard, w, cut),
+            None => Ok(()),
+        }
+    }
+
+    fn restore_block(
+        &self,
+        offset: usize,
+        block: &EntryBlock,
+        meta: &StateMeta,
+        check: &KeyCheck,
+    ) -> std::result::Result<(), SnapshotError> {
+        let mut table = self.table.try_borrow_mut().map_err(|_| busy())?;
+        let shard = table.shards.get_mut(offset).ok_or_else(|| {
+            SnapshotError(format!(
+                "key group offset {offset} outside the subtask's range"
+            ))
+        })?;
+        for entry in block.entries(meta) {
+            let entry = entry.map_err(|e| SnapshotError(e.to_string()))?;
+            (self.codec.read)(shard, &entry, check)?;
+        }
+        Ok(())
     }
 
     #[inline]
@@ -179,6 +232,12 @@ impl<K: Key, V> ErasedTable<K> for Prefetcher<K, V> {
             }
         }
     }
+}
+
+/// The error of a table borrowed while it is snapshotted or restored: a handle is iterating
+/// it, which the runtime never does between records.
+fn busy() -> SnapshotError {
+    SnapshotError("the state is being iterated or modified".into())
 }
 
 /// The heap backend of one keyed operator subtask.
@@ -309,6 +368,77 @@ impl<K: Key> HeapKeyedStateBackend<K> {
         self.states.get(name)?.ttl.as_ref()
     }
 
+    /// The entries of the state `name` per non-empty key group, as blocks of snapshot index
+    /// `index` (see [`crate::snapshot`]). TTL states with `cleanup_full_snapshot` leave out
+    /// what has expired by now.
+    pub(crate) fn snapshot_state(&self, name: &str, index: u32) -> Result<Vec<(u16, EntryBlock)>> {
+        let registered = self
+            .states
+            .get(name)
+            .ok_or_else(|| EddyError::state(name, "no state of this name is registered"))?;
+        let cut = registered
+            .ttl
+            .as_ref()
+            .and_then(|config| self.cut(name, config));
+        let mut writer = EntryWriter::new();
+        let mut blocks = Vec::new();
+        for (offset, kg) in self.context.key_group_range().iter().enumerate() {
+            registered
+                .erased
+                .snapshot_shard(offset, &mut writer, cut)
+                .map_err(|e| e.in_state(name, kg, "cannot snapshot"))?;
+            if let Some(block) = writer.finish(index) {
+                blocks.push((kg, block));
+            }
+        }
+        Ok(blocks)
+    }
+
+    /// Where a snapshot of a TTL state configured by `config` cuts expired values off, if it
+    /// does (`cleanup_full_snapshot`): at the current time of the state's clock.
+    fn cut(&self, name: &str, config: &StateTtlConfig) -> Option<TtlCut> {
+        if !config.is_cleanup_in_full_snapshot() {
+            return None;
+        }
+        let clock = match config.time_domain() {
+            TtlTimeDomain::EventTime => self.event_clock.as_ref(),
+            TtlTimeDomain::ProcessingTime => self.ttl_clock.as_ref(),
+        };
+        // No clock yet means event time still stands at 0: nothing has expired.
+        let now = clock.and_then(|clock| clock.try_borrow().ok().map(|c| c.now_ms()))?;
+        let ttl_ms = config.validate(name).ok()?;
+        Some(TtlCut { ttl_ms, now })
+    }
+
+    /// Adds restored entries to the registered state `name` (`meta` is its snapshot
+    /// metadata): the blocks of key groups of this subtask's range.
+    pub(crate) fn restore_state(
+        &self,
+        name: &str,
+        meta: &StateMeta,
+        blocks: &[(u16, EntryBlock)],
+    ) -> Result<()> {
+        let registered = self
+            .states
+            .get(name)
+            .ok_or_else(|| EddyError::state(name, "no state of this name is registered"))?;
+        let range = self.context.key_group_range();
+        for (kg, block) in blocks {
+            let offset = range.offset_of(*kg).ok_or_else(|| {
+                EddyError::Internal(format!("restored key group {kg} is outside {range:?}"))
+            })?;
+            let check = KeyCheck {
+                kg: *kg,
+                max_parallelism: self.context.max_parallelism(),
+            };
+            registered
+                .erased
+                .restore_block(offset, block, meta, &check)
+                .map_err(|e| e.in_state(name, *kg, "cannot restore"))?;
+        }
+        Ok(())
+    }
+
     /// Starts loading `key`'s entries of every state into the CPU caches; changes nothing.
     ///
     /// The runtime calls this for records a few positions ahead of the one it processes, so
@@ -370,6 +500,7 @@ impl<K: Key> HeapKeyedStateBackend<K> {
         kind: StateKind,
         ttl: Option<&StateTtlConfig>,
         contents: Option<fn(&V)>,
+        codec: TableCodec<K, V>,
     ) -> Result<Table<K, V>> {
         if !self.states.contains_key(name) {
             let table = Rc::new(RefCell::new(ShardedTable::<K, V>::new(
@@ -379,6 +510,7 @@ impl<K: Key> HeapKeyedStateBackend<K> {
             let erased: Rc<dyn ErasedTable<K>> = Rc::new(Prefetcher {
                 table: Rc::clone(&table),
                 contents,
+                codec,
             });
             self.prefetchers.push(Rc::clone(&erased));
             self.states.insert(
@@ -434,10 +566,11 @@ impl<K: Key> HeapKeyedStateBackend<K> {
     ) -> Result<ValueState<T>> {
         if let Some(ttl) = desc.ttl() {
             let handle =
-                self.ttl_handle::<TtlValue<T>>(desc.name(), StateKind::Value, ttl, None)?;
+                self.ttl_handle::<TtlSingle<T>>(desc.name(), StateKind::Value, ttl, None)?;
             return Ok(ValueState::from_access(Box::new(handle)));
         }
-        let table = self.table::<T>(desc.name(), StateKind::Value, None, None)?;
+        let codec = heap_codec::plain::<K, Single<T>>();
+        let table = self.table::<T>(desc.name(), StateKind::Value, None, None, codec)?;
         Ok(ValueState::from_access(Box::new(HeapHandle::new(
             desc.name(),
             &self.context,
@@ -451,7 +584,7 @@ impl<K: Key> HeapKeyedStateBackend<K> {
         desc: &ListStateDescriptor<T>,
     ) -> Result<ListState<T>> {
         if let Some(ttl) = desc.ttl() {
-            let handle = self.ttl_handle::<Vec<TtlValue<T>>>(
+            let handle = self.ttl_handle::<TtlList<T>>(
                 desc.name(),
                 StateKind::List,
                 ttl,
@@ -465,6 +598,7 @@ impl<K: Key> HeapKeyedStateBackend<K> {
             StateKind::List,
             None,
             Some(|list| prefetch_read(list.as_ptr().wrapping_add(list.len()))),
+            heap_codec::plain::<K, List<T>>(),
         )?;
         Ok(ListState::from_access(Box::new(HeapHandle::new(
             desc.name(),
@@ -483,7 +617,7 @@ impl<K: Key> HeapKeyedStateBackend<K> {
         UV: StateValue,
     {
         if let Some(ttl) = desc.ttl() {
-            let handle = self.ttl_handle::<SmallMap<UK, TtlValue<UV>>>(
+            let handle = self.ttl_handle::<TtlMap<UK, UV>>(
                 desc.name(),
                 StateKind::Map,
                 ttl,
@@ -496,6 +630,7 @@ impl<K: Key> HeapKeyedStateBackend<K> {
             StateKind::Map,
             None,
             Some(SmallMap::prefetch),
+            heap_codec::plain::<K, Map<UK, UV>>(),
         )?;
         Ok(MapState::from_access(Box::new(HeapHandle::new(
             desc.name(),
@@ -513,13 +648,14 @@ impl<K: Key> HeapKeyedStateBackend<K> {
     ) -> Result<ReducingState<T>> {
         if let Some(ttl) = desc.ttl() {
             let handle =
-                self.ttl_handle::<TtlValue<T>>(desc.name(), StateKind::Reducing, ttl, None)?;
+                self.ttl_handle::<TtlSingle<T>>(desc.name(), StateKind::Reducing, ttl, None)?;
             return Ok(ReducingState::from_access(Box::new(TtlReducing {
                 handle,
                 reduce: desc.reduce_fn(),
             })));
         }
-        let table = self.table::<T>(desc.name(), StateKind::Reducing, None, None)?;
+        let codec = heap_codec::plain::<K, Single<T>>();
+        let table = self.table::<T>(desc.name(), StateKind::Reducing, None, None, codec)?;
         Ok(ReducingState::from_access(Box::new(HeapReducing {
             handle: HeapHandle::new(desc.name(), &self.context, table),
             reduce: desc.reduce_fn(),
@@ -532,7 +668,7 @@ impl<K: Key> HeapKeyedStateBackend<K> {
         desc: &AggregatingStateDescriptor<In, F>,
     ) -> Result<AggregatingState<In, F::Out>> {
         if let Some(ttl) = desc.ttl() {
-            let handle = self.ttl_handle::<TtlValue<F::Acc>>(
+            let handle = self.ttl_handle::<TtlSingle<F::Acc>>(
                 desc.name(),
                 StateKind::Aggregating,
                 ttl,
@@ -544,7 +680,8 @@ impl<K: Key> HeapKeyedStateBackend<K> {
                 _input: std::marker::PhantomData::<fn(In)>,
             })));
         }
-        let table = self.table::<F::Acc>(desc.name(), StateKind::Aggregating, None, None)?;
+        let codec = heap_codec::plain::<K, Single<F::Acc>>();
+        let table = self.table::<F::Acc>(desc.name(), StateKind::Aggregating, None, None, codec)?;
         Ok(AggregatingState::from_access(Box::new(HeapAggregating {
             handle: HeapHandle::new(desc.name(), &self.context, table),
             function: desc.function(),
@@ -558,12 +695,13 @@ type NamespacedTable<K, N, V> = Table<K, SmallMap<N, V>>;
 
 impl<K: Key> HeapKeyedStateBackend<K> {
     /// A namespaced handle's table and layout, registering the table if needed.
-    fn namespaced<N: Namespace, V: 'static>(
+    fn namespaced<N: Namespace, I: Inner>(
         &mut self,
         name: &str,
         kind: StateKind,
-    ) -> Result<(NamespacedTable<K, N, V>, InNamespace<N>)> {
-        let table = self.table::<SmallMap<N, V>>(name, kind, None, None)?;
+    ) -> Result<(NamespacedTable<K, N, I::Stored>, InNamespace<N>)> {
+        let codec = heap_codec::namespaced::<K, N, I>();
+        let table = self.table::<SmallMap<N, I::Stored>>(name, kind, None, None, codec)?;
         let layout = InNamespace {
             current: Rc::new(NamespaceCell::new()),
         };
@@ -589,7 +727,7 @@ impl<K: Key> HeapKeyedStateBackend<K> {
         &mut self,
         desc: &ValueStateDescriptor<T>,
     ) -> Result<Namespaced<ValueState<T>, N>> {
-        let (table, layout) = self.namespaced::<N, T>(desc.name(), StateKind::Value)?;
+        let (table, layout) = self.namespaced::<N, Single<T>>(desc.name(), StateKind::Value)?;
         let current = Rc::clone(&layout.current);
         let handle = HeapHandle::with_layout(desc.name(), &self.context, table, layout);
         let state = ValueState::from_access(Box::new(handle));
@@ -601,7 +739,7 @@ impl<K: Key> HeapKeyedStateBackend<K> {
         &mut self,
         desc: &ListStateDescriptor<T>,
     ) -> Result<Namespaced<ListState<T>, N>> {
-        let (table, layout) = self.namespaced::<N, Vec<T>>(desc.name(), StateKind::List)?;
+        let (table, layout) = self.namespaced::<N, List<T>>(desc.name(), StateKind::List)?;
         let current = Rc::clone(&layout.current);
         let merger = self.merger(desc.name(), &table, |mut a: Vec<T>, b| {
             a.extend(b);
@@ -617,8 +755,7 @@ impl<K: Key> HeapKeyedStateBackend<K> {
         &mut self,
         desc: &MapStateDescriptor<UK, UV>,
     ) -> Result<Namespaced<MapState<UK, UV>, N>> {
-        let (table, layout) =
-            self.namespaced::<N, SmallMap<UK, UV>>(desc.name(), StateKind::Map)?;
+        let (table, layout) = self.namespaced::<N, Map<UK, UV>>(desc.name(), StateKind::Map)?;
         let current = Rc::clone(&layout.current);
         let handle = HeapHandle::with_layout(desc.name(), &self.context, table, layout);
         let state = MapState::from_access(Box::new(handle));
@@ -630,7 +767,7 @@ impl<K: Key> HeapKeyedStateBackend<K> {
         &mut self,
         desc: &ReducingStateDescriptor<T>,
     ) -> Result<Namespaced<ReducingState<T>, N>> {
-        let (table, layout) = self.namespaced::<N, T>(desc.name(), StateKind::Reducing)?;
+        let (table, layout) = self.namespaced::<N, Single<T>>(desc.name(), StateKind::Reducing)?;
         let current = Rc::clone(&layout.current);
         let reduce = desc.reduce_fn();
         let merger = self.merger(desc.name(), &table, move |a: T, b: T| reduce(&a, &b));
@@ -646,7 +783,8 @@ impl<K: Key> HeapKeyedStateBackend<K> {
         &mut self,
         desc: &AggregatingStateDescriptor<In, F>,
     ) -> Result<Namespaced<AggregatingState<In, F::Out>, N>> {
-        let (table, layout) = self.namespaced::<N, F::Acc>(desc.name(), StateKind::Aggregating)?;
+        let (table, layout) =
+            self.namespaced::<N, Single<F::Acc>>(desc.name(), StateKind::Aggregating)?;
         let current = Rc::clone(&layout.current);
         let function = desc.function();
         let merger = self.merger(desc.name(), &table, move |a, b| function.merge(a, b));
@@ -1196,16 +1334,20 @@ impl<K: Key, N: Namespace, V: 'static> MergeNamespaces<N> for HeapMerger<K, N, V
 
 impl<K: Key> HeapKeyedStateBackend<K> {
     /// Registers (or re-opens) the TTL state `name` and returns a handle on it.
-    fn ttl_handle<V: TtlEntry + 'static>(
+    fn ttl_handle<I: Inner>(
         &mut self,
         name: &str,
         kind: StateKind,
         config: &StateTtlConfig,
-        contents: Option<fn(&V)>,
-    ) -> Result<TtlHandle<K, V>> {
+        contents: Option<fn(&I::Stored)>,
+    ) -> Result<TtlHandle<K, I::Stored>>
+    where
+        I::Stored: TtlEntry,
+    {
         // Validate first, so that a refused configuration registers nothing.
         let ttl_ms = config.validate(name)?;
-        let table = self.table::<V>(name, kind, Some(config), contents)?;
+        let codec = heap_codec::plain::<K, I>();
+        let table = self.table::<I::Stored>(name, kind, Some(config), contents, codec)?;
         let cleanup = self
             .states
             .get(name)

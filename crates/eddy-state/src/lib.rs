@@ -49,6 +49,7 @@ pub mod probe_table;
 #[cfg(feature = "rocksdb")]
 pub mod rocksdb;
 pub mod small_map;
+pub mod snapshot;
 pub mod timers;
 pub mod ttl;
 
@@ -70,6 +71,10 @@ pub use operator_state::{
 };
 #[cfg(feature = "rocksdb")]
 pub use rocksdb::{RocksDbConfig, RocksDbKeyedStateBackend};
+pub use snapshot::{
+    EntryBlock, KeyGroupSnapshot, KeyedStateSnapshot, StateEntry, StateMeta, TimerEntry,
+    TimerServiceMeta,
+};
 pub use timers::{TimeDomain, Timer, TimerQueue, TimerService};
 pub use ttl::{
     ManualClock, StateTtlConfig, StateVisibility, SystemClock, TtlClock, TtlTimeDomain, TtlValue,

@@ -41,9 +41,11 @@ use eddy_core::{EddyError, Key, Result};
 
 use crate::key_context::KeyContext;
 use crate::namespace::Namespace;
+use crate::snapshot::heap_codec::{decode_exact, encode_into, KeyCheck};
+use crate::snapshot::{EntryBlock, EntryWriter, SnapshotError};
 
 /// Which clock a timer follows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum TimeDomain {
     /// The watermark: fires once the watermark reaches the timer's timestamp.
     EventTime,
@@ -158,6 +160,32 @@ impl<K: Key, N: Namespace> TimerQueue<K, N> {
             .collect()
     }
 
+    /// Writes the timers of the key group at `offset` into a snapshot block, in the order of
+    /// their registration (so timers with equal timestamps fire in the same order after a
+    /// restore).
+    fn snapshot_group(
+        &self,
+        offset: usize,
+        domain: TimeDomain,
+        w: &mut EntryWriter,
+    ) -> std::result::Result<(), SnapshotError> {
+        let Some(group) = self.groups.get(offset) else {
+            return Ok(());
+        };
+        let mut timers: Vec<(&u64, &(K, N, u64))> =
+            group.iter().map(|(id, seq)| (seq, id)).collect();
+        timers.sort_unstable_by_key(|(sequence, _)| **sequence);
+        let (mut key, mut ns) = (Vec::new(), Vec::new());
+        for (_, (k, n, timestamp)) in timers {
+            key.clear();
+            ns.clear();
+            encode_into(k, &mut key)?;
+            encode_into(n, &mut ns)?;
+            w.timer(domain, &key, &ns, *timestamp);
+        }
+        Ok(())
+    }
+
     fn group_mut(&mut self, offset: usize) -> Result<&mut FxHashMap<(K, N, u64), u64>> {
         let groups = self.groups.len();
         self.groups.get_mut(offset).ok_or_else(|| {
@@ -261,6 +289,35 @@ impl<K: Key, N: Namespace> TimerService<K, N> {
             .map_or_else(|_| Vec::new(), |queue| queue.timers_in_group(offset))
     }
 
+    /// Adds the restored timers of `block` to the key group at `offset`.
+    fn restore_block(
+        &self,
+        offset: usize,
+        block: &EntryBlock,
+        check: &KeyCheck,
+    ) -> std::result::Result<(), SnapshotError> {
+        for timer in block.timers() {
+            let timer = timer.map_err(|e| SnapshotError(e.to_string()))?;
+            let key: K = check.key(timer.key)?;
+            let namespace: N = decode_exact(timer.namespace, "timer namespace")?;
+            let mut queue = self
+                .queue(timer.domain)
+                .try_borrow_mut()
+                .map_err(|_| SnapshotError("the timer queue is busy".into()))?;
+            queue
+                .add(
+                    offset,
+                    Timer {
+                        timestamp: timer.timestamp,
+                        key,
+                        namespace,
+                    },
+                )
+                .map_err(|e| SnapshotError(e.to_string()))?;
+        }
+        Ok(())
+    }
+
     fn queue(&self, domain: TimeDomain) -> &RefCell<TimerQueue<K, N>> {
         match domain {
             TimeDomain::EventTime => &self.event_time,
@@ -295,5 +352,49 @@ impl<K: Key, N: Namespace> TimerService<K, N> {
         self.queue(domain)
             .try_borrow_mut()
             .map_err(|_| EddyError::state(&*self.name, "timer queue is busy"))
+    }
+}
+
+/// What the backend does with a timer service whatever its namespace type: snapshots and
+/// restores.
+pub(crate) trait ErasedTimers {
+    /// Writes the timers of both domains in the key group at `offset` into `w`.
+    fn snapshot_group(
+        &self,
+        offset: usize,
+        w: &mut EntryWriter,
+    ) -> std::result::Result<(), SnapshotError>;
+    /// Adds the restored timers of `block` to the key group at `offset`.
+    fn restore_group(
+        &self,
+        offset: usize,
+        block: &EntryBlock,
+        check: &KeyCheck,
+    ) -> std::result::Result<(), SnapshotError>;
+}
+
+impl<K: Key, N: Namespace> ErasedTimers for TimerService<K, N> {
+    fn snapshot_group(
+        &self,
+        offset: usize,
+        w: &mut EntryWriter,
+    ) -> std::result::Result<(), SnapshotError> {
+        for domain in [TimeDomain::EventTime, TimeDomain::ProcessingTime] {
+            let queue = self
+                .queue(domain)
+                .try_borrow()
+                .map_err(|_| SnapshotError("the timer queue is busy".into()))?;
+            queue.snapshot_group(offset, domain, w)?;
+        }
+        Ok(())
+    }
+
+    fn restore_group(
+        &self,
+        offset: usize,
+        block: &EntryBlock,
+        check: &KeyCheck,
+    ) -> std::result::Result<(), SnapshotError> {
+        self.restore_block(offset, block, check)
     }
 }

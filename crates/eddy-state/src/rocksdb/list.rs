@@ -131,27 +131,8 @@ impl<K: Key, N: Namespace, T: StateValue> RocksList<K, N, T> {
         batch: &mut WriteBatch,
         cf: &impl AsColumnFamilyRef,
     ) -> Result<()> {
-        let mut key = Vec::with_capacity(prefix.len() + CHUNK_SUFFIX);
-        let mut walk = Elements::new(elements);
-        let (mut start, mut epoch) = (0, None);
-        loop {
-            let before = walk.rest();
-            let Some(element) = walk.next() else { break };
-            element.map_err(|()| self.core.corrupt(kg, "list element", "broken framing"))?;
-            let offset = elements.len() - before;
-            let placed = self.shared.place(before - walk.rest());
-            if epoch.is_some_and(|e| e != placed) {
-                chunk_key(&mut key, prefix, epoch);
-                batch.merge_cf(cf, &key, &elements[start..offset]);
-                start = offset;
-            }
-            epoch = Some(placed);
-        }
-        if start < elements.len() {
-            chunk_key(&mut key, prefix, epoch);
-            batch.merge_cf(cf, &key, &elements[start..]);
-        }
-        Ok(())
+        append_chunks(&self.shared, prefix, elements, batch, cf)
+            .map_err(|()| self.core.corrupt(kg, "list element", "broken framing"))
     }
 
     /// Encodes `values`, then writes them as one batch after `before` (a deletion of the
@@ -250,6 +231,38 @@ impl<K: Key, N: Namespace, T: StateValue> RocksList<K, N, T> {
             _guard: guard,
         }))
     }
+}
+
+/// Adds merges of the framed `elements` to `batch` under `prefix`, split into chunks by the
+/// epochs `shared` places them in; `Err` if the framing is broken.
+pub(crate) fn append_chunks(
+    shared: &ListShared,
+    prefix: &[u8],
+    elements: &[u8],
+    batch: &mut WriteBatch,
+    cf: &impl AsColumnFamilyRef,
+) -> std::result::Result<(), ()> {
+    let mut key = Vec::with_capacity(prefix.len() + CHUNK_SUFFIX);
+    let mut walk = Elements::new(elements);
+    let (mut start, mut epoch) = (0, None);
+    loop {
+        let before = walk.rest();
+        let Some(element) = walk.next() else { break };
+        element?;
+        let offset = elements.len() - before;
+        let placed = shared.place(before - walk.rest());
+        if epoch.is_some_and(|e| e != placed) {
+            chunk_key(&mut key, prefix, epoch);
+            batch.merge_cf(cf, &key, &elements[start..offset]);
+            start = offset;
+        }
+        epoch = Some(placed);
+    }
+    if start < elements.len() {
+        chunk_key(&mut key, prefix, epoch);
+        batch.merge_cf(cf, &key, &elements[start..]);
+    }
+    Ok(())
 }
 
 /// Sets `key` to the chunk key of `epoch` under `prefix`.

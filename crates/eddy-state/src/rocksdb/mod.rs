@@ -70,6 +70,7 @@ mod core;
 mod db;
 mod list;
 mod map;
+mod snapshot;
 mod ttl;
 mod value;
 
@@ -124,8 +125,8 @@ struct Registered {
     cf_name: String,
     list: Option<Rc<ListShared>>,
     failure: FailureSlot,
-    /// The length of the `[key group][key][namespace]` prefix of a stored key.
-    prefix_len: fn(&[u8]) -> Option<usize>,
+    /// Where the key and the namespace of a stored key end (see [`split_key`]).
+    split_key: fn(&[u8]) -> Option<(usize, usize)>,
 }
 
 /// What a handle needs from its state's registration.
@@ -136,12 +137,13 @@ struct Registration {
     rules: Option<TtlRules>,
 }
 
-/// The length of the `[key group][key][namespace]` prefix of `key`.
-fn prefix_len<K: Key, N: Namespace>(key: &[u8]) -> Option<usize> {
+/// Where `[key group][key]` and `[key group][key][namespace]` end in a stored key: the
+/// lengths of both prefixes.
+fn split_key<K: Key, N: Namespace>(key: &[u8]) -> Option<(usize, usize)> {
     let rest = key.get(2..)?;
-    let (_, rest) = postcard::take_from_bytes::<K>(rest).ok()?;
-    let (_, rest) = postcard::take_from_bytes::<N>(rest).ok()?;
-    Some(key.len() - rest.len())
+    let (_, after_key) = postcard::take_from_bytes::<K>(rest).ok()?;
+    let (_, after_ns) = postcard::take_from_bytes::<N>(after_key).ok()?;
+    Some((key.len() - after_key.len(), key.len() - after_ns.len()))
 }
 
 /// The namespace cell of plain keyed state: the default namespace, always set.
@@ -263,7 +265,7 @@ impl<K: Key> RocksDbKeyedStateBackend<K> {
         iter.seek_to_first();
         let (mut count, mut last) = (0, Vec::new());
         while let Some(key) = iter.key() {
-            let prefix = &key[..(registered.prefix_len)(key)?];
+            let prefix = &key[..(registered.split_key)(key)?.1];
             if prefix != last.as_slice() {
                 count += 1;
                 last = prefix.to_vec();
@@ -406,7 +408,7 @@ impl<K: Key> RocksDbKeyedStateBackend<K> {
                 cf_name,
                 list,
                 failure: Rc::new(RefCell::new(None)),
-                prefix_len: prefix_len::<K, N>,
+                split_key: split_key::<K, N>,
             },
         );
         Ok(())

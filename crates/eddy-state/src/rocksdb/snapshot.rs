@@ -1,0 +1,306 @@
+//! Snapshots of the RocksDB backend: column families to canonical entries, and back.
+//!
+//! The canonical value payloads are this backend's value bytes (see [`crate::snapshot`]), so
+//! neither direction decodes a value: a snapshot splits each stored key into key group, key,
+//! namespace and suffix and copies the value (concatenating a list's chunks, which are
+//! already framed elements); a restore builds the stored keys and writes the values in
+//! write batches.
+
+use eddy_core::{EddyError, Key, KeyGroup, Result};
+use rocksdb::{ReadOptions, SnapshotWithThreadMode, WriteBatch};
+
+use super::codec::{ttl_timestamp, Elements};
+use super::db::{decode_error, rocks_error, Rdb};
+use super::list::append_chunks;
+use super::ttl::now_ms;
+use super::{Registered, RocksDbKeyedStateBackend};
+use crate::descriptor::StateKind;
+use crate::snapshot::heap_codec::{KeyCheck, TtlCut};
+use crate::snapshot::{push_element, EntryBlock, EntryWriter, SnapshotError, StateMeta};
+use crate::ttl::{StateTtlConfig, TtlTimeDomain};
+
+/// Restored bytes per write batch: large enough to amortize a write, small enough that a
+/// restore of any size needs little memory beyond the snapshot itself.
+const BATCH_BYTES: usize = 8 << 20;
+
+/// Collects the entries of one state into one block per key group.
+struct Blocks {
+    index: u32,
+    kg: Option<KeyGroup>,
+    writer: EntryWriter,
+    done: Vec<(KeyGroup, EntryBlock)>,
+}
+
+impl Blocks {
+    /// The writer of key group `kg` (keys come in key-group order).
+    fn at(&mut self, kg: KeyGroup) -> &mut EntryWriter {
+        if self.kg != Some(kg) {
+            self.flush();
+            self.kg = Some(kg);
+        }
+        &mut self.writer
+    }
+
+    fn flush(&mut self) {
+        if let Some(kg) = self.kg {
+            if let Some(block) = self.writer.finish(self.index) {
+                self.done.push((kg, block));
+            }
+        }
+    }
+}
+
+/// A list being collected: its `[kg][key][ns]` prefix, where the key ends, and the framed
+/// elements of its chunks so far.
+struct PendingList {
+    prefix: Vec<u8>,
+    key_end: usize,
+    elements: Vec<u8>,
+}
+
+impl<K: Key> RocksDbKeyedStateBackend<K> {
+    /// The entries of `states` (registered states, in snapshot order), per non-empty key
+    /// group, all read from one RocksDB snapshot so that they are consistent.
+    pub(crate) fn snapshot_states(
+        &self,
+        states: &[StateMeta],
+    ) -> Result<Vec<Vec<(KeyGroup, EntryBlock)>>> {
+        let snapshot = self.db.rdb.snapshot();
+        states
+            .iter()
+            .zip(0u32..)
+            .map(|(meta, index)| self.snapshot_state(&meta.name, index, &snapshot))
+            .collect()
+    }
+
+    fn snapshot_state(
+        &self,
+        name: &str,
+        index: u32,
+        snapshot: &SnapshotWithThreadMode<'_, Rdb>,
+    ) -> Result<Vec<(KeyGroup, EntryBlock)>> {
+        let registered = self.registered(name)?;
+        let cut = registered.ttl.as_ref().and_then(|c| self.cut(name, c));
+        let ttl = registered.ttl.is_some();
+        let cf = self.db.cf(&registered.cf_name)?;
+        let mut read = ReadOptions::default();
+        read.set_snapshot(snapshot);
+        // A snapshot reads everything once: the block cache stays the job's.
+        read.fill_cache(false);
+        let mut iter = self.db.rdb.raw_iterator_cf_opt(&cf, read);
+        iter.seek_to_first();
+        let mut blocks = Blocks {
+            index,
+            kg: None,
+            writer: EntryWriter::new(),
+            done: Vec::new(),
+        };
+        let mut pending: Option<PendingList> = None;
+        while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+            let kg = key.get(..2).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+            let (key_end, ns_end) = (registered.split_key)(key)
+                .ok_or_else(|| decode_error(name, kg, "key", "not a key of this state's types"))?;
+            let fail = |e: SnapshotError| e.in_state(name, kg, "cannot snapshot");
+            match registered.kind {
+                StateKind::List => {
+                    let prefix = &key[..ns_end];
+                    let same = pending.as_ref().is_some_and(|p| p.prefix == prefix);
+                    if !same {
+                        if let Some(list) = pending.take() {
+                            write_list(&mut blocks, list, ttl, cut).map_err(&fail)?;
+                        }
+                        pending = Some(PendingList {
+                            prefix: prefix.to_vec(),
+                            key_end,
+                            elements: Vec::new(),
+                        });
+                    }
+                    if let Some(list) = pending.as_mut() {
+                        list.elements.extend_from_slice(value);
+                    }
+                }
+                kind => {
+                    let user_key = match kind {
+                        StateKind::Map => Some(&key[ns_end..]),
+                        _ if ns_end == key.len() => None,
+                        _ => {
+                            return Err(decode_error(name, kg, "key", "trailing bytes"));
+                        }
+                    };
+                    if ttl {
+                        let ts = ttl_timestamp(value).ok_or_else(|| {
+                            decode_error(name, kg, "value", "too short for its TTL header")
+                        })?;
+                        if TtlCut::drops(cut, ts) {
+                            iter.next();
+                            continue;
+                        }
+                    }
+                    blocks
+                        .at(kg)
+                        .entry(&key[2..key_end], &key[key_end..ns_end], user_key, |buf| {
+                            buf.extend_from_slice(value);
+                            Ok::<_, SnapshotError>(true)
+                        })
+                        .map_err(fail)?;
+                }
+            }
+            iter.next();
+        }
+        iter.status().map_err(|e| rocks_error(name, 0, e))?;
+        if let Some(list) = pending.take() {
+            let kg = list
+                .prefix
+                .get(..2)
+                .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+            write_list(&mut blocks, list, ttl, cut)
+                .map_err(|e| e.in_state(name, kg, "cannot snapshot"))?;
+        }
+        blocks.flush();
+        Ok(blocks.done)
+    }
+
+    /// Where a snapshot of a TTL state configured by `config` cuts expired values off, if it
+    /// does (`cleanup_full_snapshot`): at the current time of the state's clock.
+    fn cut(&self, name: &str, config: &StateTtlConfig) -> Option<TtlCut> {
+        if !config.is_cleanup_in_full_snapshot() {
+            return None;
+        }
+        let clock = match config.time_domain() {
+            TtlTimeDomain::EventTime => self.event_clock.as_ref(),
+            TtlTimeDomain::ProcessingTime => self.ttl_clock.as_ref(),
+        };
+        // No event clock yet means event time still stands at 0: nothing has expired.
+        let now = now_ms(clock?);
+        let ttl_ms = config.validate(name).ok()?;
+        Some(TtlCut { ttl_ms, now })
+    }
+
+    /// Writes restored entries into the registered state `name` (`meta` is its snapshot
+    /// metadata, checked against the registration already).
+    pub(crate) fn restore_state(
+        &self,
+        name: &str,
+        meta: &StateMeta,
+        blocks: &[(KeyGroup, EntryBlock)],
+    ) -> Result<()> {
+        let registered = self.registered(name)?;
+        let cf = self.db.cf(&registered.cf_name)?;
+        let mut batch = WriteBatch::default();
+        let mut key = Vec::with_capacity(64);
+        for (kg, block) in blocks {
+            let kg = *kg;
+            let fail = |e: SnapshotError| e.in_state(name, kg, "cannot restore");
+            let check = KeyCheck {
+                kg,
+                max_parallelism: self.context.max_parallelism(),
+            };
+            for entry in block.entries(meta) {
+                let entry = entry
+                    .map_err(|e| SnapshotError(e.to_string()))
+                    .map_err(fail)?;
+                check.key::<K>(entry.key).map_err(fail)?;
+                key.clear();
+                key.extend_from_slice(&kg.to_be_bytes());
+                key.extend_from_slice(entry.key);
+                key.extend_from_slice(entry.namespace);
+                // The namespace must be exactly one namespace of the state's type.
+                if (registered.split_key)(&key) != Some((2 + entry.key.len(), key.len())) {
+                    return Err(fail(SnapshotError(
+                        "the namespace does not decode as the state's namespace type".into(),
+                    )));
+                }
+                match registered.kind {
+                    StateKind::List => {
+                        check_list(registered, entry.value).map_err(fail)?;
+                        let shared = registered.list.as_deref().ok_or_else(|| {
+                            EddyError::Internal(format!(
+                                "list state \"{name}\" has no chunk counter"
+                            ))
+                        })?;
+                        append_chunks(shared, &key, entry.value, &mut batch, &cf).map_err(
+                            |()| fail(SnapshotError("a list element's framing is broken".into())),
+                        )?;
+                    }
+                    kind => {
+                        if kind == StateKind::Map {
+                            let user_key = entry.user_key.ok_or_else(|| {
+                                fail(SnapshotError("a map entry has no user key".into()))
+                            })?;
+                            key.extend_from_slice(user_key);
+                        }
+                        check_payload(registered, entry.value).map_err(fail)?;
+                        batch.put_cf(&cf, &key, entry.value);
+                    }
+                }
+                if batch.size_in_bytes() >= BATCH_BYTES {
+                    self.db
+                        .write(std::mem::take(&mut batch))
+                        .map_err(|e| rocks_error(name, kg, e))?;
+                }
+            }
+        }
+        self.db.write(batch).map_err(|e| rocks_error(name, 0, e))
+    }
+}
+
+/// Checks that a restored value payload has its TTL header if the state has TTL (the value
+/// itself is decoded, and checked, when it is read).
+fn check_payload(
+    registered: &Registered,
+    payload: &[u8],
+) -> std::result::Result<(), SnapshotError> {
+    if registered.ttl.is_some() && ttl_timestamp(payload).is_none() {
+        return Err(SnapshotError(format!(
+            "a value of {} bytes is too short for its TTL header",
+            payload.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks the framing (and TTL headers) of a restored list.
+fn check_list(registered: &Registered, elements: &[u8]) -> std::result::Result<(), SnapshotError> {
+    for element in Elements::new(elements) {
+        let payload =
+            element.map_err(|()| SnapshotError("a list element's framing is broken".into()))?;
+        check_payload(registered, payload)?;
+    }
+    Ok(())
+}
+
+/// Writes one collected list, without the elements a TTL cut leaves out.
+fn write_list(
+    blocks: &mut Blocks,
+    list: PendingList,
+    ttl: bool,
+    cut: Option<TtlCut>,
+) -> std::result::Result<(), SnapshotError> {
+    let kg = list
+        .prefix
+        .get(..2)
+        .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+    let (key, ns) = (&list.prefix[2..list.key_end], &list.prefix[list.key_end..]);
+    blocks.at(kg).entry(key, ns, None, |buf| {
+        if !ttl || cut.is_none() {
+            buf.extend_from_slice(&list.elements);
+            return Ok(!list.elements.is_empty());
+        }
+        let mut any = false;
+        for element in Elements::new(&list.elements) {
+            let payload =
+                element.map_err(|()| SnapshotError("a list element's framing is broken".into()))?;
+            let ts = ttl_timestamp(payload).ok_or_else(|| {
+                SnapshotError("a list element is too short for its TTL header".into())
+            })?;
+            if !TtlCut::drops(cut, ts) {
+                push_element(buf, |b| {
+                    b.extend_from_slice(payload);
+                    Ok::<_, SnapshotError>(())
+                })?;
+                any = true;
+            }
+        }
+        Ok(any)
+    })
+}

@@ -1,0 +1,1015 @@
+//! The canonical keyed-state snapshot: one keyed subtask's state as backend-independent bytes.
+//!
+//! [`KeyedStateBackend::snapshot`](crate::KeyedStateBackend::snapshot) copies every registered
+//! state and every timer service of a subtask into a [`KeyedStateSnapshot`];
+//! [`KeyedStateBackend::restore`](crate::KeyedStateBackend::restore) stages one or more
+//! snapshots in a fresh backend, and each state is materialized when the operator registers
+//! it again in `open()`. A heap snapshot restores into RocksDB and back, and because state is
+//! organised by key group, restoring several old subtasks' snapshots into one new subtask (or
+//! one into several) is rescaling: each backend keeps the key groups of its own range.
+//!
+//! # What a snapshot holds (the contract of `docs/checkpoints.md`)
+//!
+//! * The `max_parallelism` and the key-group range it was taken with.
+//! * Per state a [`StateMeta`]: name, [`StateKind`], the Rust type names of key, namespace,
+//!   user key (map state) and value (the accumulator for aggregating state, the element for
+//!   list state), and whether TTL is on. A restored state must be registered with exactly
+//!   these (schema evolution is not supported yet).
+//! * Per timer service a [`TimerServiceMeta`]: name, key and namespace type names.
+//! * Per **non-empty** key group ([`KeyGroupSnapshot`]), per state that has entries there, one
+//!   [`EntryBlock`]: the state's entries in that key group, and per timer service one block
+//!   of its timers.
+//!
+//! # Entry encoding
+//!
+//! A block is one byte arena (a million keys cost a few arenas, not millions of
+//! allocations). Every length below is an unsigned LEB128 varint, every "field" is
+//! `[length][bytes]`:
+//!
+//! * a state entry is `[field key][field namespace]([field user key])[field value]`, the user
+//!   key only for map state. Key, namespace and user key are `postcard` bytes (the default
+//!   namespace `()` is zero bytes).
+//! * a value **payload** is `postcard(value)`, behind an 8-byte big-endian last-access
+//!   timestamp for a state with TTL; for list state the value field holds the list's
+//!   elements, each `[length][payload]`. These are exactly the RocksDB backend's value bytes
+//!   (`crate::rocksdb`), so RocksDB snapshots and restores copy bytes without decoding them.
+//! * a timer is `[domain: 0 event time, 1 processing time][field key][field namespace]
+//!   [timestamp varint]`, ordered by registration within a block.
+//!
+//! TTL states whose [`StateTtlConfig`](crate::StateTtlConfig) has
+//! [`cleanup_full_snapshot`](crate::StateTtlConfig::cleanup_full_snapshot) leave the values
+//! that have expired at snapshot time out (Flink's `cleanupFullSnapshot`); other TTL states
+//! keep them, with their timestamps.
+//!
+//! [`encode`](KeyedStateSnapshot::encode) / [`decode`](KeyedStateSnapshot::decode) give the
+//! `postcard` payload of a checkpoint file (the framing with magic, version and checksum is
+//! `eddy-checkpoint`'s). Decoding never panics on bad bytes; content that decodes but is
+//! inconsistent is refused by `restore` with an error naming the state or key group.
+
+pub(crate) mod heap_codec;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use eddy_core::{EddyError, KeyGroup, KeyGroupRange, Result};
+use serde::de::{SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::descriptor::StateKind;
+use crate::timers::TimeDomain;
+
+/// Length of the TTL timestamp in front of every value payload of a TTL state.
+pub(crate) const TTL_HEADER: usize = 8;
+
+/// The most bytes a LEB128 length of a field written by [`EntryWriter`] takes (lengths are
+/// below 2^35).
+const MAX_FIELD_VARINT: usize = 5;
+
+/// The keyed state of one operator subtask at one checkpoint, independent of the backend.
+///
+/// See the [module documentation](self) for what it holds and how entries are encoded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyedStateSnapshot {
+    max_parallelism: usize,
+    /// The first key group of the range the snapshot was taken with.
+    range_start: usize,
+    /// One past the last key group of that range.
+    range_end: usize,
+    states: Vec<StateMeta>,
+    timer_services: Vec<TimerServiceMeta>,
+    /// Ascending by key group; only key groups holding a state entry or a timer.
+    key_groups: Vec<KeyGroupSnapshot>,
+}
+
+impl KeyedStateSnapshot {
+    /// Assembles a snapshot (used by the backends).
+    pub(crate) fn new(
+        max_parallelism: usize,
+        range: KeyGroupRange,
+        states: Vec<StateMeta>,
+        timer_services: Vec<TimerServiceMeta>,
+        key_groups: Vec<KeyGroupSnapshot>,
+    ) -> Self {
+        KeyedStateSnapshot {
+            max_parallelism,
+            range_start: range.start(),
+            range_end: range.start() + range.len(),
+            states,
+            timer_services,
+            key_groups,
+        }
+    }
+
+    /// The number of key groups of the job the snapshot was taken in.
+    pub fn max_parallelism(&self) -> usize {
+        self.max_parallelism
+    }
+
+    /// The key-group range of the subtask the snapshot was taken from.
+    pub fn key_group_range(&self) -> KeyGroupRange {
+        if self.range_end <= self.range_start {
+            KeyGroupRange::empty()
+        } else {
+            KeyGroupRange::new(self.range_start, self.range_end - 1)
+        }
+    }
+
+    /// The states, sorted by name; an [`EntryBlock::index`] of a state block points here.
+    pub fn states(&self) -> &[StateMeta] {
+        &self.states
+    }
+
+    /// The timer services, sorted by name; an [`EntryBlock::index`] of a timer block points
+    /// here.
+    pub fn timer_services(&self) -> &[TimerServiceMeta] {
+        &self.timer_services
+    }
+
+    /// The non-empty key groups, ascending.
+    pub fn key_groups(&self) -> &[KeyGroupSnapshot] {
+        &self.key_groups
+    }
+
+    /// The state called `name`, if the snapshot has it.
+    pub fn state(&self, name: &str) -> Option<&StateMeta> {
+        self.states.iter().find(|meta| meta.name == name)
+    }
+
+    /// The number of state entries (a map counts one per user key, a list one per key and
+    /// namespace) over all states and key groups.
+    pub fn entry_count(&self) -> u64 {
+        self.key_groups
+            .iter()
+            .flat_map(|kg| &kg.states)
+            .map(|block| block.len)
+            .sum()
+    }
+
+    /// The number of timers over all services and key groups.
+    pub fn timer_count(&self) -> u64 {
+        self.key_groups
+            .iter()
+            .flat_map(|kg| &kg.timers)
+            .map(|block| block.len)
+            .sum()
+    }
+
+    /// The entries of the state called `name` in every key group, in key-group order (for
+    /// inspection and tests); an error if a block is corrupt.
+    pub fn entries_of(&self, name: &str) -> Result<Vec<(KeyGroup, StateEntry<'_>)>> {
+        let Some(index) = self.states.iter().position(|meta| meta.name == name) else {
+            return Ok(Vec::new());
+        };
+        let meta = &self.states[index];
+        let mut out = Vec::new();
+        for group in &self.key_groups {
+            for block in group.states.iter().filter(|b| b.index as usize == index) {
+                for entry in block.entries(meta) {
+                    out.push((group.key_group, entry?));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The timers of the service called `name` in every key group, in key-group order.
+    pub fn timers_of(&self, name: &str) -> Result<Vec<(KeyGroup, TimerEntry<'_>)>> {
+        let Some(index) = self
+            .timer_services
+            .iter()
+            .position(|meta| meta.name == name)
+        else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for group in &self.key_groups {
+            for block in group.timers.iter().filter(|b| b.index as usize == index) {
+                for timer in block.timers() {
+                    out.push((group.key_group, timer?));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The snapshot as `postcard` bytes: the payload of a keyed-state checkpoint file.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        postcard::to_allocvec(self).map_err(|e| {
+            EddyError::checkpoint(
+                "keyed state snapshot",
+                format!("cannot encode the snapshot: {e}"),
+            )
+        })
+    }
+
+    /// Decodes what [`encode`](Self::encode) wrote; `location` (the file) names the
+    /// snapshot in the error. Bad bytes, truncation and trailing bytes are errors, never
+    /// panics.
+    pub fn decode(bytes: &[u8], location: &str) -> Result<Self> {
+        let (snapshot, rest) =
+            postcard::take_from_bytes::<KeyedStateSnapshot>(bytes).map_err(|e| {
+                EddyError::checkpoint(
+                    location,
+                    format!("not a keyed state snapshot (corrupt or truncated): {e}"),
+                )
+            })?;
+        if !rest.is_empty() {
+            return Err(EddyError::checkpoint(
+                location,
+                format!(
+                    "{} unexpected bytes after the keyed state snapshot",
+                    rest.len()
+                ),
+            ));
+        }
+        Ok(snapshot)
+    }
+}
+
+/// What a snapshot records about one keyed state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateMeta {
+    /// The state's name (its descriptor's name).
+    pub name: String,
+    /// Value, list, map, reducing or aggregating.
+    pub kind: StateKind,
+    /// `std::any::type_name` of the key.
+    pub key_type: String,
+    /// `std::any::type_name` of the namespace (`()` for plain keyed state).
+    pub namespace_type: String,
+    /// `std::any::type_name` of the user key, for map state.
+    pub user_key_type: Option<String>,
+    /// `std::any::type_name` of the stored value: `T` for value, reducing and list state
+    /// (the element), the user value for map state, the accumulator for aggregating state.
+    pub value_type: String,
+    /// Whether TTL is on: every value payload then starts with its 8-byte timestamp.
+    pub ttl: bool,
+}
+
+impl StateMeta {
+    /// The metadata of a state of key `K`, namespace `N` and stored value `V`.
+    pub(crate) fn of<K: ?Sized, N: ?Sized, V: ?Sized>(
+        name: &str,
+        kind: StateKind,
+        user_key_type: Option<&str>,
+        ttl: bool,
+    ) -> Self {
+        StateMeta {
+            name: name.to_string(),
+            kind,
+            key_type: std::any::type_name::<K>().to_string(),
+            namespace_type: std::any::type_name::<N>().to_string(),
+            user_key_type: user_key_type.map(str::to_string),
+            value_type: std::any::type_name::<V>().to_string(),
+            ttl,
+        }
+    }
+
+    /// Checks that `requested` (a registration) is what this restored state was taken as.
+    pub(crate) fn check_restorable_as(&self, requested: &StateMeta) -> Result<()> {
+        if self == requested {
+            return Ok(());
+        }
+        Err(EddyError::state(
+            &self.name,
+            format!(
+                "restored from a snapshot as {}, but registered as {} (the kind, types and \
+                 TTL must match exactly; schema evolution is not supported yet)",
+                self.describe(),
+                requested.describe()
+            ),
+        ))
+    }
+
+    /// How errors describe the state's kind and types.
+    fn describe(&self) -> String {
+        let user_key = self
+            .user_key_type
+            .as_deref()
+            .map(|t| format!(", user key `{t}`"))
+            .unwrap_or_default();
+        format!(
+            "{:?} state of key `{}`, namespace `{}`{user_key}, value `{}`, TTL {}",
+            self.kind,
+            self.key_type,
+            self.namespace_type,
+            self.value_type,
+            if self.ttl { "on" } else { "off" }
+        )
+    }
+}
+
+/// What a snapshot records about one timer service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimerServiceMeta {
+    /// The service's name.
+    pub name: String,
+    /// `std::any::type_name` of the key.
+    pub key_type: String,
+    /// `std::any::type_name` of the namespace.
+    pub namespace_type: String,
+}
+
+impl TimerServiceMeta {
+    /// The metadata of a timer service of key `K` and namespace `N`.
+    pub(crate) fn of<K: ?Sized, N: ?Sized>(name: &str) -> Self {
+        TimerServiceMeta {
+            name: name.to_string(),
+            key_type: std::any::type_name::<K>().to_string(),
+            namespace_type: std::any::type_name::<N>().to_string(),
+        }
+    }
+
+    /// Checks that `requested` (a registration) matches this restored service.
+    pub(crate) fn check_restorable_as(&self, requested: &TimerServiceMeta) -> Result<()> {
+        if self == requested {
+            return Ok(());
+        }
+        Err(EddyError::state(
+            &self.name,
+            format!(
+                "timer service restored from a snapshot with key `{}` and namespace `{}`, but \
+                 registered with key `{}` and namespace `{}`",
+                self.key_type, self.namespace_type, requested.key_type, requested.namespace_type
+            ),
+        ))
+    }
+}
+
+/// The entries of one key group in a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyGroupSnapshot {
+    key_group: KeyGroup,
+    /// One block per state with entries here, ascending by state index.
+    states: Vec<EntryBlock>,
+    /// One block per timer service with timers here, ascending by service index.
+    timers: Vec<EntryBlock>,
+}
+
+impl KeyGroupSnapshot {
+    /// An empty key group (used by the backends).
+    pub(crate) fn new(key_group: KeyGroup) -> Self {
+        KeyGroupSnapshot {
+            key_group,
+            states: Vec::new(),
+            timers: Vec::new(),
+        }
+    }
+
+    /// Adds a state block (used by the backends).
+    pub(crate) fn push_state(&mut self, block: EntryBlock) {
+        self.states.push(block);
+    }
+
+    /// Adds a timer block (used by the backends).
+    pub(crate) fn push_timers(&mut self, block: EntryBlock) {
+        self.timers.push(block);
+    }
+
+    /// The key group.
+    pub fn key_group(&self) -> KeyGroup {
+        self.key_group
+    }
+
+    /// The state blocks; each names its state by index into [`KeyedStateSnapshot::states`].
+    pub fn states(&self) -> &[EntryBlock] {
+        &self.states
+    }
+
+    /// The timer blocks; each names its service by index into
+    /// [`KeyedStateSnapshot::timer_services`].
+    pub fn timers(&self) -> &[EntryBlock] {
+        &self.timers
+    }
+}
+
+/// The entries of one state (or the timers of one service) in one key group: one byte arena.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryBlock {
+    index: u32,
+    len: u64,
+    data: Bytes,
+}
+
+impl EntryBlock {
+    /// The index of the state (or timer service) in the snapshot's list.
+    pub fn index(&self) -> u32 {
+        self.index
+    }
+
+    /// The number of entries (or timers).
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the block holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The size of the arena in bytes.
+    pub fn byte_len(&self) -> usize {
+        self.data.0.len()
+    }
+
+    /// The entries of a state block, decoded lazily; `meta` is the block's state.
+    pub fn entries<'a>(&'a self, meta: &StateMeta) -> StateEntries<'a> {
+        StateEntries {
+            rest: &self.data.0,
+            user_key: meta.kind == StateKind::Map,
+            failed: false,
+        }
+    }
+
+    /// The timers of a timer block, decoded lazily.
+    pub fn timers(&self) -> TimerEntries<'_> {
+        TimerEntries {
+            rest: &self.data.0,
+            failed: false,
+        }
+    }
+}
+
+/// Bytes that `postcard` writes as one length-prefixed run (not one element per byte).
+#[derive(Clone, Default, PartialEq, Eq)]
+struct Bytes(Vec<u8>);
+
+impl fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} bytes", self.0.len())
+    }
+}
+
+impl Serialize for Bytes {
+    fn serialize<S: Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        deserializer.deserialize_byte_buf(BytesVisitor)
+    }
+}
+
+struct BytesVisitor;
+
+impl<'de> Visitor<'de> for BytesVisitor {
+    type Value = Bytes;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a byte string")
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> std::result::Result<Bytes, E> {
+        Ok(Bytes(v.to_vec()))
+    }
+
+    fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> std::result::Result<Bytes, E> {
+        Ok(Bytes(v))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Bytes, A::Error> {
+        // Formats without a byte-string type; the size hint is not trusted for the capacity.
+        let mut bytes = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 16));
+        while let Some(byte) = seq.next_element::<u8>()? {
+            bytes.push(byte);
+        }
+        Ok(Bytes(bytes))
+    }
+}
+
+/// Why an entry could not be written into, or read from, a snapshot; the caller adds the
+/// state and key group.
+#[derive(Debug)]
+pub(crate) struct SnapshotError(pub(crate) String);
+
+impl fmt::Display for SnapshotError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<postcard::Error> for SnapshotError {
+    fn from(e: postcard::Error) -> Self {
+        SnapshotError(format!("postcard: {e}"))
+    }
+}
+
+impl SnapshotError {
+    /// The error as a state error of `state` in key group `kg`.
+    pub(crate) fn in_state(self, state: &str, kg: KeyGroup, doing: &str) -> EddyError {
+        EddyError::state(state, format!("{doing} key group {kg}: {}", self.0))
+    }
+}
+
+/// Appends `value` as an unsigned LEB128 varint.
+pub(crate) fn write_varint(buf: &mut Vec<u8>, mut value: u64) {
+    loop {
+        let byte = (value & 0x7F) as u8;
+        value >>= 7;
+        if value == 0 {
+            buf.push(byte);
+            return;
+        }
+        buf.push(byte | 0x80);
+    }
+}
+
+/// Reads an unsigned LEB128 varint from the front of `bytes`, advancing it.
+pub(crate) fn read_varint(bytes: &mut &[u8]) -> Option<u64> {
+    let mut value: u64 = 0;
+    for (i, &byte) in bytes.iter().take(10).enumerate() {
+        let part = u64::from(byte & 0x7F);
+        if i == 9 && part > 1 {
+            return None;
+        }
+        value |= part << (7 * i);
+        if byte & 0x80 == 0 {
+            *bytes = &bytes[i + 1..];
+            return Some(value);
+        }
+    }
+    None
+}
+
+/// Reads one `[length][bytes]` field from the front of `bytes`, advancing it.
+fn read_field<'a>(bytes: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let len = usize::try_from(read_varint(bytes)?).ok()?;
+    let field = bytes.get(..len)?;
+    *bytes = &bytes[len..];
+    Some(field)
+}
+
+/// Appends `[length][bytes]`.
+fn write_field(buf: &mut Vec<u8>, bytes: &[u8]) {
+    write_varint(buf, bytes.len() as u64);
+    buf.extend_from_slice(bytes);
+}
+
+/// Appends one `[length][payload]` field whose payload `payload` writes into `buf`.
+///
+/// The payload is written behind room for the longest length and moved down once its length
+/// is known: one small copy instead of encoding twice.
+pub(crate) fn write_field_with<E: From<SnapshotError>>(
+    buf: &mut Vec<u8>,
+    payload: impl FnOnce(&mut Vec<u8>) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
+    let start = buf.len();
+    buf.resize(start + MAX_FIELD_VARINT, 0);
+    payload(buf)?;
+    let len = buf.len() - start - MAX_FIELD_VARINT;
+    if len >= 1 << (7 * MAX_FIELD_VARINT) {
+        return Err(SnapshotError(format!("a value of {len} bytes is too large")).into());
+    }
+    let mut header = Vec::with_capacity(MAX_FIELD_VARINT);
+    write_varint(&mut header, len as u64);
+    let n = header.len();
+    buf.copy_within(start + MAX_FIELD_VARINT.., start + n);
+    buf.truncate(buf.len() - (MAX_FIELD_VARINT - n));
+    buf[start..start + n].copy_from_slice(&header);
+    Ok(())
+}
+
+/// Builds the arena of one [`EntryBlock`].
+#[derive(Default)]
+pub(crate) struct EntryWriter {
+    data: Vec<u8>,
+    len: u64,
+}
+
+impl EntryWriter {
+    /// An empty writer.
+    pub(crate) fn new() -> Self {
+        EntryWriter::default()
+    }
+
+    /// Appends one state entry; `value` writes the value field and returns `false` to drop
+    /// the entry (nothing of it survives a TTL cut).
+    pub(crate) fn entry<E: From<SnapshotError>>(
+        &mut self,
+        key: &[u8],
+        namespace: &[u8],
+        user_key: Option<&[u8]>,
+        value: impl FnOnce(&mut Vec<u8>) -> std::result::Result<bool, E>,
+    ) -> std::result::Result<(), E> {
+        let start = self.data.len();
+        write_field(&mut self.data, key);
+        write_field(&mut self.data, namespace);
+        if let Some(user_key) = user_key {
+            write_field(&mut self.data, user_key);
+        }
+        let mut keep = true;
+        write_field_with(&mut self.data, |buf| {
+            keep = value(buf)?;
+            Ok::<(), E>(())
+        })?;
+        if keep {
+            self.len += 1;
+        } else {
+            self.data.truncate(start);
+        }
+        Ok(())
+    }
+
+    /// Appends one timer.
+    pub(crate) fn timer(&mut self, domain: TimeDomain, key: &[u8], namespace: &[u8], ts: u64) {
+        self.data.push(match domain {
+            TimeDomain::EventTime => 0,
+            TimeDomain::ProcessingTime => 1,
+        });
+        write_field(&mut self.data, key);
+        write_field(&mut self.data, namespace);
+        write_varint(&mut self.data, ts);
+        self.len += 1;
+    }
+
+    /// The block written so far (`None` if empty); the writer starts afresh.
+    pub(crate) fn finish(&mut self, index: u32) -> Option<EntryBlock> {
+        if self.len == 0 {
+            self.data.clear();
+            return None;
+        }
+        let data = std::mem::take(&mut self.data);
+        let len = std::mem::take(&mut self.len);
+        Some(EntryBlock {
+            index,
+            len,
+            data: Bytes(data),
+        })
+    }
+}
+
+/// Appends one list element `[length][payload]` whose payload `payload` writes.
+pub(crate) fn push_element<E: From<SnapshotError>>(
+    buf: &mut Vec<u8>,
+    payload: impl FnOnce(&mut Vec<u8>) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
+    write_field_with(buf, payload)
+}
+
+/// Splits a TTL state's value payload into its timestamp and its `postcard` bytes.
+pub fn split_ttl(payload: &[u8]) -> Option<(u64, &[u8])> {
+    let header: [u8; TTL_HEADER] = payload.get(..TTL_HEADER)?.try_into().ok()?;
+    Some((u64::from_be_bytes(header), &payload[TTL_HEADER..]))
+}
+
+/// One state entry in a snapshot, as bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StateEntry<'a> {
+    /// `postcard(key)`.
+    pub key: &'a [u8],
+    /// `postcard(namespace)` (empty for the default namespace `()`).
+    pub namespace: &'a [u8],
+    /// `postcard(user key)`, for map state.
+    pub user_key: Option<&'a [u8]>,
+    /// The value payload, or for list state the framed elements (see [`Self::elements`]).
+    pub value: &'a [u8],
+}
+
+impl<'a> StateEntry<'a> {
+    /// The element payloads of a list state's entry.
+    pub fn elements(&self) -> ListElements<'a> {
+        ListElements {
+            rest: self.value,
+            failed: false,
+        }
+    }
+}
+
+/// The element payloads of a list entry; yields an error once if the framing is broken.
+pub struct ListElements<'a> {
+    rest: &'a [u8],
+    failed: bool,
+}
+
+impl<'a> Iterator for ListElements<'a> {
+    type Item = Result<&'a [u8]>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() || self.failed {
+            return None;
+        }
+        match read_field(&mut self.rest) {
+            Some(element) => Some(Ok(element)),
+            None => {
+                self.failed = true;
+                Some(Err(corrupt_block("a list element's framing is broken")))
+            }
+        }
+    }
+}
+
+/// The error of a block whose bytes do not parse.
+fn corrupt_block(what: &str) -> EddyError {
+    EddyError::checkpoint(
+        "keyed state snapshot",
+        format!("a block of entries is corrupt: {what}"),
+    )
+}
+
+/// The entries of a state block; yields an error once if the block is corrupt.
+pub struct StateEntries<'a> {
+    rest: &'a [u8],
+    user_key: bool,
+    failed: bool,
+}
+
+impl<'a> Iterator for StateEntries<'a> {
+    type Item = Result<StateEntry<'a>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() || self.failed {
+            return None;
+        }
+        let mut rest = self.rest;
+        let parsed = (|| {
+            let key = read_field(&mut rest)?;
+            let namespace = read_field(&mut rest)?;
+            let user_key = match self.user_key {
+                true => Some(read_field(&mut rest)?),
+                false => None,
+            };
+            let value = read_field(&mut rest)?;
+            Some(StateEntry {
+                key,
+                namespace,
+                user_key,
+                value,
+            })
+        })();
+        match parsed {
+            Some(entry) => {
+                self.rest = rest;
+                Some(Ok(entry))
+            }
+            None => {
+                self.failed = true;
+                Some(Err(corrupt_block("a state entry is truncated")))
+            }
+        }
+    }
+}
+
+/// One timer in a snapshot, as bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimerEntry<'a> {
+    /// Which clock the timer follows.
+    pub domain: TimeDomain,
+    /// `postcard(key)`.
+    pub key: &'a [u8],
+    /// `postcard(namespace)`.
+    pub namespace: &'a [u8],
+    /// When the timer fires.
+    pub timestamp: u64,
+}
+
+/// The timers of a timer block; yields an error once if the block is corrupt.
+pub struct TimerEntries<'a> {
+    rest: &'a [u8],
+    failed: bool,
+}
+
+impl<'a> Iterator for TimerEntries<'a> {
+    type Item = Result<TimerEntry<'a>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() || self.failed {
+            return None;
+        }
+        let mut rest = self.rest;
+        let parsed = (|| {
+            let (&domain, tail) = rest.split_first()?;
+            rest = tail;
+            let domain = match domain {
+                0 => TimeDomain::EventTime,
+                1 => TimeDomain::ProcessingTime,
+                _ => return None,
+            };
+            let key = read_field(&mut rest)?;
+            let namespace = read_field(&mut rest)?;
+            let timestamp = read_varint(&mut rest)?;
+            Some(TimerEntry {
+                domain,
+                key,
+                namespace,
+                timestamp,
+            })
+        })();
+        match parsed {
+            Some(timer) => {
+                self.rest = rest;
+                Some(Ok(timer))
+            }
+            None => {
+                self.failed = true;
+                Some(Err(corrupt_block("a timer is truncated or unknown")))
+            }
+        }
+    }
+}
+
+/// The blocks of one state (or timer service) staged by a restore, with their key groups.
+pub(crate) type StagedBlocks = Vec<(KeyGroup, EntryBlock)>;
+
+/// Snapshots staged by [`KeyedStateBackend::restore`](crate::KeyedStateBackend::restore):
+/// the entries of the restoring subtask's key groups, by state, until the states are
+/// registered.
+#[derive(Default)]
+pub(crate) struct Staged {
+    pub(crate) states: BTreeMap<String, (StateMeta, StagedBlocks)>,
+    pub(crate) timers: BTreeMap<String, (TimerServiceMeta, StagedBlocks)>,
+}
+
+impl Staged {
+    /// Stages the key groups of `snapshots` inside `range`, checking that they were taken
+    /// with `max_parallelism`, agree on their states' metadata, and overlap nowhere.
+    pub(crate) fn new(
+        snapshots: Vec<KeyedStateSnapshot>,
+        range: KeyGroupRange,
+        max_parallelism: usize,
+    ) -> Result<Staged> {
+        let mut staged = Staged::default();
+        let mut seen: BTreeMap<KeyGroup, usize> = BTreeMap::new();
+        for (number, snapshot) in snapshots.into_iter().enumerate() {
+            let taken = snapshot.key_group_range();
+            let location = format!(
+                "keyed state snapshot #{number} (key groups {}..={})",
+                taken.start(),
+                taken.end()
+            );
+            if snapshot.max_parallelism != max_parallelism {
+                return Err(EddyError::checkpoint(
+                    location,
+                    format!(
+                        "taken with max parallelism {}, but this job has max parallelism {} \
+                         (the number of key groups cannot change across a restore)",
+                        snapshot.max_parallelism, max_parallelism
+                    ),
+                ));
+            }
+            for meta in &snapshot.states {
+                stage_meta(&mut staged.states, meta.name.clone(), meta, &location)?;
+            }
+            for meta in &snapshot.timer_services {
+                stage_meta(&mut staged.timers, meta.name.clone(), meta, &location)?;
+            }
+            for group in snapshot.key_groups {
+                let kg = group.key_group;
+                if !taken.contains(kg) || usize::from(kg) >= max_parallelism {
+                    return Err(EddyError::checkpoint(
+                        location,
+                        format!("holds key group {kg}, outside its own range"),
+                    ));
+                }
+                if !range.contains(kg) {
+                    continue;
+                }
+                if let Some(other) = seen.insert(kg, number) {
+                    return Err(EddyError::checkpoint(
+                        location,
+                        format!("key group {kg} is also in keyed state snapshot #{other}"),
+                    ));
+                }
+                for block in group.states {
+                    let meta = snapshot.states.get(block.index as usize).ok_or_else(|| {
+                        EddyError::checkpoint(
+                            &location,
+                            format!(
+                                "key group {kg} names state #{}, which it lacks",
+                                block.index
+                            ),
+                        )
+                    })?;
+                    if let Some((_, blocks)) = staged.states.get_mut(&meta.name) {
+                        blocks.push((kg, block));
+                    }
+                }
+                for block in group.timers {
+                    let meta = snapshot
+                        .timer_services
+                        .get(block.index as usize)
+                        .ok_or_else(|| {
+                            EddyError::checkpoint(
+                                &location,
+                                format!(
+                                    "key group {kg} names timer service #{}, which it lacks",
+                                    block.index
+                                ),
+                            )
+                        })?;
+                    if let Some((_, blocks)) = staged.timers.get_mut(&meta.name) {
+                        blocks.push((kg, block));
+                    }
+                }
+            }
+        }
+        Ok(staged)
+    }
+}
+
+/// Records `meta` under `name`, refusing a different one recorded by an earlier snapshot.
+fn stage_meta<M: Clone + PartialEq + fmt::Debug>(
+    staged: &mut BTreeMap<String, (M, StagedBlocks)>,
+    name: String,
+    meta: &M,
+    location: &str,
+) -> Result<()> {
+    match staged.get(&name) {
+        Some((existing, _)) if existing != meta => Err(EddyError::checkpoint(
+            location,
+            format!(
+                "state \"{name}\" is {meta:?} here but {existing:?} in an earlier snapshot of \
+                 the same restore"
+            ),
+        )),
+        Some(_) => Ok(()),
+        None => {
+            staged.insert(name, (meta.clone(), Vec::new()));
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints_round_trip_and_reject_overlong_input() {
+        for value in [0u64, 1, 127, 128, 300, u64::from(u32::MAX), u64::MAX] {
+            let mut buf = Vec::new();
+            write_varint(&mut buf, value);
+            let mut bytes = buf.as_slice();
+            assert_eq!(read_varint(&mut bytes), Some(value));
+            assert!(bytes.is_empty());
+        }
+        assert_eq!(read_varint(&mut [0x80u8; 11].as_slice()), None);
+        assert_eq!(read_varint(&mut [0xFFu8; 9].as_slice()), None);
+        let mut too_big = vec![0xFFu8; 9];
+        too_big.push(0x02);
+        assert_eq!(read_varint(&mut too_big.as_slice()), None);
+    }
+
+    #[test]
+    fn entries_round_trip_and_a_dropped_entry_leaves_nothing() {
+        let mut w = EntryWriter::new();
+        w.entry(b"k1", b"", Some(b"u"), |buf| {
+            buf.extend_from_slice(&[7; 200]);
+            Ok::<_, SnapshotError>(true)
+        })
+        .ok();
+        w.entry(b"k2", b"n", Some(b"v"), |buf| {
+            buf.push(1);
+            Ok::<_, SnapshotError>(false)
+        })
+        .ok();
+        let block = w.finish(3);
+        let Some(block) = block else {
+            panic!("one entry was written");
+        };
+        assert_eq!((block.index(), block.len()), (3, 1));
+        let meta = StateMeta::of::<u64, (), u64>("m", StateKind::Map, Some("u64"), false);
+        let entries: Vec<_> = block
+            .entries(&meta)
+            .collect::<Result<_>>()
+            .unwrap_or_default();
+        assert_eq!(
+            entries,
+            vec![StateEntry {
+                key: b"k1",
+                namespace: b"",
+                user_key: Some(b"u"),
+                value: &[7; 200],
+            }]
+        );
+        assert!(w.finish(0).is_none());
+    }
+
+    #[test]
+    fn truncated_blocks_are_errors() {
+        let mut w = EntryWriter::new();
+        w.entry(b"key", b"", None, |buf| {
+            buf.extend_from_slice(b"value");
+            Ok::<_, SnapshotError>(true)
+        })
+        .ok();
+        w.timer(TimeDomain::ProcessingTime, b"key", b"", 1 << 40);
+        let Some(block) = w.finish(0) else {
+            panic!("written");
+        };
+        let meta = StateMeta::of::<u64, (), u64>("v", StateKind::Value, None, false);
+        for cut in 1..block.data.0.len() {
+            let truncated = EntryBlock {
+                index: 0,
+                len: 1,
+                data: Bytes(block.data.0[..cut].to_vec()),
+            };
+            // A prefix either parses into fewer entries or ends in exactly one error.
+            let errors = truncated.entries(&meta).filter(Result::is_err).count();
+            assert!(errors <= 1);
+            let errors = truncated.timers().filter(Result::is_err).count();
+            assert!(errors <= 1);
+        }
+    }
+}
