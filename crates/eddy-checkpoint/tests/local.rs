@@ -1,6 +1,8 @@
 //! The checkpoint layout on a local directory: the full scenario, crash leftovers, corrupt
 //! files, every form of `--restore`, and the ways to name a root.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{checkpoint_error, complete_checkpoint, full_scenario, write_checkpoint};

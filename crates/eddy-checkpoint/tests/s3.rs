@@ -5,6 +5,8 @@
 //! `scripts/start-s3` prints. Without them the tests fail under CI (`CI` set) and are skipped,
 //! saying so, elsewhere.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{checkpoint_error, complete_checkpoint, full_scenario, write_checkpoint};

@@ -1,7 +1,10 @@
 //! The scenario both suites run: against a local directory (`local.rs`) and a real
 //! S3-compatible server (`s3.rs`).
 
-#![allow(dead_code)] // each suite uses its own subset
+#![allow(dead_code)]
+// each suite uses its own subset
+// Test helpers outside #[test] functions: clippy.toml's allow-unwrap-in-tests does not cover them.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use eddy_checkpoint::{
     CheckpointKind, CheckpointMetadata, CheckpointRef, Checkpoints, FileKind, KeyGroupSpan,
