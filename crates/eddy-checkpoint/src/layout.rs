@@ -122,6 +122,12 @@ impl Checkpoints {
         Ok(Self::new(CheckpointStorage::open(location)?))
     }
 
+    /// Opens an existing checkpoint root, never creating a local directory (see
+    /// [`CheckpointStorage::open_existing`]).
+    pub fn open_existing(location: &str) -> Result<Self> {
+        Ok(Self::new(CheckpointStorage::open_existing(location)?))
+    }
+
     /// The checkpoints under `storage`'s root.
     pub fn new(storage: CheckpointStorage) -> Self {
         Self {
@@ -512,13 +518,15 @@ pub fn resolve(arg: &str, root: Option<&Checkpoints>) -> Result<RestorePoint> {
     let checkpoints = match parent {
         // `s3://bucket/chk-…`: the bucket itself is the root.
         // `file:///chk-…`: the root directory.
-        Some(parent) if parent.ends_with("//") => Checkpoints::open(&format!("{parent}/"))?,
-        Some("") => Checkpoints::open("/")?,
-        Some(parent) => Checkpoints::open(parent)?,
+        Some(parent) if parent.ends_with("//") => {
+            Checkpoints::open_existing(&format!("{parent}/"))?
+        }
+        Some("") => Checkpoints::open_existing("/")?,
+        Some(parent) => Checkpoints::open_existing(parent)?,
         None => match root {
             Some(root) => root.clone(),
             // A bare directory name without a root: relative to the working directory.
-            None => Checkpoints::open(".")?,
+            None => Checkpoints::open_existing(".")?,
         },
     };
     point(checkpoints, reference)

@@ -90,6 +90,17 @@ impl CheckpointStorage {
     /// Nothing is contacted yet for a remote store: a wrong bucket or credentials surface on
     /// the first operation, naming the object.
     pub fn open(location: &str) -> Result<Self> {
+        Self::open_with(location, true)
+    }
+
+    /// Opens an existing checkpoint root: as [`open`](Self::open), but a local directory that
+    /// does not exist is an error naming it instead of being created (for reading: `eddy
+    /// checkpoints ls`, restoring). Remote roots are not checked until the first operation.
+    pub fn open_existing(location: &str) -> Result<Self> {
+        Self::open_with(location, false)
+    }
+
+    fn open_with(location: &str, create: bool) -> Result<Self> {
         let location = location.trim();
         if location.is_empty() {
             return Err(EddyError::Config(
@@ -97,7 +108,7 @@ impl CheckpointStorage {
             ));
         }
         let Some((scheme, _)) = location.split_once("://") else {
-            return Self::open_local(FsPath::new(location));
+            return Self::open_local(FsPath::new(location), create);
         };
         let url = url::Url::parse(location)
             .map_err(|e| EddyError::checkpoint(location, format!("not a valid URL: {e}")))?;
@@ -106,7 +117,7 @@ impl CheckpointStorage {
                 let path = url.to_file_path().map_err(|()| {
                     EddyError::checkpoint(location, "not a local file URL (file:///absolute/path)")
                 })?;
-                Self::open_local(&path)
+                Self::open_local(&path, create)
             }
             "s3" | "s3a" => Self::open_s3(location, &url),
             "gs" => Self::open_gcs(location, &url),
@@ -121,8 +132,15 @@ impl CheckpointStorage {
         }
     }
 
-    fn open_local(path: &FsPath) -> Result<Self> {
-        std::fs::create_dir_all(path).map_err(|e| EddyError::io(path, e))?;
+    fn open_local(path: &FsPath, create: bool) -> Result<Self> {
+        if create {
+            std::fs::create_dir_all(path).map_err(|e| EddyError::io(path, e))?;
+        } else if !path.is_dir() {
+            return Err(EddyError::checkpoint(
+                path.display().to_string(),
+                "no such directory",
+            ));
+        }
         let root = std::fs::canonicalize(path).map_err(|e| EddyError::io(path, e))?;
         let store = LocalFileSystem::new_with_prefix(&root)
             .map_err(|e| EddyError::checkpoint(root.display().to_string(), e.to_string()))?

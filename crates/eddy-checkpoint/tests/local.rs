@@ -230,6 +230,18 @@ fn restore_arguments() {
     assert!(reason.starts_with("no such checkpoint"), "{reason}");
     let (_, reason) = checkpoint_error(checkpoints.resolve("savepoint-v2").unwrap_err());
     assert!(reason.starts_with("no such checkpoint"), "{reason}");
+    // Restoring from a path under a directory that does not exist creates nothing.
+    let ghost = root_path.join("ghost");
+    let (location, reason) = checkpoint_error(
+        resolve(&ghost.join("chk-0000000001").display().to_string(), None).unwrap_err(),
+    );
+    assert_eq!(
+        (location, reason.as_str()),
+        (ghost.display().to_string(), "no such directory")
+    );
+    assert!(!ghost.exists());
+    assert!(Checkpoints::open_existing(ghost.to_str().unwrap()).is_err());
+    assert!(!ghost.exists());
 }
 
 #[test]

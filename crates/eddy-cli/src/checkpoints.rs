@@ -26,16 +26,16 @@ pub enum CheckpointsCommand {
 pub fn run(command: CheckpointsCommand) -> anyhow::Result<()> {
     match command {
         CheckpointsCommand::Ls { location } => {
-            print!("{}", ls(&Checkpoints::open(&location)?)?);
+            print!("{}", ls(&Checkpoints::open_existing(&location)?)?);
         }
         CheckpointsCommand::Show {
             location,
             checkpoint,
         } => {
             let point = match checkpoint {
-                Some(checkpoint) => Checkpoints::open(&location)?.resolve(&checkpoint)?,
+                Some(checkpoint) => Checkpoints::open_existing(&location)?.resolve(&checkpoint)?,
                 None if names_a_checkpoint(&location) => resolve(&location, None)?,
-                None => Checkpoints::open(&location)?.resolve("latest")?,
+                None => Checkpoints::open_existing(&location)?.resolve("latest")?,
             };
             print!("{}", show(&point));
         }

@@ -165,6 +165,14 @@ fn ls_and_show() {
         err.contains("chk-0000000003") && err.contains("incomplete checkpoint"),
         "{err}"
     );
+    let missing = format!("{root_str}/missing");
+    let (ok, _, err) = eddy(&["checkpoints", "ls", &missing]);
+    assert!(!ok);
+    assert!(
+        err.contains(&missing) && err.contains("no such directory"),
+        "{err}"
+    );
+    assert!(!std::path::Path::new(&missing).exists());
     let (ok, _, err) = eddy(&["checkpoints", "ls", "ftp://nowhere/x"]);
     assert!(!ok);
     assert!(
