@@ -1,14 +1,19 @@
-//! `eddy`: runs Eddy's built-in jobs with the standard job flags.
+//! `eddy`: runs Eddy's built-in jobs with the standard job flags, and inspects checkpoints.
 //!
 //! ```text
 //! eddy run latest-transaction --parallelism 2
 //! eddy run w1 --n 20000000 --k 1000000 --parallelism 2
 //! eddy run w4 --n 20000000 --k 1000000 --parallelism 2
 //! eddy jobs
+//! eddy checkpoints ls /var/eddy/checkpoints
+//! eddy checkpoints show s3://bucket/jobs/fraud/chk-0000000042
+//! eddy checkpoints show /var/eddy/checkpoints savepoint-before-upgrade
 //! ```
 //!
 //! Every job accepts the same job flags (`--parallelism`, `--max-parallelism`,
 //! `--state-backend`, ...) as any program built on Eddy, through [`eddy::JobFlags`].
+
+mod checkpoints;
 
 use clap::{Args, Parser, Subcommand};
 use eddy::{JobFlags, StreamExecutionEnvironment};
@@ -36,6 +41,11 @@ enum Command {
     },
     /// Lists the built-in jobs.
     Jobs,
+    /// Inspects the checkpoints and savepoints of a checkpoint directory.
+    Checkpoints {
+        #[command(subcommand)]
+        command: checkpoints::CheckpointsCommand,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -80,6 +90,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run { job } => run(job),
+        Command::Checkpoints { command } => checkpoints::run(command),
     }
 }
 

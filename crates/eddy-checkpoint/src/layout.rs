@@ -1,0 +1,624 @@
+//! [`Checkpoints`]: the checkpoint directory layout on a [`CheckpointStorage`].
+//!
+//! ```text
+//! <root>/
+//!   chk-0000000042/          checkpoint 42
+//!     _metadata              written last: a checkpoint without it is not complete
+//!     <operator uid>/
+//!       keyed-<subtask>.bin
+//!       operator-<subtask>.bin
+//!   savepoint-<name>/        the same layout; never deleted by retention
+//! ```
+//!
+//! # Guarantees
+//!
+//! * **A checkpoint is complete exactly when its `_metadata` exists.** [`Checkpoints::commit`]
+//!   first checks that every file the metadata lists is stored with the listed size, then
+//!   writes `_metadata` with one atomic put. A crash at any point before that leaves a
+//!   directory without `_metadata`, which [`Checkpoints::list`] and [`Checkpoints::latest`]
+//!   ignore (it is reported by [`Checkpoints::incomplete`]), so the previous complete
+//!   checkpoint stays the latest.
+//! * **Retention never leaves a half-deleted checkpoint that looks complete.**
+//!   [`Checkpoints::retain`] deletes a checkpoint's `_metadata` before its other files.
+//! * Every file is framed and checksummed ([`crate::format`]); reading one checks the frame
+//!   and its kind and refuses a damaged file with an error naming it.
+
+use std::sync::Arc;
+
+use eddy_core::{EddyError, Result};
+
+use crate::format::{self, FileKind};
+use crate::metadata::{CheckpointKind, CheckpointMetadata, PartInfo};
+use crate::storage::CheckpointStorage;
+
+/// The name of a checkpoint's metadata file, written last.
+pub const METADATA_FILE: &str = "_metadata";
+
+const CHECKPOINT_PREFIX: &str = "chk-";
+const SAVEPOINT_PREFIX: &str = "savepoint-";
+/// Digits of a checkpoint directory's id: sorts by name up to id 9,999,999,999.
+const ID_DIGITS: usize = 10;
+/// Longest uid, file or savepoint name accepted as a path segment.
+const MAX_SEGMENT_LEN: usize = 200;
+
+/// Names one checkpoint or savepoint directory under a checkpoint root.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CheckpointRef {
+    /// `chk-<id>` (id zero-padded to 10 digits).
+    Checkpoint(u64),
+    /// `savepoint-<name>`.
+    Savepoint(String),
+}
+
+impl CheckpointRef {
+    /// A savepoint reference, checking that `name` can be a directory name (ASCII letters,
+    /// digits, `-`, `_`, `.`; at most 200 characters).
+    pub fn savepoint(name: &str) -> Result<Self> {
+        check_segment(name, "savepoint name")?;
+        Ok(CheckpointRef::Savepoint(name.to_string()))
+    }
+
+    /// The directory name: `chk-0000000042` or `savepoint-<name>`.
+    pub fn dir_name(&self) -> String {
+        match self {
+            CheckpointRef::Checkpoint(id) => format!("{CHECKPOINT_PREFIX}{id:0ID_DIGITS$}"),
+            CheckpointRef::Savepoint(name) => format!("{SAVEPOINT_PREFIX}{name}"),
+        }
+    }
+
+    /// The reference a directory name stands for, if it is one of ours. Only the canonical
+    /// checkpoint name is recognised (`chk-` and 10 digits), so each id has one directory.
+    pub fn parse_dir_name(name: &str) -> Option<Self> {
+        if let Some(digits) = name.strip_prefix(CHECKPOINT_PREFIX) {
+            let id: u64 = digits.parse().ok()?;
+            let parsed = CheckpointRef::Checkpoint(id);
+            return (digits.bytes().all(|b| b.is_ascii_digit()) && parsed.dir_name() == name)
+                .then_some(parsed);
+        }
+        let savepoint = name.strip_prefix(SAVEPOINT_PREFIX)?;
+        check_segment(savepoint, "savepoint name").ok()?;
+        Some(CheckpointRef::Savepoint(savepoint.to_string()))
+    }
+
+    /// The checkpoint id, for a checkpoint.
+    pub fn checkpoint_id(&self) -> Option<u64> {
+        match self {
+            CheckpointRef::Checkpoint(id) => Some(*id),
+            CheckpointRef::Savepoint(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for CheckpointRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.dir_name())
+    }
+}
+
+/// A complete checkpoint or savepoint: where it is and what its metadata says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointInfo {
+    /// Its directory under the root.
+    pub reference: CheckpointRef,
+    /// The directory as shown to people (path or URL).
+    pub location: String,
+    /// Its `_metadata`.
+    pub metadata: CheckpointMetadata,
+}
+
+/// The checkpoints under one root: writes parts and metadata, lists, reads, retains.
+///
+/// Cheap to clone (the storage is shared) and `Send + Sync`. Every method blocks; call them
+/// from plain threads, never from inside an async runtime (see [`CheckpointStorage`]).
+#[derive(Clone, Debug)]
+pub struct Checkpoints {
+    storage: Arc<CheckpointStorage>,
+}
+
+impl Checkpoints {
+    /// Opens the checkpoint root at `location` (see [`CheckpointStorage::open`] for the
+    /// accepted paths and URLs).
+    pub fn open(location: &str) -> Result<Self> {
+        Ok(Self::new(CheckpointStorage::open(location)?))
+    }
+
+    /// Opens an existing checkpoint root, never creating a local directory (see
+    /// [`CheckpointStorage::open_existing`]).
+    pub fn open_existing(location: &str) -> Result<Self> {
+        Ok(Self::new(CheckpointStorage::open_existing(location)?))
+    }
+
+    /// The checkpoints under `storage`'s root.
+    pub fn new(storage: CheckpointStorage) -> Self {
+        Self {
+            storage: Arc::new(storage),
+        }
+    }
+
+    /// The storage underneath.
+    pub fn storage(&self) -> &CheckpointStorage {
+        &self.storage
+    }
+
+    /// The root as shown to people.
+    pub fn location(&self) -> &str {
+        self.storage.location()
+    }
+
+    /// The directory of `checkpoint` as shown to people.
+    pub fn location_of(&self, checkpoint: &CheckpointRef) -> String {
+        self.storage.describe(&checkpoint.dir_name())
+    }
+
+    /// Frames `payload` as a file of `kind` and stores it as
+    /// `<checkpoint>/<operator_uid>/<file_name>`. Atomic and durable on return. Returns the
+    /// entry to put into the subtask's [`crate::SubtaskMetadata::files`].
+    ///
+    /// `operator_uid` and `file_name` must be path segments: ASCII letters, digits, `-`, `_`,
+    /// `.`, not starting with `.` or `_` (names starting with `_` belong to the layout, like
+    /// `_metadata`), at most 200 characters.
+    pub fn write_part(
+        &self,
+        checkpoint: &CheckpointRef,
+        operator_uid: &str,
+        file_name: &str,
+        kind: FileKind,
+        payload: &[u8],
+    ) -> Result<PartInfo> {
+        if kind == FileKind::Metadata {
+            return Err(EddyError::Internal(
+                "write_part cannot write metadata: use Checkpoints::commit".into(),
+            ));
+        }
+        check_segment(operator_uid, "operator uid")?;
+        check_segment(file_name, "checkpoint file name")?;
+        let path = format!("{operator_uid}/{file_name}");
+        let framed = format::frame(kind, payload);
+        let size = framed.len() as u64;
+        self.storage
+            .put(&format!("{}/{path}", checkpoint.dir_name()), framed)?;
+        Ok(PartInfo { path, size, kind })
+    }
+
+    /// Completes a checkpoint: checks that every file `metadata` lists is stored with its
+    /// listed size, then writes `_metadata` (atomically, last). Until this returns the
+    /// checkpoint is incomplete; once it returns it is complete and durable.
+    ///
+    /// The directory is `metadata.reference()`. Checkpoint ids must be fresh: committing over
+    /// a complete checkpoint replaces its metadata (see [`Checkpoints::next_checkpoint_id`]).
+    pub fn commit(&self, metadata: &CheckpointMetadata) -> Result<CheckpointInfo> {
+        let reference = metadata.reference();
+        let dir = reference.dir_name();
+        let location = self.storage.describe(&format!("{dir}/{METADATA_FILE}"));
+        if let CheckpointKind::Savepoint { name } = &metadata.kind {
+            check_segment(name, "savepoint name")?;
+        }
+        if reference == CheckpointRef::Checkpoint(0) {
+            return Err(EddyError::checkpoint(location, "checkpoint ids start at 1"));
+        }
+        metadata.validate(&location)?;
+
+        let stored: std::collections::HashMap<String, u64> = self
+            .storage
+            .list(&dir)?
+            .into_iter()
+            .filter_map(|object| {
+                let relative = object.path.strip_prefix(&dir)?.strip_prefix('/')?;
+                Some((relative.to_string(), object.size))
+            })
+            .collect();
+        for file in metadata.files() {
+            match stored.get(&file.path) {
+                Some(&size) if size == file.size => {}
+                Some(&size) => {
+                    return Err(EddyError::checkpoint(
+                        self.storage.describe(&format!("{dir}/{}", file.path)),
+                        format!(
+                            "cannot complete the checkpoint: the file has {size} bytes, the \
+                             metadata lists {}",
+                            file.size
+                        ),
+                    ))
+                }
+                None => {
+                    return Err(EddyError::checkpoint(
+                        self.storage.describe(&format!("{dir}/{}", file.path)),
+                        "cannot complete the checkpoint: the metadata lists this file, but it \
+                         was not written",
+                    ))
+                }
+            }
+        }
+        self.storage
+            .put(&format!("{dir}/{METADATA_FILE}"), metadata.encode()?)?;
+        Ok(CheckpointInfo {
+            location: self.storage.describe(&dir),
+            reference,
+            metadata: metadata.clone(),
+        })
+    }
+
+    /// Every complete checkpoint (by id, oldest first), then every complete savepoint (oldest
+    /// first). Directories without `_metadata` are left out: see [`Checkpoints::incomplete`].
+    /// A `_metadata` that cannot be read is an error naming it.
+    pub fn list(&self) -> Result<Vec<CheckpointInfo>> {
+        let mut checkpoints = Vec::new();
+        let mut savepoints = Vec::new();
+        for reference in self.directories()? {
+            let Some(metadata) = self.try_read_metadata(&reference)? else {
+                continue;
+            };
+            let info = CheckpointInfo {
+                location: self.location_of(&reference),
+                reference,
+                metadata,
+            };
+            match info.reference {
+                CheckpointRef::Checkpoint(_) => checkpoints.push(info),
+                CheckpointRef::Savepoint(_) => savepoints.push(info),
+            }
+        }
+        checkpoints.sort_by(|a, b| a.reference.cmp(&b.reference));
+        savepoints.sort_by_key(|info| (info.metadata.taken_at_unix_ms, info.reference.clone()));
+        checkpoints.extend(savepoints);
+        Ok(checkpoints)
+    }
+
+    /// Checkpoint and savepoint directories without `_metadata`: in flight, or left by a
+    /// crash or a failed checkpoint. Sorted (checkpoints by id, then savepoints by name).
+    pub fn incomplete(&self) -> Result<Vec<CheckpointRef>> {
+        let mut incomplete = Vec::new();
+        for reference in self.directories()? {
+            if !self.is_complete(&reference)? {
+                incomplete.push(reference);
+            }
+        }
+        Ok(incomplete)
+    }
+
+    /// The newest complete checkpoint (highest id), if any. Savepoints are not considered:
+    /// they are restored by name.
+    pub fn latest(&self) -> Result<Option<CheckpointInfo>> {
+        let mut ids = self.checkpoint_ids()?;
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        for id in ids {
+            let reference = CheckpointRef::Checkpoint(id);
+            if let Some(metadata) = self.try_read_metadata(&reference)? {
+                return Ok(Some(CheckpointInfo {
+                    location: self.location_of(&reference),
+                    reference,
+                    metadata,
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The id for the next checkpoint: one more than any checkpoint directory's, complete or
+    /// not (so a new checkpoint never writes into an old directory), and at least 1.
+    pub fn next_checkpoint_id(&self) -> Result<u64> {
+        Ok(self
+            .checkpoint_ids()?
+            .into_iter()
+            .max()
+            .map_or(1, |id| id.saturating_add(1)))
+    }
+
+    /// The metadata of `checkpoint`. A directory without `_metadata` is an error saying it is
+    /// incomplete; a missing directory one saying it does not exist.
+    pub fn read_metadata(&self, checkpoint: &CheckpointRef) -> Result<CheckpointMetadata> {
+        if let Some(metadata) = self.try_read_metadata(checkpoint)? {
+            return Ok(metadata);
+        }
+        let dir = checkpoint.dir_name();
+        let reason = if self.storage.list(&dir)?.is_empty() {
+            "no such checkpoint (nothing stored there)"
+        } else {
+            "incomplete checkpoint: it has no _metadata (it was never finished); restore from \
+             another one"
+        };
+        Err(EddyError::checkpoint(self.storage.describe(&dir), reason))
+    }
+
+    /// Reads the file `path` (relative to the checkpoint directory, as in [`PartInfo::path`])
+    /// of `checkpoint`, checks its frame and kind, and returns its payload.
+    pub fn read_part(
+        &self,
+        checkpoint: &CheckpointRef,
+        path: &str,
+        kind: FileKind,
+    ) -> Result<Vec<u8>> {
+        let full = format!("{}/{path}", checkpoint.dir_name());
+        let location = self.storage.describe(&full);
+        check_relative_path(path, &location)?;
+        let mut bytes = self.storage.get(&full)?;
+        let payload_len = format::unframe(&bytes, kind, &location)?.len();
+        // Keep the payload in place: drop the trailer, then shift it over the header.
+        bytes.truncate(format::HEADER_LEN + payload_len);
+        bytes.drain(..format::HEADER_LEN);
+        Ok(bytes)
+    }
+
+    /// Deletes all but the newest `retain` complete checkpoints, and every incomplete
+    /// checkpoint older than the newest complete one (a failed or abandoned attempt). Newer
+    /// incomplete checkpoints are kept: they may be in flight. Savepoints are never deleted.
+    /// Returns what was deleted, oldest first.
+    pub fn retain(&self, retain: usize) -> Result<Vec<CheckpointRef>> {
+        if retain == 0 {
+            return Err(EddyError::Config(
+                "checkpoint retention must keep at least 1 complete checkpoint".into(),
+            ));
+        }
+        let mut complete = Vec::new();
+        let mut incomplete = Vec::new();
+        for id in self.checkpoint_ids()? {
+            let reference = CheckpointRef::Checkpoint(id);
+            if self.is_complete(&reference)? {
+                complete.push(id);
+            } else {
+                incomplete.push(id);
+            }
+        }
+        complete.sort_unstable();
+        let Some(&newest) = complete.last() else {
+            return Ok(Vec::new()); // nothing complete: every attempt may still be needed
+        };
+        let mut doomed: Vec<u64> = complete[..complete.len().saturating_sub(retain)].to_vec();
+        doomed.extend(incomplete.into_iter().filter(|&id| id < newest));
+        doomed.sort_unstable();
+        let mut deleted = Vec::with_capacity(doomed.len());
+        for id in doomed {
+            let reference = CheckpointRef::Checkpoint(id);
+            self.delete(&reference)?;
+            deleted.push(reference);
+        }
+        Ok(deleted)
+    }
+
+    /// Deletes a checkpoint or savepoint directory: its `_metadata` first (so a crash midway
+    /// leaves an incomplete checkpoint, never one that looks complete), then everything else.
+    pub fn delete(&self, checkpoint: &CheckpointRef) -> Result<()> {
+        let dir = checkpoint.dir_name();
+        self.storage
+            .delete_prefix(&format!("{dir}/{METADATA_FILE}"))?;
+        self.storage.delete_prefix(&dir)?;
+        Ok(())
+    }
+
+    /// Resolves a `--restore` argument against this root; see [`resolve`].
+    pub fn resolve(&self, arg: &str) -> Result<RestorePoint> {
+        resolve(arg, Some(self))
+    }
+
+    fn directories(&self) -> Result<Vec<CheckpointRef>> {
+        let mut refs: Vec<CheckpointRef> = self
+            .storage
+            .list_dirs("")?
+            .iter()
+            .filter_map(|name| CheckpointRef::parse_dir_name(name))
+            .collect();
+        refs.sort();
+        Ok(refs)
+    }
+
+    fn checkpoint_ids(&self) -> Result<Vec<u64>> {
+        Ok(self
+            .directories()?
+            .iter()
+            .filter_map(CheckpointRef::checkpoint_id)
+            .collect())
+    }
+
+    fn is_complete(&self, checkpoint: &CheckpointRef) -> Result<bool> {
+        let path = format!("{}/{METADATA_FILE}", checkpoint.dir_name());
+        Ok(self.storage.size(&path)?.is_some())
+    }
+
+    fn try_read_metadata(&self, checkpoint: &CheckpointRef) -> Result<Option<CheckpointMetadata>> {
+        let path = format!("{}/{METADATA_FILE}", checkpoint.dir_name());
+        let Some(bytes) = self.storage.get_opt(&path)? else {
+            return Ok(None);
+        };
+        CheckpointMetadata::decode(&bytes, &self.storage.describe(&path)).map(Some)
+    }
+}
+
+/// A checkpoint or savepoint chosen to restore from, with its metadata read and checked.
+#[derive(Clone, Debug)]
+pub struct RestorePoint {
+    /// The root it lives under.
+    pub checkpoints: Checkpoints,
+    /// Its directory under that root.
+    pub reference: CheckpointRef,
+    /// Its metadata.
+    pub metadata: CheckpointMetadata,
+}
+
+impl RestorePoint {
+    /// Its directory as shown to people.
+    pub fn location(&self) -> String {
+        self.checkpoints.location_of(&self.reference)
+    }
+
+    /// Reads one of its files (a [`PartInfo::path`] from the metadata) and returns the payload.
+    pub fn read_part(&self, path: &str, kind: FileKind) -> Result<Vec<u8>> {
+        self.checkpoints.read_part(&self.reference, path, kind)
+    }
+}
+
+/// Resolves a `--restore` argument to a complete checkpoint or savepoint.
+///
+/// * `latest`: the newest complete checkpoint under `root`;
+/// * a checkpoint id (`42`): `chk-0000000042` under `root`;
+/// * a directory name (`chk-0000000042`, `savepoint-before-upgrade`): under `root`;
+/// * a path or URL of such a directory (`/ckpt/chk-0000000042`,
+///   `s3://bucket/jobs/x/savepoint-v1`, optionally ending in `/_metadata`): its parent is
+///   opened as the root.
+///
+/// A missing or incomplete checkpoint is an error naming it. `root` is the job's checkpoint
+/// location, if it has one; the first three forms need it.
+pub fn resolve(arg: &str, root: Option<&Checkpoints>) -> Result<RestorePoint> {
+    let arg = arg.trim();
+    let need_root = |what: &str| {
+        root.cloned().ok_or_else(|| {
+            EddyError::Config(format!(
+                "cannot restore from {what}: no checkpoint directory is configured (give one, \
+                 or the path or URL of a chk-<id> or savepoint-<name> directory)"
+            ))
+        })
+    };
+    let point = |checkpoints: Checkpoints, reference: CheckpointRef| {
+        let metadata = checkpoints.read_metadata(&reference)?;
+        Ok(RestorePoint {
+            checkpoints,
+            reference,
+            metadata,
+        })
+    };
+
+    if arg == "latest" {
+        let checkpoints = need_root("`latest`")?;
+        return match checkpoints.latest()? {
+            Some(info) => Ok(RestorePoint {
+                checkpoints,
+                reference: info.reference,
+                metadata: info.metadata,
+            }),
+            None => Err(EddyError::checkpoint(
+                checkpoints.location(),
+                "no complete checkpoint to restore from (`latest`)",
+            )),
+        };
+    }
+    if !arg.is_empty() && arg.bytes().all(|b| b.is_ascii_digit()) {
+        let id: u64 = arg
+            .parse()
+            .map_err(|_| EddyError::Config(format!("checkpoint id {arg} is out of range")))?;
+        return point(
+            need_root(&format!("checkpoint {id}"))?,
+            CheckpointRef::Checkpoint(id),
+        );
+    }
+
+    let trimmed = arg.trim_end_matches('/');
+    let trimmed = trimmed
+        .strip_suffix(METADATA_FILE)
+        .map_or(trimmed, |dir| dir.trim_end_matches('/'));
+    let (parent, name) = match trimmed.rsplit_once('/') {
+        Some((parent, name)) => (Some(parent), name),
+        None => (None, trimmed),
+    };
+    let Some(reference) = CheckpointRef::parse_dir_name(name) else {
+        return Err(EddyError::checkpoint(
+            arg,
+            "not a checkpoint to restore from: expected `latest`, a checkpoint id, or a \
+             chk-<10-digit id> or savepoint-<name> directory",
+        ));
+    };
+    let checkpoints = match parent {
+        // `s3://bucket/chk-…`: the bucket itself is the root.
+        // `file:///chk-…`: the root directory.
+        Some(parent) if parent.ends_with("//") => {
+            Checkpoints::open_existing(&format!("{parent}/"))?
+        }
+        Some("") => Checkpoints::open_existing("/")?,
+        Some(parent) => Checkpoints::open_existing(parent)?,
+        None => match root {
+            Some(root) => root.clone(),
+            // A bare directory name without a root: relative to the working directory.
+            None => Checkpoints::open_existing(".")?,
+        },
+    };
+    point(checkpoints, reference)
+}
+
+/// Checks that `name` can be one path segment of the layout.
+fn check_segment(name: &str, what: &str) -> Result<()> {
+    let valid = !name.is_empty()
+        && name.len() <= MAX_SEGMENT_LEN
+        && !name.starts_with('.')
+        && !name.starts_with('_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if valid {
+        Ok(())
+    } else {
+        Err(EddyError::Config(format!(
+            "invalid {what} {name:?}: it names a checkpoint directory or file, so it must be 1 to \
+             {MAX_SEGMENT_LEN} ASCII letters, digits, '-', '_' or '.', not starting with '.' or '_'"
+        )))
+    }
+}
+
+/// Checks that a path from metadata stays inside its checkpoint directory.
+pub(crate) fn check_relative_path(path: &str, location: &str) -> Result<()> {
+    let valid = !path.is_empty()
+        && path.split('/').all(|segment| {
+            !segment.is_empty()
+                && segment != "."
+                && segment != ".."
+                && !segment.contains('\\')
+                && segment.len() <= MAX_SEGMENT_LEN
+        });
+    if valid {
+        Ok(())
+    } else {
+        Err(EddyError::checkpoint(
+            location,
+            format!("invalid file path {path:?} in the metadata (must stay inside the checkpoint)"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directory_names() {
+        assert_eq!(CheckpointRef::Checkpoint(42).dir_name(), "chk-0000000042");
+        assert_eq!(
+            CheckpointRef::parse_dir_name("chk-0000000042"),
+            Some(CheckpointRef::Checkpoint(42))
+        );
+        assert_eq!(CheckpointRef::parse_dir_name("chk-42"), None);
+        assert_eq!(CheckpointRef::parse_dir_name("chk-+000000042"), None);
+        assert_eq!(CheckpointRef::parse_dir_name("chk-"), None);
+        assert_eq!(
+            CheckpointRef::parse_dir_name("savepoint-v1.2"),
+            Some(CheckpointRef::Savepoint("v1.2".into()))
+        );
+        assert_eq!(CheckpointRef::parse_dir_name("savepoint-"), None);
+        assert_eq!(CheckpointRef::parse_dir_name("other"), None);
+        // Ids past 10 digits still round-trip (the name just gets longer).
+        let big = CheckpointRef::Checkpoint(u64::MAX);
+        assert_eq!(CheckpointRef::parse_dir_name(&big.dir_name()), Some(big));
+    }
+
+    #[test]
+    fn segments_are_checked() {
+        assert!(check_segment("window-1_a.b", "uid").is_ok());
+        for bad in [
+            "",
+            ".",
+            "..",
+            "_metadata",
+            "a/b",
+            "a b",
+            "ä",
+            &"x".repeat(201),
+        ] {
+            assert!(check_segment(bad, "uid").is_err(), "{bad:?}");
+        }
+        assert!(CheckpointRef::savepoint("../x").is_err());
+    }
+
+    #[test]
+    fn relative_paths_stay_inside() {
+        assert!(check_relative_path("op/keyed-0.bin", "x").is_ok());
+        for bad in ["", "/abs", "op/../../x", "op//x", "./x", "op\\x"] {
+            assert!(check_relative_path(bad, "x").is_err(), "{bad:?}");
+        }
+    }
+}

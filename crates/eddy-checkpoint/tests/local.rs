@@ -1,0 +1,379 @@
+//! The checkpoint layout on a local directory: the full scenario, crash leftovers, corrupt
+//! files, every form of `--restore`, and the ways to name a root.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{checkpoint_error, complete_checkpoint, full_scenario, write_checkpoint};
+use eddy_checkpoint::{
+    resolve, CheckpointMetadata, CheckpointRef, CheckpointStorage, Checkpoints, FileKind,
+    METADATA_FILE,
+};
+use eddy_core::EddyError;
+
+fn root() -> (tempfile::TempDir, Checkpoints) {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoints = Checkpoints::open(dir.path().to_str().unwrap()).unwrap();
+    (dir, checkpoints)
+}
+
+#[test]
+fn full_scenario_on_a_local_directory() {
+    let (dir, checkpoints) = root();
+    full_scenario(&checkpoints);
+    // Retention removed the directories themselves, not only their files.
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "chk-0000000004",
+            "chk-0000000005",
+            "chk-0000000006",
+            "savepoint-before-upgrade"
+        ]
+    );
+}
+
+#[test]
+fn the_layout_on_disk_is_the_documented_one() {
+    let (dir, checkpoints) = root();
+    complete_checkpoint(&checkpoints, 42);
+    let chk = dir.path().join("chk-0000000042");
+    for file in [
+        METADATA_FILE,
+        "count/keyed-0.bin",
+        "count/keyed-1.bin",
+        "rules/keyed-0.bin",
+        "rules/operator-0.bin",
+    ] {
+        let bytes = std::fs::read(chk.join(file)).unwrap();
+        assert_eq!(&bytes[..8], b"EDDYCKPT", "{file}");
+    }
+    // Nothing else: no staging files left behind by the atomic puts.
+    let count = walk(&chk).len();
+    assert_eq!(count, 5);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+#[test]
+fn a_crash_mid_checkpoint_leaves_the_previous_one_latest() {
+    let (dir, checkpoints) = root();
+    complete_checkpoint(&checkpoints, 1);
+    // Checkpoint 2: parts written, the process dies before `_metadata`; one part was even cut
+    // off mid-write (the local store's staging file, as a crash during a put leaves it).
+    write_checkpoint(&checkpoints, &CheckpointRef::Checkpoint(2));
+    let chk2 = dir.path().join("chk-0000000002");
+    std::fs::write(chk2.join("count/keyed-7.bin#1"), b"EDDYCK").unwrap();
+
+    // A new process opens the same root.
+    let reopened = Checkpoints::open(dir.path().to_str().unwrap()).unwrap();
+    let latest = reopened.latest().unwrap().unwrap();
+    assert_eq!(latest.reference, CheckpointRef::Checkpoint(1));
+    common::check_parts(&reopened, &latest.reference, &latest.metadata);
+    assert_eq!(
+        reopened.incomplete().unwrap(),
+        vec![CheckpointRef::Checkpoint(2)]
+    );
+    // The staging file is invisible.
+    assert!(reopened
+        .storage()
+        .list("chk-0000000002")
+        .unwrap()
+        .iter()
+        .all(|o| !o.path.contains('#')));
+    assert_eq!(reopened.next_checkpoint_id().unwrap(), 3);
+
+    // Checkpoint 3 completes; retention removes the torn one, staging file and all.
+    complete_checkpoint(&reopened, 3);
+    assert_eq!(
+        reopened.retain(1).unwrap(),
+        vec![CheckpointRef::Checkpoint(1), CheckpointRef::Checkpoint(2)]
+    );
+    assert!(!chk2.exists());
+    assert!(!dir.path().join("chk-0000000001").exists());
+}
+
+#[test]
+fn nothing_complete_means_nothing_deleted() {
+    let (_dir, checkpoints) = root();
+    write_checkpoint(&checkpoints, &CheckpointRef::Checkpoint(1));
+    assert!(checkpoints.latest().unwrap().is_none());
+    assert!(checkpoints.retain(1).unwrap().is_empty());
+    assert_eq!(
+        checkpoints.incomplete().unwrap(),
+        vec![CheckpointRef::Checkpoint(1)]
+    );
+    let err = checkpoints.resolve("latest").unwrap_err();
+    assert!(err.to_string().contains("no complete checkpoint"), "{err}");
+    assert!(matches!(checkpoints.retain(0), Err(EddyError::Config(_))));
+}
+
+#[test]
+fn damaged_metadata_is_refused_naming_the_file() {
+    let (dir, checkpoints) = root();
+    complete_checkpoint(&checkpoints, 1);
+    let path = dir.path().join("chk-0000000001").join(METADATA_FILE);
+    let bytes = std::fs::read(&path).unwrap();
+
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (bytes[..bytes.len() - 3].to_vec(), "truncated"),
+        (Vec::new(), "truncated: 0 bytes"),
+        (
+            b"{\"not\": \"ours\"}".to_vec(),
+            "not an Eddy checkpoint file (foreign file?)",
+        ),
+        (
+            {
+                let mut newer = bytes.clone();
+                newer[8] = 2;
+                newer
+            },
+            "format version 2",
+        ),
+        (
+            {
+                let mut flipped = bytes.clone();
+                flipped[30] ^= 0x80;
+                flipped
+            },
+            "checksum mismatch",
+        ),
+    ];
+    for (content, expected) in cases {
+        std::fs::write(&path, &content).unwrap();
+        for err in [
+            checkpoints.latest().unwrap_err(),
+            checkpoints.list().unwrap_err(),
+            checkpoints.resolve("1").unwrap_err(),
+        ] {
+            let (location, reason) = checkpoint_error(err);
+            assert_eq!(location, path.display().to_string());
+            assert!(
+                reason.contains(expected),
+                "{reason} should contain {expected}"
+            );
+        }
+    }
+}
+
+#[test]
+fn restore_arguments() {
+    let (dir, checkpoints) = root();
+    let first = complete_checkpoint(&checkpoints, 1);
+    let second = complete_checkpoint(&checkpoints, 2);
+    let savepoint = CheckpointRef::savepoint("v1").unwrap();
+    let sp = write_checkpoint(&checkpoints, &savepoint);
+    checkpoints.commit(&sp).unwrap();
+    let root_path = dir.path().canonicalize().unwrap();
+    let chk1 = root_path.join("chk-0000000001");
+
+    let cases: Vec<(String, CheckpointMetadata)> = vec![
+        ("latest".into(), second.clone()),
+        ("1".into(), first.clone()),
+        ("chk-0000000001".into(), first.clone()),
+        ("savepoint-v1".into(), sp.clone()),
+        (chk1.display().to_string(), first.clone()),
+        (format!("{}/", chk1.display()), first.clone()),
+        (
+            chk1.join(METADATA_FILE).display().to_string(),
+            first.clone(),
+        ),
+        (format!("file://{}", chk1.display()), first.clone()),
+        (
+            root_path.join("savepoint-v1").display().to_string(),
+            sp.clone(),
+        ),
+    ];
+    for (arg, expected) in &cases {
+        let point = checkpoints.resolve(arg).unwrap();
+        assert_eq!(&point.metadata, expected, "{arg}");
+        let file = &point.metadata.operators[1].subtasks[0].files[1];
+        assert_eq!(
+            point.read_part(&file.path, file.kind).unwrap(),
+            common::payload(expected.checkpoint_id, "rules", 0, FileKind::OperatorState),
+            "{arg}"
+        );
+    }
+    // Paths and URLs need no configured root.
+    assert_eq!(
+        resolve(&chk1.display().to_string(), None).unwrap().metadata,
+        first
+    );
+    assert!(matches!(resolve("latest", None), Err(EddyError::Config(_))));
+    assert!(matches!(resolve("2", None), Err(EddyError::Config(_))));
+
+    // Wrong arguments name what they were given.
+    let (location, reason) = checkpoint_error(checkpoints.resolve("yesterday").unwrap_err());
+    assert_eq!(location, "yesterday");
+    assert!(reason.contains("expected `latest`"), "{reason}");
+    let missing = root_path.join("chk-0000000009");
+    let (location, reason) =
+        checkpoint_error(resolve(&missing.display().to_string(), None).unwrap_err());
+    assert_eq!(location, missing.display().to_string());
+    assert!(reason.starts_with("no such checkpoint"), "{reason}");
+    let (_, reason) = checkpoint_error(checkpoints.resolve("savepoint-v2").unwrap_err());
+    assert!(reason.starts_with("no such checkpoint"), "{reason}");
+    // Restoring from a path under a directory that does not exist creates nothing.
+    let ghost = root_path.join("ghost");
+    let (location, reason) = checkpoint_error(
+        resolve(&ghost.join("chk-0000000001").display().to_string(), None).unwrap_err(),
+    );
+    assert_eq!(
+        (location, reason.as_str()),
+        (ghost.display().to_string(), "no such directory")
+    );
+    assert!(!ghost.exists());
+    assert!(Checkpoints::open_existing(ghost.to_str().unwrap()).is_err());
+    assert!(!ghost.exists());
+}
+
+#[test]
+fn roots_by_path_url_and_relative_path() {
+    let dir = tempfile::tempdir().unwrap();
+    // Created if missing, however deep.
+    let nested = dir.path().join("a/b/c");
+    let by_path = Checkpoints::open(nested.to_str().unwrap()).unwrap();
+    complete_checkpoint(&by_path, 1);
+    assert!(nested.join("chk-0000000001").join(METADATA_FILE).is_file());
+    assert_eq!(
+        by_path.location(),
+        nested.canonicalize().unwrap().display().to_string()
+    );
+
+    let by_url = Checkpoints::open(&format!("file://{}", nested.display())).unwrap();
+    assert_eq!(by_url.latest().unwrap().unwrap().metadata.checkpoint_id, 1);
+
+    // A relative path is relative to the working directory, and reported absolute.
+    // (Tests run in the crate's directory: this lands in the workspace's git-ignored target/.)
+    let relative_path = format!(
+        "../../target/tmp/eddy-checkpoint-relative-{}",
+        std::process::id()
+    );
+    let relative = CheckpointStorage::open(&relative_path).unwrap();
+    assert!(std::path::Path::new(relative.location()).is_absolute());
+    assert!(relative.is_local());
+    let _ = std::fs::remove_dir_all(relative.location());
+}
+
+#[test]
+fn unknown_schemes_and_bad_names_are_clear_errors() {
+    let (location, reason) =
+        checkpoint_error(CheckpointStorage::open("ftp://host/ckpt").unwrap_err());
+    assert_eq!(location, "ftp://host/ckpt");
+    assert!(
+        reason.contains("unsupported URL scheme `ftp://`"),
+        "{reason}"
+    );
+    assert!(matches!(
+        CheckpointStorage::open("  "),
+        Err(EddyError::Config(_))
+    ));
+
+    let (_dir, checkpoints) = root();
+    let chk = CheckpointRef::Checkpoint(1);
+    for (uid, file) in [
+        ("a/b", "keyed-0.bin"),
+        ("op", "../x"),
+        ("_x", "f"),
+        ("op", ""),
+    ] {
+        let err = checkpoints
+            .write_part(&chk, uid, file, FileKind::KeyedState, b"")
+            .unwrap_err();
+        assert!(matches!(err, EddyError::Config(_)), "{uid}/{file}: {err}");
+    }
+    assert!(checkpoints
+        .write_part(&chk, "op", "m", FileKind::Metadata, b"")
+        .is_err());
+    assert!(CheckpointRef::savepoint("a b").is_err());
+}
+
+#[test]
+fn storage_basics() {
+    let (_dir, checkpoints) = root();
+    let storage = checkpoints.storage();
+    storage.put("x/y/z.bin", vec![1, 2, 3]).unwrap();
+    storage.put("x/w.bin", vec![4]).unwrap();
+    assert_eq!(storage.get("x/y/z.bin").unwrap(), vec![1, 2, 3]);
+    assert_eq!(storage.get_opt("nope").unwrap(), None);
+    assert_eq!(storage.size("x/w.bin").unwrap(), Some(1));
+    let listed: Vec<(String, u64)> = storage
+        .list("x")
+        .unwrap()
+        .into_iter()
+        .map(|o| (o.path, o.size))
+        .collect();
+    assert_eq!(listed, vec![("x/w.bin".into(), 1), ("x/y/z.bin".into(), 3)]);
+    assert_eq!(storage.list_dirs("").unwrap(), vec!["x".to_string()]);
+    assert!(storage.list("missing").unwrap().is_empty());
+    let (location, reason) = checkpoint_error(storage.get("nope").unwrap_err());
+    assert!(location.ends_with("/nope"), "{location}");
+    assert_eq!(reason, "not found");
+    assert_eq!(storage.delete_prefix("x").unwrap(), 2);
+    assert!(storage.list("").unwrap().is_empty());
+    assert!(storage.delete_prefix("").is_err());
+}
+
+#[test]
+fn parts_are_written_concurrently_from_plain_threads() {
+    let (_dir, checkpoints) = root();
+    let chk = CheckpointRef::Checkpoint(1);
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let checkpoints = checkpoints.clone();
+            let chk = chk.clone();
+            std::thread::spawn(move || {
+                for j in 0..10 {
+                    checkpoints
+                        .write_part(
+                            &chk,
+                            "op",
+                            &format!("keyed-{i}-{j}.bin"),
+                            FileKind::KeyedState,
+                            &[i; 100],
+                        )
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.join().unwrap();
+    }
+    assert_eq!(
+        checkpoints.storage().list("chk-0000000001").unwrap().len(),
+        40
+    );
+}
+
+#[test]
+fn blocking_calls_inside_an_async_runtime_are_refused() {
+    let (_dir, checkpoints) = root();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let result = runtime.block_on(async { checkpoints.list() });
+    match result {
+        Err(EddyError::Internal(reason)) => assert!(reason.contains("async runtime"), "{reason}"),
+        other => panic!("expected an internal error, got {other:?}"),
+    }
+    // Dropping the storage inside a runtime must not panic either.
+    runtime.block_on(async move { drop(checkpoints) });
+}
