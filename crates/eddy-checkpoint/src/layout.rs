@@ -379,8 +379,9 @@ impl Checkpoints {
     /// leaves an incomplete checkpoint, never one that looks complete), then everything else.
     pub fn delete(&self, checkpoint: &CheckpointRef) -> Result<()> {
         let dir = checkpoint.dir_name();
-        self.storage
-            .delete_prefix(&format!("{dir}/{METADATA_FILE}"))?;
+        // The metadata goes first: a half-deleted checkpoint is then incomplete, never a
+        // complete one with missing files.
+        self.storage.delete(&format!("{dir}/{METADATA_FILE}"))?;
         self.storage.delete_prefix(&dir)?;
         Ok(())
     }

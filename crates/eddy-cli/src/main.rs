@@ -18,6 +18,7 @@ mod checkpoints;
 use clap::{Args, Parser, Subcommand};
 use eddy::{JobFlags, StreamExecutionEnvironment};
 use eddy_bench::{peak_rss_mb, Workload, WorkloadArgs};
+use eddy_examples::customer_totals::{self, CustomerTotalsArgs};
 use eddy_examples::latest_transaction::{self, LatestTransactionArgs};
 
 /// The heap backend allocates per key; mimalloc keeps that cheap (see BENCHMARKS.md).
@@ -62,6 +63,16 @@ enum Job {
     W3(WorkloadJob),
     /// Benchmark W4: W1 with a state TTL of one hour (the cost of TTL).
     W4(WorkloadJob),
+    /// Running totals per customer into an exactly-once file sink (the crash-test job).
+    CustomerTotals(CustomerTotalsJob),
+}
+
+#[derive(Args, Debug)]
+struct CustomerTotalsJob {
+    #[command(flatten)]
+    args: CustomerTotalsArgs,
+    #[command(flatten)]
+    job: JobFlags,
 }
 
 #[derive(Args, Debug)]
@@ -87,6 +98,7 @@ fn main() -> anyhow::Result<()> {
             println!(
                 "w0 | w1 | w2 | w3 | w4   the keyed-state benchmark workloads (see BENCHMARKS.md)"
             );
+            println!("customer-totals     running totals per customer, exactly-once file output");
             Ok(())
         }
         Command::Run { job } => run(job),
@@ -97,6 +109,7 @@ fn main() -> anyhow::Result<()> {
 fn run(job: Job) -> anyhow::Result<()> {
     let (workload, job) = match job {
         Job::LatestTransaction(job) => return run_latest_transaction(&job),
+        Job::CustomerTotals(job) => return run_customer_totals(&job),
         Job::W0(job) => (Workload::W0, job),
         Job::W1(job) => (Workload::W1, job),
         Job::W2(job) => (Workload::W2, job),
@@ -132,4 +145,33 @@ fn run_latest_transaction(job: &LatestTransactionJob) -> anyhow::Result<()> {
         summary.emitted,
     );
     Ok(())
+}
+
+fn run_customer_totals(job: &CustomerTotalsJob) -> anyhow::Result<()> {
+    let env = StreamExecutionEnvironment::from_flags(&job.job)?;
+    let result = customer_totals::run(&env, &job.args)?;
+    let durations: Vec<f64> = result
+        .checkpoints
+        .iter()
+        .map(|c| c.duration.as_secs_f64() * 1000.0)
+        .collect();
+    println!(
+        "customer-totals: {} transactions in {:.2} s at parallelism {}; {} checkpoints{}; {} restarts",
+        result
+            .operator("customer-totals")
+            .map_or(0, |o| o.records_in),
+        result.duration.as_secs_f64(),
+        result.parallelism,
+        result.checkpoints.len(),
+        median(&durations).map_or_else(String::new, |m| format!(" (median {m:.1} ms)")),
+        result.restarts,
+    );
+    Ok(())
+}
+
+/// The median of `values`, if any.
+fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied()
 }

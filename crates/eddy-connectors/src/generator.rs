@@ -1,9 +1,11 @@
 //! Bounded, deterministic generator sources.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use eddy_core::{Data, Result};
 use eddy_runtime::{Source, SourceContext, SourceReader, SourceStatus};
+use eddy_state::{ListStateDescriptor, OperatorListState, OperatorStateStore};
 use serde::{Deserialize, Serialize};
 
 /// Produces record `index` of a generated stream; a pure function of `index`.
@@ -23,32 +25,48 @@ impl<T: Data, F: Fn(u64) -> T + Send + Sync + 'static> Generator for F {
     }
 }
 
-/// A bounded source of `count` records, record `i` being `generator.generate(i)`.
+/// A bounded source producing `generator.generate(i)` for `i` in `0..count`, split into
+/// contiguous ranges, one per subtask (as Flink's `NumberSequenceSource`).
 ///
-/// `[0, count)` is cut into one contiguous range per subtask, of equal size up to one record
-/// (the first `count % parallelism` subtasks get one more), as Flink's `NumberSequenceSource`;
-/// each subtask emits its range in increasing order.
+/// Its position is checkpointed: each split's remaining range is an element of the even-split
+/// operator list state `generator-splits`, so a restore resumes exactly where the checkpoint
+/// was taken, at any parallelism (the remaining ranges are dealt out to the new subtasks).
 ///
 /// ```
-/// use eddy_connectors::GeneratorSource;
-/// let squares = GeneratorSource::new(10, |i: u64| i * i);
-/// assert_eq!(squares.split(1, 3), 4..7);
+/// use eddy_connectors::generator::GeneratorSource;
+///
+/// let source = GeneratorSource::new(10, |i: u64| i * 2);
+/// assert_eq!(source.split(0, 3), 0..4);
+/// assert_eq!(source.split(2, 3), 7..10);
 /// ```
 pub struct GeneratorSource<G> {
     count: u64,
     generator: Arc<G>,
+    /// At most this many records per second per subtask (`None`: as fast as possible).
+    rate: Option<u64>,
 }
 
+/// The name of the generator's position in its operator state.
+const SPLITS_STATE: &str = "generator-splits";
+
 impl<G: Generator> GeneratorSource<G> {
-    /// `count` records from `generator`.
+    /// `count` records made by `generator`.
     pub fn new(count: u64, generator: G) -> Self {
         GeneratorSource {
             count,
             generator: Arc::new(generator),
+            rate: None,
         }
     }
 
-    /// The index range subtask `subtask` of `parallelism` emits.
+    /// Limits each subtask to `per_second` records per second: a stand-in for a live source,
+    /// so that a job runs long enough to be checkpointed and killed in tests and demos.
+    pub fn with_rate(mut self, per_second: u64) -> Self {
+        self.rate = Some(per_second.max(1));
+        self
+    }
+
+    /// The range of indices subtask `subtask` of `parallelism` produces (without a restore).
     pub fn split(&self, subtask: usize, parallelism: usize) -> std::ops::Range<u64> {
         let parallelism = parallelism.max(1) as u64;
         let subtask = subtask as u64;
@@ -65,17 +83,75 @@ impl<G: Generator> Source for GeneratorSource<G> {
     type Reader = GeneratorReader<G>;
 
     fn create_reader(&self, ctx: SourceContext) -> Result<GeneratorReader<G>> {
-        Ok(GeneratorReader {
-            generator: Arc::clone(&self.generator),
-            range: self.split(ctx.subtask, ctx.parallelism),
-        })
+        Ok(self.reader(vec![self.split(ctx.subtask, ctx.parallelism)], None))
+    }
+
+    fn create_reader_with_state(
+        &self,
+        ctx: SourceContext,
+        state: &mut OperatorStateStore,
+    ) -> Result<GeneratorReader<G>> {
+        let positions = state.list_state(&ListStateDescriptor::<(u64, u64)>::new(SPLITS_STATE))?;
+        // Finished splits stay in the state as empty ranges, so an empty list means "not
+        // restored", never "all done".
+        let restored: Vec<(u64, u64)> = positions.get()?.collect();
+        let ranges = if restored.is_empty() {
+            vec![self.split(ctx.subtask, ctx.parallelism)]
+        } else {
+            restored
+                .into_iter()
+                .map(|(start, end)| start..end)
+                .collect()
+        };
+        Ok(self.reader(ranges, Some(positions)))
     }
 }
 
-/// One subtask's range of a [`GeneratorSource`].
+impl<G: Generator> GeneratorSource<G> {
+    fn reader(
+        &self,
+        ranges: Vec<std::ops::Range<u64>>,
+        positions: Option<OperatorListState<(u64, u64)>>,
+    ) -> GeneratorReader<G> {
+        GeneratorReader {
+            generator: Arc::clone(&self.generator),
+            current: 0,
+            ranges,
+            positions,
+            rate: self.rate.map(|per_second| RateLimit {
+                per_second,
+                started: Instant::now(),
+                emitted: 0,
+            }),
+        }
+    }
+}
+
+/// A records-per-second budget, measured from the reader's start.
+struct RateLimit {
+    per_second: u64,
+    started: Instant,
+    emitted: u64,
+}
+
+impl RateLimit {
+    /// How many records may go out now.
+    fn allowance(&self) -> u64 {
+        let due = self.started.elapsed().as_micros() * u128::from(self.per_second) / 1_000_000;
+        (due as u64).saturating_sub(self.emitted)
+    }
+}
+
+/// Reads one subtask's ranges of a [`GeneratorSource`].
 pub struct GeneratorReader<G> {
     generator: Arc<G>,
-    range: std::ops::Range<u64>,
+    /// The remaining range of every split this subtask owns; finished ones are empty.
+    ranges: Vec<std::ops::Range<u64>>,
+    /// The split being read.
+    current: usize,
+    /// Where the ranges are checkpointed (absent when created without operator state).
+    positions: Option<OperatorListState<(u64, u64)>>,
+    rate: Option<RateLimit>,
 }
 
 impl<G: Generator> SourceReader for GeneratorReader<G> {
@@ -83,15 +159,36 @@ impl<G: Generator> SourceReader for GeneratorReader<G> {
 
     #[inline]
     fn poll(&mut self, out: &mut Vec<G::Item>, max: usize) -> Result<SourceStatus> {
-        let end = self.range.end.min(self.range.start + max as u64);
+        let mut max = max as u64;
+        if let Some(rate) = &self.rate {
+            max = max.min(rate.allowance());
+        }
+        while self.ranges.get(self.current).is_some_and(|r| r.is_empty()) {
+            self.current += 1;
+        }
+        let Some(range) = self.ranges.get_mut(self.current) else {
+            return Ok(SourceStatus::Finished);
+        };
+        let end = range.end.min(range.start + max);
         let generator = &*self.generator;
-        out.extend((self.range.start..end).map(|i| generator.generate(i)));
-        self.range.start = end;
-        Ok(if self.range.is_empty() {
+        out.extend((range.start..end).map(|i| generator.generate(i)));
+        if let Some(rate) = &mut self.rate {
+            rate.emitted += end - range.start;
+        }
+        range.start = end;
+        let done = self.ranges[self.current..].iter().all(|r| r.is_empty());
+        Ok(if done {
             SourceStatus::Finished
         } else {
             SourceStatus::More
         })
+    }
+
+    fn snapshot_state(&mut self) -> Result<()> {
+        if let Some(positions) = &self.positions {
+            positions.update(self.ranges.iter().map(|r| (r.start, r.end)).collect())?;
+        }
+        Ok(())
     }
 }
 

@@ -31,10 +31,7 @@ fn orders() -> Vec<Order> {
 fn write_two_parts(sink: &FileSink<Order>, records: &[Order]) -> Result<()> {
     for subtask in 0..2 {
         let mut part = sink.clone();
-        part.open(SinkContext {
-            subtask,
-            parallelism: 2,
-        })?;
+        part.open(SinkContext::new(subtask, 2))?;
         for record in records.iter().skip(subtask).step_by(2) {
             part.write(record.clone())?;
         }
@@ -86,10 +83,7 @@ fn csv_without_header_round_trip_through_one_file() -> TestResult {
     let path = dir.path().join("orders.csv");
     let format = FileFormat::Csv { has_header: false };
     let mut sink = FileSink::to_file(&path, format);
-    sink.open(SinkContext {
-        subtask: 0,
-        parallelism: 1,
-    })?;
+    sink.open(SinkContext::new(0, 1))?;
     for order in orders() {
         sink.write(order)?;
     }
@@ -103,10 +97,7 @@ fn single_file_sink_refuses_parallelism_above_one() -> TestResult {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("one.jsonl");
     let mut sink = FileSink::<Order>::to_file(path, FileFormat::JsonLines);
-    let opened = sink.open(SinkContext {
-        subtask: 0,
-        parallelism: 2,
-    });
+    let opened = sink.open(SinkContext::new(0, 2));
     let Err(error) = opened else {
         panic!("a single-file sink opened at parallelism 2");
     };

@@ -5,6 +5,7 @@ use std::time::Duration;
 use eddy_core::key_group::{default_max_parallelism, validate_parallelism};
 use eddy_core::Result;
 
+use crate::checkpoint::CheckpointConfig;
 use crate::time::ProcessingClock;
 
 /// Which keyed-state backend a job's keyed operators use.
@@ -41,6 +42,8 @@ pub struct JobConfig {
     /// Where processing time comes from (processing-time timers, state TTL, source
     /// idleness): the wall clock unless a test injects a manual clock.
     pub clock: ProcessingClock,
+    /// Checkpoints, restore and restarts.
+    pub checkpoint: CheckpointConfig,
 }
 
 impl Default for JobConfig {
@@ -52,6 +55,7 @@ impl Default for JobConfig {
             epoch_interval: Duration::from_millis(10),
             max_epochs_in_flight: 4,
             clock: ProcessingClock::default(),
+            checkpoint: CheckpointConfig::default(),
         }
     }
 }
@@ -78,6 +82,28 @@ impl JobConfig {
             return Err(eddy_core::EddyError::Config(
                 "epoch_interval must be positive".into(),
             ));
+        }
+        let checkpoint = &self.checkpoint;
+        if checkpoint.interval.is_some() && checkpoint.location.is_none() {
+            return Err(eddy_core::EddyError::Config(
+                "checkpoints need a location: set the checkpoint directory or URL \
+                 (--checkpoint-dir)"
+                    .into(),
+            ));
+        }
+        if checkpoint.interval.is_some_and(|i| i.is_zero()) {
+            return Err(eddy_core::EddyError::Config(
+                "the checkpoint interval must be positive".into(),
+            ));
+        }
+        if checkpoint.restore.is_some() && checkpoint.location.is_none() {
+            let restore = checkpoint.restore.as_deref().unwrap_or_default();
+            if restore == "latest" || restore.parse::<u64>().is_ok() {
+                return Err(eddy_core::EddyError::Config(format!(
+                    "--restore {restore} needs the checkpoint directory (--checkpoint-dir) to \
+                     look in"
+                )));
+            }
         }
         if self.max_epochs_in_flight == 0 {
             return Err(eddy_core::EddyError::Config(

@@ -3,9 +3,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use eddy_checkpoint::Checkpoints;
 use eddy_core::{EddyError, Result};
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 
+use crate::checkpoint::{
+    Barriers, CheckpointStats, Coordinator, RestartStrategy, RestoredCheckpoint,
+};
 use crate::config::JobConfig;
 use crate::failure::{AbortOnPanic, FailureState};
 use crate::graph::{JobGraph, WorkerContext};
@@ -26,8 +30,13 @@ pub struct JobResult {
     pub max_parallelism: usize,
     /// From the start of execution to the last record at the sinks.
     pub duration: Duration,
-    /// Record counts per operator, in the order the operators were defined.
+    /// Record counts per operator, in the order the operators were defined (summed over
+    /// restarts).
     pub operators: Vec<OperatorSummary>,
+    /// The checkpoints completed by the last run, in order.
+    pub checkpoints: Vec<CheckpointStats>,
+    /// How often the job restarted after a failure.
+    pub restarts: u32,
 }
 
 impl JobResult {
@@ -45,8 +54,10 @@ impl JobResult {
 /// Executes `graph` with `config` on `config.parallelism` timely worker threads and waits for
 /// the job to finish (every source exhausted and every record at its sink).
 ///
-/// The first error of any operator, or a panic on any worker, stops all workers; it is returned
-/// as [`EddyError::Job`], naming the operator and the subtask.
+/// The first error of any operator, or a panic on any worker, stops all workers. With a
+/// restart strategy and checkpoints, the job then restarts from its latest completed
+/// checkpoint; otherwise (or once the attempts are used up) the error is returned as
+/// [`EddyError::Job`], naming the operator and the subtask.
 pub fn execute(job_name: &str, graph: JobGraph, config: &JobConfig) -> Result<JobResult> {
     config.validate()?;
     for sink in graph.sinks() {
@@ -58,13 +69,115 @@ pub fn execute(job_name: &str, graph: JobGraph, config: &JobConfig) -> Result<Jo
         )));
     }
     let graph = Arc::new(graph);
-    let failures = Arc::new(FailureState::default());
-    let max_parallelism = config.effective_max_parallelism();
     let start = Instant::now();
+    let mut restore = config.checkpoint.restore.clone();
+    let mut restarts = 0u32;
+    loop {
+        match run_attempt(job_name, &graph, config, restore.as_deref(), start) {
+            Ok(mut result) => {
+                result.restarts = restarts;
+                return Ok(result);
+            }
+            Err(error) => {
+                let RestartStrategy::FixedDelay { attempts, delay } = config.checkpoint.restart
+                else {
+                    return Err(error);
+                };
+                if restarts >= attempts || config.checkpoint.location.is_none() {
+                    return Err(error);
+                }
+                restarts += 1;
+                eprintln!(
+                    "eddy: job \"{job_name}\" failed ({error}); restart {restarts} of {attempts} \
+                     from the latest checkpoint in {delay:?}"
+                );
+                std::thread::sleep(delay);
+                // Without a completed checkpoint yet, the restart begins from scratch.
+                restore = latest_completed(config)?.map(|id| id.to_string());
+            }
+        }
+    }
+}
 
-    let worker_graph = Arc::clone(&graph);
+/// The id of the newest completed checkpoint under the job's checkpoint location.
+fn latest_completed(config: &JobConfig) -> Result<Option<u64>> {
+    let Some(location) = config.checkpoint.location.as_deref() else {
+        return Ok(None);
+    };
+    let latest = Checkpoints::open(location)?.latest()?;
+    Ok(latest.map(|info| info.metadata.checkpoint_id))
+}
+
+/// Reads the checkpoint or savepoint a restore argument refers to.
+fn load_restore(config: &JobConfig, what: &str) -> Result<RestoredCheckpoint> {
+    let root = match config.checkpoint.location.as_deref() {
+        Some(location) => Some(Checkpoints::open(location)?),
+        None => None,
+    };
+    RestoredCheckpoint::load(root.as_ref(), what)
+}
+
+/// One run of the job, restoring `restore` first if given.
+fn run_attempt(
+    job_name: &str,
+    graph: &Arc<JobGraph>,
+    config: &JobConfig,
+    restore: Option<&str>,
+    start: Instant,
+) -> Result<JobResult> {
+    let max_parallelism = config.effective_max_parallelism();
+    let restored = match restore {
+        Some(what) => {
+            let restored = load_restore(config, what)?;
+            restored.check_against(
+                max_parallelism,
+                &graph.operator_ids(),
+                config.checkpoint.allow_non_restored_state,
+                what,
+            )?;
+            Some(Arc::new(restored))
+        }
+        None => None,
+    };
+    for sink in graph.sinks() {
+        // Publishes what the restored checkpoint had pre-committed (its commit may not have
+        // happened before the crash) and discards output no checkpoint covers.
+        let committables = restored.as_ref().and_then(|r| {
+            let uid = graph
+                .uids()
+                .get(sink.name())
+                .map_or(sink.name(), String::as_str);
+            r.operators.get(uid).map(|o| o.committables.as_slice())
+        });
+        sink.recover(committables.unwrap_or_default(), config)?;
+    }
+    let barriers = Barriers::new(&config.checkpoint, config.epoch_interval);
+    let (checkpoints, stats) = match (&config.checkpoint.location, barriers.enabled()) {
+        (Some(location), true) => {
+            let checkpoints = Checkpoints::open(location)?;
+            // Ids keep growing across runs into the same directory.
+            let id_base = checkpoints.next_checkpoint_id()?.saturating_sub(1);
+            let (coordinator, stats) = Coordinator::start(
+                checkpoints,
+                job_name,
+                config.parallelism,
+                max_parallelism,
+                config.checkpoint.retained,
+                barriers,
+                id_base,
+            )?;
+            (Some(coordinator), Some(stats))
+        }
+        _ => (None, None),
+    };
+    let failures = Arc::new(FailureState::default());
+    let attempt_start = Instant::now();
+
+    let worker_graph = Arc::clone(graph);
     let worker_failures = Arc::clone(&failures);
     let worker_config = config.clone();
+    let worker_checkpoints = checkpoints.clone();
+    let uids = Arc::new(graph.uids().clone());
     let job = job_name.to_string();
     let timely_config = timely::Config::process(config.parallelism);
     let guards = timely::execute(timely_config, move |worker| {
@@ -79,9 +192,13 @@ pub fn execute(job_name: &str, graph: JobGraph, config: &JobConfig) -> Result<Jo
             max_parallelism,
             config: worker_config.clone(),
             job_name: job.clone(),
-            job_start: start,
+            job_start: attempt_start,
             probe: ProbeHandle::<Epoch>::new(),
             failures: Arc::clone(&worker_failures),
+            barriers,
+            checkpoints: worker_checkpoints.clone(),
+            restored: restored.clone(),
+            uids: Arc::clone(&uids),
         };
         let dataflow = worker.next_dataflow_index();
         worker.dataflow::<Epoch, _, _>(|scope| {
@@ -89,6 +206,9 @@ pub fn execute(job_name: &str, graph: JobGraph, config: &JobConfig) -> Result<Jo
                 sink.build(scope, &context);
             }
         });
+        if let Some(coordinator) = &context.checkpoints {
+            coordinator.worker_built();
+        }
         while !context.probe.done() {
             if worker_failures.is_aborted() {
                 // Peers may never make progress again: stop scheduling this dataflow at once.
@@ -102,17 +222,27 @@ pub fn execute(job_name: &str, graph: JobGraph, config: &JobConfig) -> Result<Jo
 
     let joined = guards.join();
     let duration = start.elapsed();
+    // The final checkpoint (and the sinks' last commit) is written before the job returns.
+    let checkpoint_result = match &checkpoints {
+        Some(coordinator) => coordinator.finish(),
+        None => Ok(()),
+    };
     if let Some(failure) = failures.take_first() {
         return Err(EddyError::Job(Box::new(failure)));
     }
     if let Some(Err(panic)) = joined.into_iter().find(Result::is_err) {
         return Err(EddyError::Internal(format!("a worker failed: {panic}")));
     }
+    checkpoint_result?;
     Ok(JobResult {
         job_name: job_name.to_string(),
         parallelism: config.parallelism,
         max_parallelism,
         duration,
         operators: graph.metrics().iter().map(|m| m.summary()).collect(),
+        checkpoints: stats
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone())
+            .unwrap_or_default(),
+        restarts: 0,
     })
 }

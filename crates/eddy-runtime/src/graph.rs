@@ -4,12 +4,14 @@
 //! every timely worker walks it from the sinks up and builds the same dataflow, cloning the
 //! user's functions into its operators: one instance per parallel subtask.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use eddy_core::Result;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::{Scope, StreamVec};
 
+use crate::checkpoint::{Barriers, Coordinator, OperatorRestore, RestoredCheckpoint};
 use crate::config::JobConfig;
 use crate::failure::FailureState;
 use crate::metrics::OperatorMetrics;
@@ -41,9 +43,30 @@ pub struct WorkerContext {
     /// Frontier of the sinks' inputs on this worker; sources pace themselves against it.
     pub(crate) probe: ProbeHandle<Epoch>,
     pub(crate) failures: Arc<FailureState>,
+    /// Which epochs end a checkpoint (disabled without checkpoints).
+    pub(crate) barriers: Barriers,
+    /// The job's checkpoint coordinator, when the job checkpoints.
+    pub(crate) checkpoints: Option<Arc<Coordinator>>,
+    /// The checkpoint the job restores from, if any.
+    pub(crate) restored: Option<Arc<RestoredCheckpoint>>,
+    /// Operator uids by operator name.
+    pub(crate) uids: Arc<BTreeMap<String, String>>,
 }
 
 impl WorkerContext {
+    /// The stable id of the operator called `name` in checkpoints: the uid the job gave it,
+    /// or its (unique) name.
+    pub fn uid_of<'a>(&'a self, name: &'a str) -> &'a str {
+        self.uids.get(name).map_or(name, String::as_str)
+    }
+
+    /// The restored state of the operator called `name`, if the job restores a checkpoint
+    /// that holds some.
+    pub(crate) fn restored_state(&self, name: &str) -> Option<&OperatorRestore> {
+        let uid = self.uid_of(name);
+        self.restored.as_ref()?.operators.get(uid)
+    }
+
     /// Records a failure of `operator` on this worker and aborts the job.
     pub fn fail(&self, operator: &str, error: eddy_core::EddyError) {
         self.failures
@@ -68,6 +91,12 @@ pub trait StreamNode<T>: Send + Sync {
 
     /// Checks this node and its inputs against the job's parallelism.
     fn validate(&self, job_parallelism: usize) -> Result<()>;
+
+    /// The name of the operator that produces this stream, if it is one that can hold state
+    /// (a source or a keyed operator; `None` for chained stateless operators).
+    fn operator_name(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// A terminal node: a sink and, recursively, everything upstream of it.
@@ -80,6 +109,13 @@ pub trait SinkNode: Send + Sync {
 
     /// Checks the node's settings against the job's (e.g. parallelism bounds).
     fn validate(&self, config: &JobConfig) -> Result<()>;
+
+    /// The sink operator's name.
+    fn name(&self) -> &str;
+
+    /// Before the job starts: commits the restored checkpoint's committables of this sink
+    /// again (`committed`; empty without a restore) and discards uncommitted output.
+    fn recover(&self, committed: &[String], config: &JobConfig) -> Result<()>;
 }
 
 /// A whole job: its sinks (each reaching back to its sources) and its operators' counters.
@@ -87,6 +123,8 @@ pub trait SinkNode: Send + Sync {
 pub struct JobGraph {
     sinks: Vec<Box<dyn SinkNode>>,
     metrics: Vec<Arc<OperatorMetrics>>,
+    /// Uids set with `uid(..)`, by operator name.
+    uids: BTreeMap<String, String>,
 }
 
 impl JobGraph {
@@ -111,6 +149,33 @@ impl JobGraph {
         let metrics = Arc::new(OperatorMetrics::new(name));
         self.metrics.push(Arc::clone(&metrics));
         metrics
+    }
+
+    /// Gives the operator called `name` the stable id `uid` in checkpoints (Flink's
+    /// `uid(..)`); without one, an operator's id is its name.
+    pub fn set_uid(&mut self, name: &str, uid: &str) -> Result<()> {
+        if let Some((other, _)) = self.uids.iter().find(|(n, u)| *u == uid && *n != name) {
+            return Err(eddy_core::EddyError::Config(format!(
+                "uid \"{uid}\" is given to two operators, \"{other}\" and \"{name}\"; uids \
+                 must be unique"
+            )));
+        }
+        self.uids.insert(name.to_string(), uid.to_string());
+        Ok(())
+    }
+
+    /// Operator uids set with [`set_uid`](Self::set_uid), by name.
+    pub(crate) fn uids(&self) -> &BTreeMap<String, String> {
+        &self.uids
+    }
+
+    /// The ids of every operator in checkpoints: its uid, or its name.
+    pub(crate) fn operator_ids(&self) -> BTreeSet<String> {
+        self.metrics
+            .iter()
+            .map(|m| m.name().to_string())
+            .map(|name| self.uids.get(&name).cloned().unwrap_or(name))
+            .collect()
     }
 
     pub(crate) fn sinks(&self) -> &[Box<dyn SinkNode>] {

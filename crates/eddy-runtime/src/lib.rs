@@ -21,6 +21,7 @@
 //! defined here.
 
 mod broadcast_function;
+pub mod checkpoint;
 mod config;
 mod execute;
 mod failure;

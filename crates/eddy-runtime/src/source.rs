@@ -54,4 +54,13 @@ pub trait SourceReader: 'static {
 
     /// Appends at most `max` records to `out`.
     fn poll(&mut self, out: &mut Vec<Self::Item>, max: usize) -> Result<SourceStatus>;
+
+    /// A checkpoint's barrier has come: write the reader's position (everything before the
+    /// next record it would return) into the operator state it registered in
+    /// [`Source::create_reader_with_state`]. Called between two polls, and once more after
+    /// the reader finished. A reader that keeps no position (the default) is replayed from
+    /// its start after a restore.
+    fn snapshot_state(&mut self) -> Result<()> {
+        Ok(())
+    }
 }

@@ -2,6 +2,9 @@
 
 use clap::{Args, Parser, ValueEnum};
 use eddy_core::Result;
+use std::time::Duration;
+
+use eddy_runtime::checkpoint::{CheckpointConfig, RestartStrategy};
 use eddy_runtime::{JobConfig, StateBackendKind};
 
 /// The flags of every Eddy job (`--parallelism`, `--max-parallelism`, `--state-backend`, ...).
@@ -48,6 +51,35 @@ pub struct JobFlags {
     /// Length of an epoch (a timely timestamp; checkpoints happen at epoch boundaries), in ms.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub epoch_interval_ms: u64,
+
+    /// Where checkpoints go: a directory, file:///..., s3://bucket/prefix, gs://..., az://...
+    #[arg(long, value_name = "PATH_OR_URL")]
+    pub checkpoint_dir: Option<String>,
+
+    /// Take a checkpoint every MS milliseconds (needs --checkpoint-dir) [default: off].
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    pub checkpoint_interval_ms: Option<u64>,
+
+    /// How many completed checkpoints to keep.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub retained_checkpoints: u64,
+
+    /// Restore before starting: `latest` (newest checkpoint in --checkpoint-dir), a checkpoint
+    /// id, or the path/URL of a chk-<id> or savepoint-<name> directory.
+    #[arg(long, value_name = "CHECKPOINT")]
+    pub restore: Option<String>,
+
+    /// Start even if the restored checkpoint has state of operators this job no longer has.
+    #[arg(long)]
+    pub allow_non_restored_state: bool,
+
+    /// After a failure, restart from the latest checkpoint up to N times [default: 0].
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub restart_attempts: u32,
+
+    /// Wait this long before each restart, in ms.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub restart_delay_ms: u64,
 }
 
 /// The values of `--state-backend`.
@@ -68,6 +100,13 @@ impl Default for JobFlags {
             state_backend: BackendFlag::Heap,
             state_dir: None,
             epoch_interval_ms: 10,
+            checkpoint_dir: None,
+            checkpoint_interval_ms: None,
+            retained_checkpoints: 1,
+            restore: None,
+            allow_non_restored_state: false,
+            restart_attempts: 0,
+            restart_delay_ms: 1000,
         }
     }
 }
@@ -90,11 +129,23 @@ impl JobFlags {
                 },
             },
             epoch_interval: std::time::Duration::from_millis(self.epoch_interval_ms),
+            checkpoint: CheckpointConfig {
+                interval: self.checkpoint_interval_ms.map(Duration::from_millis),
+                location: self.checkpoint_dir.clone(),
+                retained: self.retained_checkpoints as usize,
+                restore: self.restore.clone(),
+                allow_non_restored_state: self.allow_non_restored_state,
+                restart: match self.restart_attempts {
+                    0 => RestartStrategy::None,
+                    attempts => RestartStrategy::FixedDelay {
+                        attempts,
+                        delay: Duration::from_millis(self.restart_delay_ms),
+                    },
+                },
+            },
             ..JobConfig::default()
         };
-        config.validate().map_err(|e| {
-            eddy_core::EddyError::Config(format!("{e} (from --parallelism / --max-parallelism)"))
-        })?;
+        config.validate()?;
         Ok(config)
     }
 }

@@ -114,6 +114,7 @@ pub use eddy_connectors as connectors;
 
 /// Everything a job program usually needs, in one `use`.
 pub mod prelude {
+    pub use crate::connectors::file::{FileSink, FileSource};
     pub use crate::connectors::{
         CollectSink, CountingSink, GeneratorSource, Transaction, TransactionGenerator,
     };

@@ -88,6 +88,20 @@ impl<T: Data> DataStream<T> {
         self
     }
 
+    /// Gives the operator producing this stream (a source or a keyed operator) the stable id
+    /// `uid` under which checkpoints and savepoints keep its state (Flink's `uid`). Without
+    /// one, its id is its name, which changes when the job's operators are renamed. On a
+    /// chained `map`/`filter`/`flat_map`, which hold no state, it does nothing.
+    pub fn uid(self, uid: &str) -> Self {
+        if let Some(name) = self.node.operator_name() {
+            let mut env = self.env.borrow_mut();
+            if let Err(error) = env.graph.set_uid(name, uid) {
+                env.errors.push(error);
+            }
+        }
+        self
+    }
+
     /// Writes every record to `sink`, as an operator called "sink".
     pub fn sink<S: Sink<T>>(self, sink: S) -> DataStreamSink {
         self.sink_named("sink", sink)
@@ -159,6 +173,23 @@ pub struct DataStreamSink {
 }
 
 impl DataStreamSink {
+    /// Gives the sink the stable id `uid` in checkpoints (see [`DataStream::uid`]).
+    pub fn uid(self, uid: &str) -> Self {
+        {
+            let mut env = self.env.borrow_mut();
+            let name = env
+                .graph
+                .sink_mut(self.index)
+                .map(|sink| sink.name().to_string());
+            if let Some(name) = name {
+                if let Err(error) = env.graph.set_uid(&name, uid) {
+                    env.errors.push(error);
+                }
+            }
+        }
+        self
+    }
+
     /// Runs the sink on `parallelism` subtasks (records are rebalanced round-robin onto them
     /// when its input has more).
     pub fn set_parallelism(self, parallelism: usize) -> Self {

@@ -22,6 +22,14 @@ use super::FileFormat;
 /// Output is buffered and flushed by [`close`](Sink::close). A CSV sink configured with a
 /// header writes it once per file, before the first record (an empty file has none).
 ///
+/// **Exactly-once** (in a job that checkpoints, writing into a directory): each subtask writes
+/// into `<dir>/.pending/part-<subtask>-<run>-<n>.<ext>`; at a checkpoint's barrier it flushes
+/// and fsyncs that file and starts the next (phase one, [`Sink::pre_commit`]); once the
+/// checkpoint is complete the file is renamed to `<dir>/part-<subtask>-<run>-<n>.<ext>`
+/// (phase two, [`Sink::commit`], idempotent). Before a job starts, pending files no completed
+/// checkpoint covers are deleted ([`Sink::recover`]), so the published files hold every
+/// record exactly once across crashes and restores.
+///
 /// Clones are unopened: the job program builds one sink, and each subtask opens its clone.
 ///
 /// ```
@@ -31,7 +39,7 @@ use super::FileFormat;
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let dir = tempfile::tempdir()?;
 /// let mut sink = FileSink::json_lines(dir.path().join("out"));
-/// sink.open(SinkContext { subtask: 1, parallelism: 2 })?;
+/// sink.open(SinkContext::new(1, 2))?;
 /// sink.write((1, "one".to_string()))?;
 /// sink.close()?;
 /// assert_eq!(std::fs::read_to_string(sink.part_path(1))?, "[1,\"one\"]\n");
@@ -43,8 +51,24 @@ pub struct FileSink<T> {
     target: Target,
     format: FileFormat,
     part: Option<Part>,
+    /// Set when the job checkpoints: output goes to pending files, published on commit.
+    staging: Option<Staging>,
     _records: PhantomData<fn(T)>,
 }
+
+/// The pending files of one exactly-once sink subtask.
+#[derive(Debug)]
+struct Staging {
+    dir: PathBuf,
+    subtask: usize,
+    /// Tells this run's files from an earlier (crashed) run's.
+    run: u128,
+    /// The number of the next pending file.
+    next: u64,
+}
+
+/// The directory of pending (not yet committed) files under a sink's directory.
+const PENDING_DIR: &str = ".pending";
 
 /// Where a [`FileSink`] writes.
 #[derive(Clone, Debug)]
@@ -95,6 +119,7 @@ impl<T> FileSink<T> {
             target,
             format,
             part: None,
+            staging: None,
             _records: PhantomData,
         }
     }
@@ -121,6 +146,11 @@ impl<T> FileSink<T> {
             }
         }
         let path = self.part_path(ctx.subtask);
+        self.open_part(path)
+    }
+
+    /// Creates the file `path` and its writer.
+    fn open_part(&self, path: PathBuf) -> Result<Part> {
         create_parent(&path)?;
         let file = File::create(&path).map_err(|e| EddyError::io(&path, e))?;
         let writer = match self.format {
@@ -164,6 +194,15 @@ impl Part {
         };
         flushed.map_err(|e| EddyError::io(&self.path, e))
     }
+
+    /// Makes the flushed contents durable.
+    fn sync(&mut self) -> Result<()> {
+        let synced = match &mut self.writer {
+            PartWriter::JsonLines(out) => out.get_ref().sync_all(),
+            PartWriter::Csv(out) => out.get_ref().sync_all(),
+        };
+        synced.map_err(|e| EddyError::io(&self.path, e))
+    }
 }
 
 /// A JSON serialization error: an I/O error on `path`, or the record's `Serialize` failing.
@@ -200,13 +239,67 @@ impl<T> Clone for FileSink<T> {
     }
 }
 
+impl<T> FileSink<T> {
+    /// The pending directory of an exactly-once sink writing into `dir`.
+    fn pending_dir(dir: &Path) -> PathBuf {
+        dir.join(PENDING_DIR)
+    }
+
+    /// Opens the next pending file of an exactly-once subtask.
+    fn next_pending_part(&mut self) -> Result<()> {
+        let Some(staging) = self.staging.as_mut() else {
+            return Ok(());
+        };
+        let name = format!(
+            "part-{}-{:x}-{}.{}",
+            staging.subtask,
+            staging.run,
+            staging.next,
+            self.format.extension()
+        );
+        staging.next += 1;
+        let path = Self::pending_dir(&staging.dir).join(name);
+        self.part = Some(self.open_part(path)?);
+        Ok(())
+    }
+
+    fn directory(&self) -> Option<&Path> {
+        match &self.target {
+            Target::Directory(dir) => Some(dir),
+            Target::File(_) => None,
+        }
+    }
+}
+
 impl<T: Serialize + 'static> Sink<T> for FileSink<T> {
     fn open(&mut self, ctx: SinkContext) -> Result<()> {
-        self.part = Some(self.create_part(ctx)?);
+        if !ctx.exactly_once {
+            self.part = Some(self.create_part(ctx)?);
+            return Ok(());
+        }
+        let Some(dir) = self.directory() else {
+            return Err(EddyError::Config(
+                "FileSink::to_file cannot publish per checkpoint (exactly-once); write into a \
+                 directory with FileSink::new in a job that checkpoints"
+                    .into(),
+            ));
+        };
+        let run = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        self.staging = Some(Staging {
+            dir: dir.to_path_buf(),
+            subtask: ctx.subtask,
+            run,
+            next: 0,
+        });
         Ok(())
     }
 
     fn write(&mut self, record: T) -> Result<()> {
+        if self.part.is_none() && self.staging.is_some() {
+            self.next_pending_part()?;
+        }
         match &mut self.part {
             Some(part) => part.write(&record),
             None => Err(EddyError::Config(
@@ -221,4 +314,62 @@ impl<T: Serialize + 'static> Sink<T> for FileSink<T> {
             None => Ok(()),
         }
     }
+
+    fn pre_commit(&mut self) -> Result<Vec<String>> {
+        if self.staging.is_none() {
+            return Ok(Vec::new());
+        }
+        let Some(mut part) = self.part.take() else {
+            // Nothing written since the last checkpoint: nothing to publish.
+            return Ok(Vec::new());
+        };
+        part.flush()?;
+        part.sync()?;
+        let name = part
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| EddyError::Internal("pending file without a name".into()))?;
+        Ok(vec![name])
+    }
+
+    fn commit(&self, committables: &[String]) -> Result<()> {
+        let Some(dir) = self.directory() else {
+            return Ok(());
+        };
+        let pending = Self::pending_dir(dir);
+        for name in committables {
+            let from = pending.join(name);
+            let to = dir.join(name);
+            match fs::rename(&from, &to) {
+                Ok(()) => {}
+                // Committed before (a restore commits its checkpoint's files again).
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && to.exists() => {}
+                Err(e) => return Err(EddyError::io(&from, e)),
+            }
+        }
+        if !committables.is_empty() {
+            sync_dir(dir)?;
+        }
+        Ok(())
+    }
+
+    fn recover(&self, _committed: &[String]) -> Result<()> {
+        let Some(dir) = self.directory() else {
+            return Ok(());
+        };
+        let pending = Self::pending_dir(dir);
+        match fs::remove_dir_all(&pending) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(EddyError::io(&pending, e)),
+        }
+    }
+}
+
+/// Makes the renames in `dir` durable.
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| EddyError::io(dir, e))
 }

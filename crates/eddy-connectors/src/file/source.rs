@@ -160,10 +160,7 @@ impl<T: Data> Source for FileSource<T> {
         let files = self.split(ctx.subtask, ctx.parallelism)?;
         let mut dead_letter = self.dead_letter.as_ref().map(|sink| sink.clone_box());
         if let Some(sink) = &mut dead_letter {
-            sink.open(SinkContext {
-                subtask: ctx.subtask,
-                parallelism: ctx.parallelism,
-            })?;
+            sink.open(SinkContext::new(ctx.subtask, ctx.parallelism))?;
         }
         Ok(FileReader {
             pending: files.into_iter(),

@@ -124,6 +124,17 @@ where
     KS: Fn(&F::In) -> F::Key + Clone + Send + Sync + 'static,
 {
     fn build<'s>(&self, scope: Scope<'s, Epoch>, worker: &WorkerContext) -> Built<'s, F::Out> {
+        if worker.checkpoints.is_some() && worker.index == 0 {
+            // Refused rather than silently left out of every checkpoint.
+            worker.fail(
+                &self.name,
+                eddy_core::EddyError::Config(
+                    "checkpoints do not cover connect(broadcast) operators yet; run this job \
+                     without --checkpoint-interval-ms"
+                        .into(),
+                ),
+            );
+        }
         let keyed = self.keyed.build(scope, worker);
         let broadcast = self.broadcast.build(scope, worker);
         let keyed_upstream = self.keyed.parallelism(worker.peers);
@@ -242,6 +253,10 @@ where
     fn set_parallelism(&mut self, parallelism: usize) -> Result<()> {
         self.parallelism = Some(parallelism);
         Ok(())
+    }
+
+    fn operator_name(&self) -> Option<&str> {
+        Some(&self.name)
     }
 }
 

@@ -10,13 +10,16 @@ use eddy_core::{EddyError, Key, KeyGroup, KeyGroupRange, Result};
 use eddy_state::{KeyContext, KeyedStateBackend, PrefetchDepth, TimeDomain, Timer};
 use timely::dataflow::Scope;
 
+use crate::checkpoint::Part;
 use crate::config::StateBackendKind;
 use crate::failure::catch_panic;
 use crate::function::{Collector, Context, KeyedProcessFunction, OpenContext, TimerService};
 use crate::graph::{Built, StreamNode, WorkerContext};
 use crate::metrics::OperatorMetrics;
-use crate::operators::check_parallelism;
 use crate::operators::keyed_shell::{build_keyed_node, KeyedTask};
+use crate::operators::{
+    check_parallelism, finish_keyed_restore, keyed_state_part, restore_keyed_state,
+};
 use crate::time::{Stamped, WatermarkClock, MIN_WATERMARK, NO_TIMESTAMP};
 use crate::Epoch;
 
@@ -73,6 +76,7 @@ where
             scope,
             worker,
             &self.name,
+            worker.uid_of(&self.name),
             &*self.input,
             &self.key_selector,
             parallelism,
@@ -93,6 +97,10 @@ where
     fn set_parallelism(&mut self, parallelism: usize) -> Result<()> {
         self.parallelism = Some(parallelism);
         Ok(())
+    }
+
+    fn operator_name(&self) -> Option<&str> {
+        Some(&self.name)
     }
 }
 
@@ -126,6 +134,7 @@ where
         parallelism: usize,
     ) -> Result<Self> {
         let mut backend = keyed_backend(worker, parallelism)?;
+        restore_keyed_state(worker, &node.name, &mut backend)?;
         let mut function = catch_panic(|| Ok(node.function.clone()))?;
         let state = catch_panic(|| {
             function.open(&mut OpenContext {
@@ -144,6 +153,7 @@ where
             watermark: Cell::new(MIN_WATERMARK),
             clock,
         };
+        finish_keyed_restore(worker, &node.name, &mut backend)?;
         backend.context().bind_to_operator(&node.name);
         Ok(KeyedSubtask {
             function,
@@ -351,6 +361,10 @@ where
 
     fn now(&self) -> u64 {
         self.timers.clock.now_ms()
+    }
+
+    fn snapshot(&mut self) -> Result<Vec<Part>> {
+        keyed_state_part(&self.backend)
     }
 }
 

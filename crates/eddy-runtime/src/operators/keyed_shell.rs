@@ -1,6 +1,7 @@
 //! The timely operator every keyed operator runs in: `key_by` exchange, epoch order, event
 //! time and processing time, failure handling. What the operator computes is a [`KeyedTask`].
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Scope;
 
+use crate::checkpoint::{BarrierTracker, Part, FINAL_CHECKPOINT};
 use crate::failure::catch_panic;
 use crate::graph::{Built, StreamNode, WorkerContext};
 use crate::metrics::OperatorMetrics;
@@ -45,6 +47,10 @@ pub(crate) trait KeyedTask: 'static {
 
     /// The processing-time clock, in milliseconds.
     fn now(&self) -> u64;
+
+    /// A consistent snapshot of the subtask's state, taken between two records: the part
+    /// this subtask contributes to a checkpoint.
+    fn snapshot(&mut self) -> Result<Vec<Part>>;
 }
 
 /// How a keyed operator reaches its task and reports failures.
@@ -58,6 +64,10 @@ pub(crate) struct KeyedOperatorSpec<'a, R> {
     pub timer_poll: Duration,
     /// The operator's counters (records out are counted here).
     pub metrics: Arc<OperatorMetrics>,
+    /// The operator's stable id in checkpoints.
+    pub uid: &'a str,
+    /// The operator's parallelism.
+    pub parallelism: usize,
 }
 
 /// Builds the keyed node called `name` on `input`, partitioned by `key_selector` onto
@@ -68,6 +78,7 @@ pub(crate) fn build_keyed_node<'s, K, T, KS>(
     scope: Scope<'s, Epoch>,
     worker: &WorkerContext,
     name: &str,
+    uid: &str,
     input: &dyn StreamNode<T::In>,
     key_selector: &KS,
     parallelism: usize,
@@ -95,6 +106,8 @@ where
         upstream: input.parallelism(worker.peers),
         timer_poll: worker.config.epoch_interval,
         metrics: Arc::clone(metrics),
+        uid,
+        parallelism,
     };
     build_keyed_operator(scope, worker, built, spec, task)
 }
@@ -106,6 +119,11 @@ where
 /// the records of one sending subtask keep their order). Watermark messages wait until both
 /// inputs have passed their epoch (see [`crate::time`]); then the task sees the new combined
 /// watermark, and this operator forwards it downstream on the same epoch.
+///
+/// With checkpoints on, records (and watermarks) of epochs after the next checkpoint's last
+/// epoch are held back until the input frontier has passed that epoch; then the task's
+/// snapshot goes to the coordinator and the held records are applied: the snapshot holds
+/// exactly the records of the checkpoint's epochs (see [`crate::checkpoint`]).
 pub(crate) fn build_keyed_operator<'s, T, R>(
     scope: Scope<'s, Epoch>,
     worker: &WorkerContext,
@@ -136,6 +154,19 @@ where
     let timer_poll = spec.timer_poll;
     let metrics = spec.metrics;
 
+    let participant = match (&worker.checkpoints, task.is_some()) {
+        (Some(coordinator), true) => Some((
+            Arc::clone(coordinator),
+            coordinator.register(spec.uid, spec.name, worker.index, spec.parallelism),
+        )),
+        _ => None,
+    };
+    let mut barriers = BarrierTracker::new(worker.barriers);
+    let mut advances: VecDeque<WatermarkAdvance> = VecDeque::new();
+    // The last snapshot and whether anything was applied since: a frontier that jumps over
+    // several checkpoints at once reuses it instead of copying unchanged state again.
+    let mut last_snapshot: Option<Vec<Part>> = None;
+
     builder.build(move |capabilities| {
         // Held at the inputs' joint frontier, one per output, so that timers and `close()`
         // can still emit; never ahead of the frontier.
@@ -165,27 +196,53 @@ where
             }
             // A stable sort: one sender's records of an epoch keep their order.
             staged.sort_by_key(|(epoch, _)| *epoch);
-            let advances = input_watermarks.advance(frontier);
+            advances.extend(input_watermarks.advance(frontier));
             let mut records_out = records_out.activate();
             let mut watermarks_out = watermarks_out.activate();
-            let mut next_advance = advances.iter().peekable();
             let mut out = Outputs {
                 records: &mut records_out,
                 watermarks: &mut watermarks_out,
                 metrics: &metrics,
                 from: index,
             };
-            for (epoch, mut batch) in staged.drain(..) {
-                // Watermarks of earlier epochs apply before this epoch's records.
-                while let Some(advance) = next_advance.next_if(|a| a.epoch < epoch) {
-                    apply_advance(&mut task, &fail, caps, advance, &mut out);
+            loop {
+                // Until the input ends, nothing past the next checkpoint's barrier applies.
+                let limit = frontier.and(barriers.hold_after());
+                let applied = apply_until(
+                    &mut task,
+                    &fail,
+                    caps,
+                    &mut staged,
+                    &mut advances,
+                    limit,
+                    &mut out,
+                );
+                if applied {
+                    last_snapshot = None;
                 }
-                run(&mut task, &fail, |t| t.process_batch(&mut batch));
-                let at = caps[0].delayed(&epoch.max(*caps[0].time()));
-                out.send(&mut task, &at);
-            }
-            for advance in next_advance {
-                apply_advance(&mut task, &fail, caps, advance, &mut out);
+                let Some(hold) = limit else { break };
+                if frontier.is_none_or(|f| f <= hold) {
+                    break;
+                }
+                let passed = barriers.passed(hold + 1);
+                if let Some((coordinator, participant)) = participant.as_ref() {
+                    let parts = match last_snapshot.take() {
+                        Some(parts) => Ok(parts),
+                        None => take_snapshot(&mut task),
+                    };
+                    match parts {
+                        Ok(parts) => {
+                            for id in passed {
+                                coordinator.submit(participant, id, parts.clone());
+                            }
+                            last_snapshot = Some(parts);
+                        }
+                        Err(error) => {
+                            fail(error);
+                            task = None;
+                        }
+                    }
+                }
             }
             let mut next_timer = None;
             run(&mut task, &fail, |t| {
@@ -209,6 +266,13 @@ where
                 None => {
                     run(&mut task, &fail, |t| t.close());
                     out.send(&mut task, &caps[0]);
+                    // A bounded job's final checkpoint: the state after the end of input.
+                    if let Some((coordinator, participant)) = participant.as_ref() {
+                        match take_snapshot(&mut task) {
+                            Ok(parts) => coordinator.submit(participant, FINAL_CHECKPOINT, parts),
+                            Err(error) => fail(error),
+                        }
+                    }
                     task = None;
                     held = None;
                 }
@@ -252,6 +316,59 @@ impl<O: Data> Outputs<'_, '_, O> {
             self.records.session(cap).give_container(output);
             output.clear();
         }
+    }
+}
+
+/// Applies the staged records and watermark advances of epochs up to `limit` (all of them
+/// if `None`) in epoch order; returns whether anything was applied.
+#[allow(clippy::too_many_arguments)] // the pieces of one activation, borrowed separately
+fn apply_until<T: KeyedTask>(
+    task: &mut Option<T>,
+    fail: &impl Fn(EddyError),
+    caps: &[Capability<Epoch>],
+    staged: &mut Vec<(Epoch, Vec<Stamped<T::In>>)>,
+    advances: &mut VecDeque<WatermarkAdvance>,
+    limit: Option<Epoch>,
+    out: &mut Outputs<'_, '_, T::Out>,
+) -> bool {
+    let within = |epoch: Epoch| limit.is_none_or(|l| epoch <= l);
+    let ready = staged.partition_point(|(epoch, _)| within(*epoch));
+    let mut applied = ready > 0;
+    for (epoch, mut batch) in staged.drain(..ready) {
+        // Watermarks of earlier epochs apply before this epoch's records.
+        while let Some(advance) = pop_if(advances, |a| a.epoch < epoch) {
+            apply_advance(task, fail, caps, &advance, out);
+        }
+        run(task, fail, |t| t.process_batch(&mut batch));
+        let at = caps[0].delayed(&epoch.max(*caps[0].time()));
+        out.send(task, &at);
+    }
+    while let Some(advance) = pop_if(advances, |a| within(a.epoch)) {
+        apply_advance(task, fail, caps, &advance, out);
+        applied = true;
+    }
+    applied
+}
+
+/// The first advance, if `condition` holds for it.
+fn pop_if(
+    advances: &mut VecDeque<WatermarkAdvance>,
+    condition: impl Fn(&WatermarkAdvance) -> bool,
+) -> Option<WatermarkAdvance> {
+    if advances.front().is_some_and(condition) {
+        advances.pop_front()
+    } else {
+        None
+    }
+}
+
+/// The task's snapshot; a panic in it is an error like any other.
+fn take_snapshot<T: KeyedTask>(task: &mut Option<T>) -> Result<Vec<Part>> {
+    match task.as_mut() {
+        Some(t) => catch_panic(|| t.snapshot()),
+        None => Err(EddyError::Internal(
+            "snapshot requested from a finished task".into(),
+        )),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The operators Eddy builds into timely dataflows, one file each.
 
 mod keyed_broadcast;
+mod keyed_checkpoint;
 mod keyed_process;
 pub(crate) mod keyed_shell;
 mod sink;
@@ -9,6 +10,7 @@ mod stateless;
 mod watermarks;
 
 pub use keyed_broadcast::{BroadcastStateSpec, KeyedBroadcastInputs, KeyedBroadcastNode};
+pub(crate) use keyed_checkpoint::{finish_keyed_restore, keyed_state_part, restore_keyed_state};
 pub use keyed_process::KeyedProcessNode;
 pub(crate) use keyed_process::{key_group_route, keyed_backend};
 pub use sink::SinkOperatorNode;

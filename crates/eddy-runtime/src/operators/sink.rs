@@ -13,6 +13,9 @@ use timely::dataflow::Scope;
 use timely::dataflow::operators::generic::{InputHandleCore, OutputBuilderSession};
 use timely::progress::frontier::MutableAntichain;
 
+use crate::checkpoint::{
+    encode_committables, BarrierTracker, Coordinator, Part, PartKind, Participant, FINAL_CHECKPOINT,
+};
 use crate::config::JobConfig;
 use crate::failure::{catch_panic, FailureState};
 use crate::graph::{SinkNode, StreamNode, WorkerContext};
@@ -57,10 +60,31 @@ impl<T: Data, S: Sink<T>> SinkNode for SinkOperatorNode<T, S> {
         let input = self.input.build(scope, worker).records;
         let parallelism = self.parallelism.unwrap_or(worker.peers);
         let mut sink = (worker.index < parallelism).then(|| self.sink.clone());
+        let checkpoints = worker.checkpoints.as_ref();
+        if let (Some(coordinator), true) = (checkpoints, worker.index == 0) {
+            let committer = self.sink.clone();
+            coordinator.register_committer(
+                worker.uid_of(&self.name),
+                Box::new(move |committables| committer.commit(committables)),
+            );
+        }
+        let participant = match (checkpoints, sink.is_some()) {
+            (Some(coordinator), true) => Some((
+                Arc::clone(coordinator),
+                coordinator.register(
+                    worker.uid_of(&self.name),
+                    &self.name,
+                    worker.index,
+                    parallelism,
+                ),
+            )),
+            _ => None,
+        };
         if let Some(s) = sink.as_mut() {
             let ctx = SinkContext {
                 subtask: worker.index,
                 parallelism,
+                exactly_once: participant.is_some(),
             };
             if let Err(error) = catch_panic(|| s.open(ctx)) {
                 worker.fail(&self.name, error);
@@ -76,6 +100,9 @@ impl<T: Data, S: Sink<T>> SinkNode for SinkOperatorNode<T, S> {
             name: self.name.clone(),
             subtask: worker.index,
             values: Vec::new(),
+            staged: Vec::new(),
+            barriers: BarrierTracker::new(worker.barriers),
+            participant,
         };
         type Out<'a> = OutputBuilderSession<'a, Epoch, CapacityContainerBuilder<Vec<()>>>;
         let done = if self.input.parallelism(worker.peers) <= parallelism {
@@ -105,6 +132,25 @@ impl<T: Data, S: Sink<T>> SinkNode for SinkOperatorNode<T, S> {
         check_parallelism(&self.name, self.parallelism, config.parallelism)?;
         self.input.validate(config.parallelism)
     }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn recover(&self, committed: &[String], _config: &JobConfig) -> Result<()> {
+        let in_sink = |e: EddyError| {
+            EddyError::Job(Box::new(eddy_core::JobFailure {
+                job: String::new(),
+                operator: self.name.clone(),
+                subtask: 0,
+                source: e,
+            }))
+        };
+        if !committed.is_empty() {
+            self.sink.commit(committed).map_err(in_sink)?;
+        }
+        self.sink.recover(committed).map_err(in_sink)
+    }
 }
 
 /// The per-worker state of a sink operator.
@@ -118,6 +164,11 @@ struct SinkTask<T, S> {
     subtask: usize,
     /// The values of a batch, without their timestamps, as the sink receives them.
     values: Vec<T>,
+    /// Batches of epochs after the next checkpoint's barrier, held back until it passes.
+    staged: Vec<(Epoch, Vec<Stamped<T>>)>,
+    barriers: BarrierTracker,
+    /// The coordinator and this subtask's registration, when the job checkpoints.
+    participant: Option<(Arc<Coordinator>, Participant)>,
     _records: PhantomData<fn(T)>,
 }
 
@@ -129,27 +180,79 @@ impl<T: Data, S: Sink<T>> SinkTask<T, S> {
     ) where
         P: timely::communication::Pull<timely::dataflow::channels::Message<Epoch, Vec<Stamped<T>>>>,
     {
-        input.for_each_stamp(|_stamp, batches| {
-            let Some(sink) = self.sink.as_mut() else {
-                return;
-            };
-            for batch in batches {
-                self.metrics.add_in(batch.len());
-                let values = &mut self.values;
-                values.clear();
-                values.extend(batch.drain(..).map(|record| record.value));
-                if let Err(error) = catch_panic(|| sink.write_batch(values)) {
-                    self.fail(error);
-                    return;
-                }
-            }
+        input.for_each(|cap, data| {
+            let epoch = cap.least().copied().unwrap_or_default();
+            self.staged.push((epoch, std::mem::take(data)));
         });
-        if frontier.is_empty() {
+        if self.sink.is_none() {
+            self.staged.clear();
+            return;
+        }
+        // A stable sort: one sender's batches of an epoch keep their order.
+        self.staged.sort_by_key(|(epoch, _)| *epoch);
+        let frontier = frontier.frontier().first().copied();
+        loop {
+            let limit = frontier.and(self.barriers.hold_after());
+            self.write_until(limit);
+            let Some(hold) = limit else { break };
+            if frontier.is_none_or(|f| f <= hold) {
+                break;
+            }
+            let passed = self.barriers.passed(hold + 1);
+            for id in passed {
+                self.pre_commit(id);
+            }
+        }
+        if frontier.is_none() {
+            self.pre_commit(FINAL_CHECKPOINT);
             if let Some(mut sink) = self.sink.take() {
                 if let Err(error) = catch_panic(|| sink.close()) {
                     self.fail(error);
                 }
             }
+        }
+    }
+
+    /// Writes the staged batches of epochs up to `limit` (all if `None`).
+    fn write_until(&mut self, limit: Option<Epoch>) {
+        let ready = self
+            .staged
+            .partition_point(|(epoch, _)| limit.is_none_or(|l| *epoch <= l));
+        let batches: Vec<_> = self.staged.drain(..ready).collect();
+        for (_, mut batch) in batches {
+            let Some(sink) = self.sink.as_mut() else {
+                return;
+            };
+            self.metrics.add_in(batch.len());
+            let values = &mut self.values;
+            values.clear();
+            values.extend(batch.drain(..).map(|record| record.value));
+            if let Err(error) = catch_panic(|| sink.write_batch(values)) {
+                self.fail(error);
+                return;
+            }
+        }
+    }
+
+    /// Phase one of the two-phase commit for checkpoint `id`: the sink stages what it wrote,
+    /// and its committables go into the checkpoint.
+    fn pre_commit(&mut self, id: u64) {
+        let (Some(sink), Some((coordinator, participant))) =
+            (self.sink.as_mut(), self.participant.as_ref())
+        else {
+            return;
+        };
+        let part = catch_panic(|| sink.pre_commit()).and_then(|committables| {
+            Ok(Part {
+                payload: encode_committables(&committables)?,
+                kind: PartKind::Committables,
+                key_groups: None,
+                states: Vec::new(),
+            })
+        });
+        match part {
+            Ok(part) => coordinator.submit(participant, id, vec![part]),
+            Err(error) => self.fail(error),
         }
     }
 

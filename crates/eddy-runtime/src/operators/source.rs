@@ -3,13 +3,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use eddy_core::Result;
-use eddy_state::OperatorStateStore;
+use eddy_core::{EddyError, Result};
+use eddy_state::{redistribute, OperatorStateSnapshot, OperatorStateStore};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::generic::builder_rc::OperatorBuilder;
 use timely::dataflow::operators::generic::OutputBuilder;
 use timely::dataflow::Scope;
 
+use crate::checkpoint::{BarrierTracker, Coordinator, Part, PartKind, Participant};
 use crate::failure::catch_panic;
 use crate::graph::{Built, StreamNode, WorkerContext};
 use crate::metrics::OperatorMetrics;
@@ -55,6 +56,25 @@ impl<S: Source> StreamNode<S::Item> for SourceNode<S> {
     fn build<'s>(&self, scope: Scope<'s, Epoch>, worker: &WorkerContext) -> Built<'s, S::Item> {
         let parallelism = self.parallelism(worker.peers);
         let mut operator_state = OperatorStateStore::new();
+        if worker.index < parallelism {
+            if let Err(error) =
+                restore_operator_state(worker, &self.name, parallelism, &mut operator_state)
+            {
+                worker.fail(&self.name, error);
+            }
+        }
+        let participant = match (&worker.checkpoints, worker.index < parallelism) {
+            (Some(coordinator), true) => Some((
+                Arc::clone(coordinator),
+                coordinator.register(
+                    worker.uid_of(&self.name),
+                    &self.name,
+                    worker.index,
+                    parallelism,
+                ),
+            )),
+            _ => None,
+        };
         let reader = if worker.index < parallelism {
             let ctx = SourceContext {
                 subtask: worker.index,
@@ -87,7 +107,9 @@ impl<S: Source> StreamNode<S::Item> for SourceNode<S> {
             job: worker.job_name.clone(),
             subtask: worker.index,
             finished: false,
-            _operator_state: operator_state,
+            operator_state,
+            barriers: BarrierTracker::new(worker.barriers),
+            participant,
         };
         let mut builder = OperatorBuilder::new(self.name.clone(), scope);
         let (records_out, records) = builder.new_output::<Vec<Stamped<S::Item>>>();
@@ -150,6 +172,10 @@ impl<S: Source> StreamNode<S::Item> for SourceNode<S> {
         self.parallelism = Some(parallelism);
         Ok(())
     }
+
+    fn operator_name(&self) -> Option<&str> {
+        Some(&self.name)
+    }
 }
 
 enum Step {
@@ -180,9 +206,11 @@ struct SourceTask<R: SourceReader> {
     subtask: usize,
     /// The reader reported the end of its input (not a failure or an abort).
     finished: bool,
-    /// The subtask's operator state, which the reader's handles point into (checkpoints
-    /// will snapshot it).
-    _operator_state: OperatorStateStore,
+    /// The subtask's operator state, which the reader's handles point into.
+    operator_state: OperatorStateStore,
+    barriers: BarrierTracker,
+    /// The coordinator and this subtask's registration, when the job checkpoints.
+    participant: Option<(Arc<Coordinator>, Participant)>,
 }
 
 type Output<'a, T> = timely::dataflow::operators::generic::OutputBuilderSession<
@@ -207,7 +235,7 @@ where
     /// Timely has no flow control: without this, a fast source would fill the channels with
     /// its whole input. Epochs in flight are at most `max_epochs_in_flight + 1`, each holding
     /// at most one `epoch_interval` of reading (or, while the sinks lag, one activation).
-    fn advance_epoch(&self, cap: &mut timely::dataflow::operators::Capability<Epoch>) -> bool {
+    fn advance_epoch(&mut self, cap: &mut timely::dataflow::operators::Capability<Epoch>) -> bool {
         let held = *cap.time();
         let frontier = self
             .probe
@@ -217,10 +245,65 @@ where
         let now = self.time_slice();
         let target = now.min(limit);
         if target > held {
+            // Everything read so far went out at epochs before `target`: the position now
+            // is the position at every barrier the capability passes.
+            self.checkpoint_passed(target);
             cap.downgrade(&target);
             true
         } else {
             now <= limit
+        }
+    }
+
+    /// Submits this subtask's position for every checkpoint whose last epoch is before
+    /// `epoch`.
+    fn checkpoint_passed(&mut self, epoch: Epoch) {
+        let passed = self.barriers.passed(epoch);
+        if passed.is_empty() {
+            return;
+        }
+        let Some((coordinator, participant)) = self.participant.clone() else {
+            return;
+        };
+        match self.snapshot() {
+            Ok(parts) => {
+                for id in passed {
+                    coordinator.submit(&participant, id, parts.clone());
+                }
+            }
+            Err(error) => self
+                .failures
+                .fail(&self.job, &self.name, self.subtask, error),
+        }
+    }
+
+    /// The reader's position, as this subtask's part of a checkpoint.
+    fn snapshot(&mut self) -> Result<Vec<Part>> {
+        if let Some(reader) = self.reader.as_mut() {
+            catch_panic(|| reader.snapshot_state())?;
+        }
+        let snapshot = self.operator_state.snapshot()?;
+        let payload = postcard::to_stdvec(&snapshot).map_err(|e| {
+            EddyError::Internal(format!("cannot encode the source's operator state: {e}"))
+        })?;
+        Ok(vec![Part {
+            payload,
+            kind: PartKind::Operator,
+            key_groups: None,
+            states: Vec::new(),
+        }])
+    }
+
+    /// The reader has ended: its final position stands for every later checkpoint.
+    fn finish_checkpoints(&mut self) {
+        let Some((coordinator, participant)) = self.participant.clone() else {
+            return;
+        };
+        match self.snapshot() {
+            Ok(parts) => coordinator.finish_participant(&participant, parts),
+            Err(error) => self
+                .failures
+                .fail(&self.job, &self.name, self.subtask, error),
         }
     }
 
@@ -262,8 +345,16 @@ where
                 }
             }
             if status == SourceStatus::Finished {
+                if let Some(reader) = self.reader.as_mut() {
+                    if let Err(error) = catch_panic(|| reader.snapshot_state()) {
+                        self.failures
+                            .fail(&self.job, &self.name, self.subtask, error);
+                        return Step::Done;
+                    }
+                }
                 self.reader = None;
                 self.finished = true;
+                self.finish_checkpoints();
                 return Step::Done;
             }
             if read == 0 {
@@ -271,5 +362,43 @@ where
             }
         }
         Step::Continue
+    }
+}
+
+/// Loads the operator state of subtask `worker.index` of the operator called `name` from the
+/// restored checkpoint, redistributed by each state's mode if the parallelism changed.
+pub(crate) fn restore_operator_state(
+    worker: &WorkerContext,
+    name: &str,
+    parallelism: usize,
+    store: &mut OperatorStateStore,
+) -> Result<()> {
+    let Some(restored) = worker.restored_state(name) else {
+        return Ok(());
+    };
+    let decode = |bytes: &Vec<u8>| {
+        postcard::from_bytes::<OperatorStateSnapshot>(bytes).map_err(|e| {
+            EddyError::checkpoint(
+                format!("operator state of \"{}\"", worker.uid_of(name)),
+                format!("cannot decode: {e}"),
+            )
+        })
+    };
+    let old: Vec<OperatorStateSnapshot> = restored
+        .operator
+        .values()
+        .map(decode)
+        .collect::<Result<_>>()?;
+    if old.is_empty() {
+        return Ok(());
+    }
+    let mine = if restored.parallelism == parallelism && old.len() == parallelism {
+        old.into_iter().nth(worker.index)
+    } else {
+        redistribute(old, parallelism).into_iter().nth(worker.index)
+    };
+    match mine {
+        Some(snapshot) => store.restore(snapshot),
+        None => Ok(()),
     }
 }

@@ -16,11 +16,14 @@ use eddy_state::{
 use serde::{Deserialize, Serialize};
 use timely::dataflow::Scope;
 
+use crate::checkpoint::Part;
 use crate::function::Collector;
 use crate::graph::{Built, StreamNode, WorkerContext};
 use crate::metrics::OperatorMetrics;
 use crate::operators::keyed_shell::{build_keyed_node, KeyedTask};
-use crate::operators::{check_parallelism, keyed_backend};
+use crate::operators::{
+    check_parallelism, finish_keyed_restore, keyed_backend, keyed_state_part, restore_keyed_state,
+};
 use crate::time::{ProcessingClock, Stamped, MIN_WATERMARK};
 use crate::windows::{MergingWindowSet, TimeWindow, WindowAssigner, WindowMerge};
 use crate::Epoch;
@@ -296,6 +299,7 @@ where
             scope,
             worker,
             &self.name,
+            worker.uid_of(&self.name),
             &*self.input,
             &self.spec.key_selector,
             parallelism,
@@ -316,6 +320,10 @@ where
     fn set_parallelism(&mut self, parallelism: usize) -> Result<()> {
         self.parallelism = Some(parallelism);
         Ok(())
+    }
+
+    fn operator_name(&self) -> Option<&str> {
+        Some(&self.name)
     }
 }
 
@@ -354,6 +362,7 @@ where
         parallelism: usize,
     ) -> Result<Self> {
         let mut backend = keyed_backend::<K>(worker, parallelism)?;
+        restore_keyed_state(worker, &node.name, &mut backend)?;
         let clock = worker.config.clock.clone();
         backend.set_ttl_clock(Arc::clone(&clock.0));
         let contents = node.spec.contents.open(&mut backend)?;
@@ -363,6 +372,7 @@ where
         } else {
             None
         };
+        finish_keyed_restore(worker, &node.name, &mut backend)?;
         backend.context().bind_to_operator(&node.name);
         Ok(WindowTask {
             contents,
@@ -637,5 +647,9 @@ where
 
     fn now(&self) -> u64 {
         self.clock.now_ms()
+    }
+
+    fn snapshot(&mut self) -> Result<Vec<Part>> {
+        keyed_state_part(&self.backend)
     }
 }

@@ -1,0 +1,493 @@
+//! The job's checkpoint coordinator: collects every subtask's part of a checkpoint, writes the
+//! parts on a background thread, and completes the checkpoint by writing its metadata last.
+
+use std::collections::BTreeMap;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use eddy_checkpoint::{
+    CheckpointKind, CheckpointMetadata, CheckpointRef, Checkpoints, FileKind, KeyGroupSpan,
+    OperatorMetadata, StateInfo, SubtaskMetadata,
+};
+use eddy_core::{EddyError, KeyGroupRange, Result};
+
+use super::{Barriers, FINAL_CHECKPOINT};
+
+/// What a part holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PartKind {
+    /// A keyed operator subtask's keyed state (`eddy_state::snapshot::KeyedStateSnapshot`).
+    Keyed,
+    /// A subtask's operator state (source positions, broadcast state).
+    Operator,
+    /// A sink subtask's committables: what to publish once the checkpoint is complete.
+    Committables,
+}
+
+impl PartKind {
+    fn file_name(self, subtask: usize) -> String {
+        match self {
+            PartKind::Keyed => format!("keyed-{subtask}.bin"),
+            PartKind::Operator => format!("operator-{subtask}.bin"),
+            PartKind::Committables => format!("committables-{subtask}.bin"),
+        }
+    }
+
+    fn file_kind(self) -> FileKind {
+        match self {
+            PartKind::Keyed => FileKind::KeyedState,
+            PartKind::Operator | PartKind::Committables => FileKind::OperatorState,
+        }
+    }
+}
+
+/// One subtask's contribution to one checkpoint.
+#[derive(Clone, Debug)]
+pub struct Part {
+    /// The encoded payload (framed by the storage layer).
+    pub payload: Vec<u8>,
+    /// What it holds.
+    pub kind: PartKind,
+    /// For keyed parts, the key groups it covers.
+    pub key_groups: Option<KeyGroupRange>,
+    /// The states it holds, for the metadata (name, kind, type names).
+    pub states: Vec<StateInfo>,
+}
+
+/// A registered contributor: one subtask of one stateful operator.
+#[derive(Clone, Debug)]
+pub struct Participant {
+    index: usize,
+    uid: String,
+    name: String,
+    subtask: usize,
+    parallelism: usize,
+}
+
+impl Participant {
+    /// The operator's uid.
+    pub fn uid(&self) -> &str {
+        &self.uid
+    }
+}
+
+/// Publishes a sink's committables once the checkpoint that holds them is complete.
+pub type Committer = Box<dyn Fn(&[String]) -> Result<()> + Send + Sync>;
+
+/// Timings and size of one completed checkpoint.
+#[derive(Clone, Debug)]
+pub struct CheckpointStats {
+    /// The checkpoint's id.
+    pub id: u64,
+    /// From the first part submitted to the metadata written.
+    pub duration: Duration,
+    /// Bytes of state files written.
+    pub size: u64,
+}
+
+/// The job's checkpoint coordinator (one per job run, shared by all workers).
+pub struct Coordinator {
+    inner: Mutex<Inner>,
+    work: Mutex<Option<mpsc::Sender<Work>>>,
+    writer: Mutex<Option<JoinHandle<Result<()>>>>,
+    barriers: Barriers,
+    /// Checkpoint `c` of this run is stored as `id_base + c`, so that ids keep growing across
+    /// restores into the same directory.
+    id_base: u64,
+}
+
+struct Inner {
+    participants: Vec<Participant>,
+    workers_built: usize,
+    workers: usize,
+    /// Parts received per checkpoint, by participant index.
+    pending: BTreeMap<u64, PendingCheckpoint>,
+    /// The highest periodic checkpoint id any participant has submitted.
+    highest_periodic: u64,
+    committers: BTreeMap<String, Arc<Committer>>,
+    /// Participants whose input has ended, with their final parts: those stand for them in
+    /// every later checkpoint (a finished source split still belongs to the job's state).
+    finished: BTreeMap<usize, Vec<Part>>,
+}
+
+struct PendingCheckpoint {
+    started: Instant,
+    received: BTreeMap<usize, Vec<Part>>,
+}
+
+enum Work {
+    Write {
+        id: u64,
+        participant: Participant,
+        parts: Vec<Part>,
+    },
+    Complete {
+        id: u64,
+        epoch: u64,
+        started: Instant,
+        committers: Vec<(String, Arc<Committer>)>,
+    },
+}
+
+/// What the background writer knows of the job.
+struct Writer {
+    storage: Checkpoints,
+    job: String,
+    max_parallelism: usize,
+    retained: usize,
+    /// Written parts per checkpoint: participant, its metadata, its committables.
+    written: BTreeMap<u64, Vec<WrittenPart>>,
+    stats: Arc<Mutex<Vec<CheckpointStats>>>,
+}
+
+struct WrittenPart {
+    participant: Participant,
+    subtask: SubtaskMetadata,
+    committables: Vec<String>,
+}
+
+impl Coordinator {
+    /// A coordinator writing to `storage` for a job of `workers` workers.
+    pub fn start(
+        storage: Checkpoints,
+        job: &str,
+        workers: usize,
+        max_parallelism: usize,
+        retained: usize,
+        barriers: Barriers,
+        id_base: u64,
+    ) -> Result<(Arc<Self>, Arc<Mutex<Vec<CheckpointStats>>>)> {
+        let (sender, receiver) = mpsc::channel::<Work>();
+        let stats = Arc::new(Mutex::new(Vec::new()));
+        let mut writer = Writer {
+            storage,
+            job: job.to_string(),
+            max_parallelism,
+            retained: retained.max(1),
+            written: BTreeMap::new(),
+            stats: Arc::clone(&stats),
+        };
+        let handle = std::thread::Builder::new()
+            .name("eddy-checkpoint-writer".into())
+            .spawn(move || {
+                for work in receiver {
+                    writer.handle(work)?;
+                }
+                Ok(())
+            })
+            .map_err(|e| EddyError::io("checkpoint writer thread", e))?;
+        let coordinator = Coordinator {
+            inner: Mutex::new(Inner {
+                participants: Vec::new(),
+                workers_built: 0,
+                workers,
+                pending: BTreeMap::new(),
+                highest_periodic: 0,
+                committers: BTreeMap::new(),
+                finished: BTreeMap::new(),
+            }),
+            work: Mutex::new(Some(sender)),
+            writer: Mutex::new(Some(handle)),
+            barriers,
+            id_base,
+        };
+        Ok((Arc::new(coordinator), stats))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A poisoned lock means a worker panicked mid-update; the job is failing anyway.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The barriers every participant follows.
+    pub fn barriers(&self) -> Barriers {
+        self.barriers
+    }
+
+    /// Registers subtask `subtask` of the stateful operator `uid` (called while workers build
+    /// their dataflow, before any part is submitted).
+    pub fn register(
+        &self,
+        uid: &str,
+        name: &str,
+        subtask: usize,
+        parallelism: usize,
+    ) -> Participant {
+        let mut inner = self.lock();
+        let participant = Participant {
+            index: inner.participants.len(),
+            uid: uid.to_string(),
+            name: name.to_string(),
+            subtask,
+            parallelism,
+        };
+        inner.participants.push(participant.clone());
+        participant
+    }
+
+    /// Registers the committer of sink `uid` (once per sink; later calls are ignored).
+    pub fn register_committer(&self, uid: &str, committer: Committer) {
+        self.lock()
+            .committers
+            .entry(uid.to_string())
+            .or_insert_with(|| Arc::new(committer));
+    }
+
+    /// A worker has built its dataflow: every participant it has is registered.
+    pub fn worker_built(&self) {
+        let mut inner = self.lock();
+        inner.workers_built += 1;
+        let ready: Vec<u64> = inner.pending.keys().copied().collect();
+        for id in ready {
+            self.complete_if_ready(&mut inner, id);
+        }
+    }
+
+    /// Submits `participant`'s parts of checkpoint `id` (or of [`FINAL_CHECKPOINT`]).
+    pub fn submit(&self, participant: &Participant, id: u64, parts: Vec<Part>) {
+        let mut inner = self.lock();
+        if id != FINAL_CHECKPOINT {
+            inner.highest_periodic = inner.highest_periodic.max(id);
+        }
+        let pending = inner
+            .pending
+            .entry(id)
+            .or_insert_with(|| PendingCheckpoint {
+                started: Instant::now(),
+                received: BTreeMap::new(),
+            });
+        pending.received.insert(participant.index, parts);
+        self.complete_if_ready(&mut inner, id);
+    }
+
+    /// `participant`'s input has ended: `parts` is its part of every later checkpoint,
+    /// including the final one.
+    pub fn finish_participant(&self, participant: &Participant, parts: Vec<Part>) {
+        let mut inner = self.lock();
+        inner.finished.insert(participant.index, parts);
+        let ids: Vec<u64> = inner.pending.keys().copied().collect();
+        for id in ids {
+            self.complete_if_ready(&mut inner, id);
+        }
+    }
+
+    /// Hands checkpoint `id` to the writer once every participant has submitted its part.
+    fn complete_if_ready(&self, inner: &mut Inner, id: u64) {
+        let expected = inner.participants.len();
+        if inner.workers_built < inner.workers {
+            return;
+        }
+        let Some(pending) = inner.pending.get(&id) else {
+            return;
+        };
+        let standing = inner
+            .finished
+            .keys()
+            .filter(|index| !pending.received.contains_key(index))
+            .count();
+        if pending.received.len() + standing < expected {
+            return;
+        }
+        let Some(mut pending) = inner.pending.remove(&id) else {
+            return;
+        };
+        for (index, parts) in &inner.finished {
+            pending
+                .received
+                .entry(*index)
+                .or_insert_with(|| parts.clone());
+        }
+        // Older checkpoints some participant skipped can never complete now.
+        let abandoned: Vec<u64> = inner.pending.range(..id).map(|(k, _)| *k).collect();
+        for old in abandoned {
+            inner.pending.remove(&old);
+        }
+        let final_id = self.id_base
+            + if id == FINAL_CHECKPOINT {
+                inner.highest_periodic + 1
+            } else {
+                id
+            };
+        let epoch = if id == FINAL_CHECKPOINT {
+            u64::MAX
+        } else {
+            self.barriers.last_epoch(id).unwrap_or_default()
+        };
+        let committers = inner
+            .committers
+            .iter()
+            .map(|(uid, c)| (uid.clone(), Arc::clone(c)))
+            .collect();
+        let mut work = Vec::new();
+        for (index, parts) in pending.received {
+            if let Some(participant) = inner.participants.get(index) {
+                work.push(Work::Write {
+                    id: final_id,
+                    participant: participant.clone(),
+                    parts,
+                });
+            }
+        }
+        work.push(Work::Complete {
+            id: final_id,
+            epoch,
+            started: pending.started,
+            committers,
+        });
+        self.send(work);
+    }
+
+    fn send(&self, work: Vec<Work>) {
+        let guard = self.work.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(sender) = guard.as_ref() {
+            for w in work {
+                // A closed channel means the writer failed; `finish` reports its error.
+                let _ = sender.send(w);
+            }
+        }
+    }
+
+    /// Waits until every checkpoint handed to the writer is complete, and stops the writer.
+    /// Returns the writer's first error.
+    pub fn finish(&self) -> Result<()> {
+        drop(self.work.lock().unwrap_or_else(|p| p.into_inner()).take());
+        let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match handle.map(JoinHandle::join) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(EddyError::Internal(
+                "the checkpoint writer thread panicked".into(),
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Writer {
+    fn handle(&mut self, work: Work) -> Result<()> {
+        match work {
+            Work::Write {
+                id,
+                participant,
+                parts,
+            } => self.write(id, participant, parts),
+            Work::Complete {
+                id,
+                epoch,
+                started,
+                committers,
+            } => self.complete(id, epoch, started, &committers),
+        }
+    }
+
+    fn write(&mut self, id: u64, participant: Participant, parts: Vec<Part>) -> Result<()> {
+        let reference = CheckpointRef::Checkpoint(id);
+        let mut subtask = SubtaskMetadata {
+            index: participant.subtask as u32,
+            key_groups: None,
+            files: Vec::new(),
+            states: Vec::new(),
+        };
+        let mut committables = Vec::new();
+        for part in parts {
+            if part.kind == PartKind::Committables {
+                committables = decode_committables(&part.payload, &participant.uid)?;
+            }
+            let info = self.storage.write_part(
+                &reference,
+                &participant.uid,
+                &part.kind.file_name(participant.subtask),
+                part.kind.file_kind(),
+                &part.payload,
+            )?;
+            subtask.files.push(info);
+            if let Some(range) = part.key_groups.as_ref() {
+                subtask.key_groups = KeyGroupSpan::from_range(range);
+            }
+            subtask.states.extend(part.states);
+        }
+        self.written.entry(id).or_default().push(WrittenPart {
+            participant,
+            subtask,
+            committables,
+        });
+        Ok(())
+    }
+
+    fn complete(
+        &mut self,
+        id: u64,
+        epoch: u64,
+        started: Instant,
+        committers: &[(String, Arc<Committer>)],
+    ) -> Result<()> {
+        let parts = self.written.remove(&id).unwrap_or_default();
+        let mut metadata = CheckpointMetadata::new(
+            self.job.clone(),
+            id,
+            CheckpointKind::Checkpoint,
+            epoch,
+            self.max_parallelism as u32,
+        );
+        let mut committables: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for part in parts {
+            let uid = part.participant.uid.clone();
+            committables
+                .entry(uid.clone())
+                .or_default()
+                .extend(part.committables);
+            let position = metadata.operators.iter().position(|o| o.uid == uid);
+            let operator = match position {
+                Some(i) => &mut metadata.operators[i],
+                None => {
+                    metadata.operators.push(OperatorMetadata {
+                        uid,
+                        name: part.participant.name.clone(),
+                        parallelism: part.participant.parallelism as u32,
+                        subtasks: Vec::new(),
+                    });
+                    let last = metadata.operators.len() - 1;
+                    &mut metadata.operators[last]
+                }
+            };
+            operator.subtasks.push(part.subtask);
+        }
+        for operator in &mut metadata.operators {
+            operator.subtasks.sort_by_key(|s| s.index);
+        }
+        let size = metadata.total_size();
+        self.storage.commit(&metadata)?;
+        // Published only now: a crash before this line leaves the output pending, and the
+        // restore of this checkpoint publishes it (committers are idempotent).
+        for (uid, committer) in committers {
+            if let Some(list) = committables.get(uid) {
+                committer(list)?;
+            }
+        }
+        self.storage.retain(self.retained)?;
+        let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        stats.push(CheckpointStats {
+            id,
+            duration: started.elapsed(),
+            size,
+        });
+        Ok(())
+    }
+}
+
+/// Encodes a sink's committables as a part payload.
+pub fn encode_committables(committables: &[String]) -> Result<Vec<u8>> {
+    postcard::to_stdvec(committables)
+        .map_err(|e| EddyError::Internal(format!("cannot encode committables: {e}")))
+}
+
+/// Decodes a sink's committables part.
+pub fn decode_committables(payload: &[u8], uid: &str) -> Result<Vec<String>> {
+    postcard::from_bytes(payload).map_err(|e| {
+        EddyError::checkpoint(
+            format!("committables of sink \"{uid}\""),
+            format!("cannot decode: {e}"),
+        )
+    })
+}

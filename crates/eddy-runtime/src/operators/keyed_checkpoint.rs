@@ -1,0 +1,80 @@
+//! A keyed operator subtask's side of checkpoints: its keyed state as a checkpoint part, and
+//! its keyed state back from a restored checkpoint.
+
+use eddy_checkpoint::StateInfo;
+use eddy_core::{EddyError, Key, Result};
+use eddy_state::{KeyedStateBackend, KeyedStateSnapshot};
+
+use crate::checkpoint::{Part, PartKind};
+use crate::graph::WorkerContext;
+
+/// The subtask's keyed state (every state and timer service) as its part of a checkpoint.
+pub(crate) fn keyed_state_part<K: Key>(backend: &KeyedStateBackend<K>) -> Result<Vec<Part>> {
+    let snapshot = backend.snapshot()?;
+    let states = snapshot
+        .states()
+        .iter()
+        .map(|meta| StateInfo {
+            name: meta.name.clone(),
+            kind: format!("{:?}", meta.kind).to_lowercase(),
+            type_names: [
+                Some(meta.key_type.clone()),
+                Some(meta.namespace_type.clone()),
+                meta.user_key_type.clone(),
+                Some(meta.value_type.clone()),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+        })
+        .collect();
+    Ok(vec![Part {
+        payload: snapshot.encode()?,
+        kind: PartKind::Keyed,
+        key_groups: Some(snapshot.key_group_range()),
+        states,
+    }])
+}
+
+/// Hands the restored keyed state of the operator called `name` (every old subtask's part;
+/// the backend keeps the key groups of its own range) to `backend`, before `open()`.
+pub(crate) fn restore_keyed_state<K: Key>(
+    worker: &WorkerContext,
+    name: &str,
+    backend: &mut KeyedStateBackend<K>,
+) -> Result<()> {
+    let Some(restored) = worker.restored_state(name) else {
+        return Ok(());
+    };
+    let uid = worker.uid_of(name);
+    let snapshots = restored
+        .keyed
+        .iter()
+        .enumerate()
+        .map(|(i, bytes)| {
+            KeyedStateSnapshot::decode(bytes, &format!("keyed state of \"{uid}\" (part {i})"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    backend.restore(snapshots)
+}
+
+/// After `open()`: restored states the function did not register again are lost with this
+/// run, which is an error unless the job allows non-restored state.
+pub(crate) fn finish_keyed_restore<K: Key>(
+    worker: &WorkerContext,
+    name: &str,
+    backend: &mut KeyedStateBackend<K>,
+) -> Result<()> {
+    let unregistered = backend.finish_restore()?;
+    if unregistered.is_empty() || worker.config.checkpoint.allow_non_restored_state {
+        return Ok(());
+    }
+    Err(EddyError::checkpoint(
+        format!("operator \"{}\"", worker.uid_of(name)),
+        format!(
+            "the restored checkpoint holds keyed state this operator no longer registers: {}; \
+             register it in open(), or pass --allow-non-restored-state to drop it",
+            unregistered.join(", ")
+        ),
+    ))
+}
