@@ -77,6 +77,8 @@ mod stream;
 mod window;
 
 pub use broadcast::{BroadcastConnectedStream, BroadcastStream};
+/// Checkpoint, restore and restart settings ([`JobConfig::checkpoint`]).
+pub use eddy_runtime::checkpoint;
 pub use eddy_runtime::windows::{ProcessWindowFunction, TimeWindow, WindowAssigner, WindowOutput};
 pub use environment::StreamExecutionEnvironment;
 pub use flags::{BackendFlag, JobFlags};

@@ -1,0 +1,335 @@
+//! Checkpoints through the public API: the final checkpoint of a bounded job, restart after a
+//! failure inside the process, restore at another parallelism, and refusal of corrupt,
+//! foreign or mismatched checkpoints.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use eddy::checkpoint::{CheckpointConfig, RestartStrategy};
+use eddy::prelude::*;
+use eddy::StateBackendKind;
+use eddy_checkpoint::Checkpoints;
+use serde::{Deserialize, Serialize};
+
+/// Running count and sum per customer; fails once at `fail_at` while `armed` is set.
+#[derive(Clone)]
+struct Totals {
+    fail_at: u64,
+    armed: Arc<AtomicBool>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+struct Out {
+    customer: u64,
+    count: u64,
+    sum: u64,
+}
+
+impl KeyedProcessFunction for Totals {
+    type Key = u64;
+    type In = Transaction;
+    type Out = Out;
+    type State = (ValueState<Out>, MapState<u64, u64>);
+
+    fn open(&mut self, ctx: &mut OpenContext<'_, u64>) -> Result<Self::State> {
+        Ok((
+            ctx.value_state(&ValueStateDescriptor::new("totals"))?,
+            ctx.map_state(&MapStateDescriptor::new("per-bucket"))?,
+        ))
+    }
+
+    fn process_element(
+        &mut self,
+        (totals, buckets): &mut Self::State,
+        tx: Transaction,
+        _ctx: &mut Context<'_, u64>,
+        out: &mut Collector<'_, Out>,
+    ) -> Result<()> {
+        if tx.transaction_id == self.fail_at && self.armed.swap(false, Ordering::SeqCst) {
+            return Err(EddyError::user("injected failure"));
+        }
+        let bucket = tx.amount / 10_000;
+        buckets.put(bucket, buckets.get(&bucket)?.unwrap_or(0) + 1)?;
+        let mut t = totals.value()?.unwrap_or_default();
+        t.customer = tx.customer_id;
+        t.count += 1;
+        t.sum += tx.amount;
+        totals.update(t)?;
+        out.collect(t);
+        Ok(())
+    }
+}
+
+const EVENTS: u64 = 40_000;
+const CUSTOMERS: u64 = 300;
+
+fn expected() -> Vec<Out> {
+    let generator = TransactionGenerator::new(CUSTOMERS, 5);
+    let mut totals: HashMap<u64, Out> = HashMap::new();
+    let mut out = Vec::new();
+    for i in 0..EVENTS {
+        let tx = eddy::connectors::Generator::generate(&generator, i);
+        let t = totals.entry(tx.customer_id).or_default();
+        t.customer = tx.customer_id;
+        t.count += 1;
+        t.sum += tx.amount;
+        out.push(*t);
+    }
+    out.sort_unstable();
+    out
+}
+
+fn published(dir: &Path) -> Vec<Out> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        if entry.path().is_file() {
+            for line in std::fs::read_to_string(entry.path()).unwrap().lines() {
+                out.push(serde_json::from_str(line).unwrap());
+            }
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+struct Job<'a> {
+    dir: &'a Path,
+    parallelism: usize,
+    backend: StateBackendKind,
+    restore: Option<String>,
+    restart: RestartStrategy,
+    fail_at: Option<u64>,
+    /// Drop the keyed operator (to test state of operators the job no longer has).
+    without_totals: bool,
+    allow_non_restored_state: bool,
+    max_parallelism: Option<usize>,
+}
+
+impl<'a> Job<'a> {
+    fn new(dir: &'a Path) -> Self {
+        Job {
+            dir,
+            parallelism: 2,
+            backend: StateBackendKind::Heap,
+            restore: None,
+            restart: RestartStrategy::None,
+            fail_at: None,
+            without_totals: false,
+            allow_non_restored_state: false,
+            max_parallelism: None,
+        }
+    }
+
+    fn run(&self) -> Result<JobResult> {
+        let config = JobConfig {
+            parallelism: self.parallelism,
+            max_parallelism: self.max_parallelism,
+            state_backend: self.backend.clone(),
+            checkpoint: CheckpointConfig {
+                interval: Some(Duration::from_millis(50)),
+                location: Some(self.dir.join("ckpt").to_string_lossy().into_owned()),
+                retained: 2,
+                restore: self.restore.clone(),
+                allow_non_restored_state: self.allow_non_restored_state,
+                restart: self.restart.clone(),
+            },
+            ..JobConfig::default()
+        };
+        let env = StreamExecutionEnvironment::new(config);
+        let source = env
+            .from_source_named(
+                "transactions",
+                TransactionGenerator::new(CUSTOMERS, 5)
+                    .source(EVENTS)
+                    .with_rate(40_000),
+            )
+            .set_parallelism(1)
+            .uid("transactions");
+        let keyed = source.key_by(|tx: &Transaction| tx.customer_id);
+        if self.without_totals {
+            keyed
+                .process_named("other", Totals {
+                    fail_at: u64::MAX,
+                    armed: Arc::new(AtomicBool::new(false)),
+                })
+                .uid("other")
+                .sink_named("out", FileSink::json_lines(self.dir.join("out")))
+                .uid("out");
+        } else {
+            keyed
+                .process_named(
+                    "totals",
+                    Totals {
+                        fail_at: self.fail_at.unwrap_or(u64::MAX),
+                        armed: Arc::new(AtomicBool::new(self.fail_at.is_some())),
+                    },
+                )
+                .uid("totals")
+                .sink_named("out", FileSink::json_lines(self.dir.join("out")))
+                .uid("out");
+        }
+        env.execute("checkpoint-test")
+    }
+}
+
+#[test]
+fn bounded_job_ends_with_a_final_checkpoint_and_exactly_once_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let result = Job::new(dir.path()).run().unwrap();
+    assert!(!result.checkpoints.is_empty());
+    assert_eq!(published(&dir.path().join("out")), expected());
+    let latest = Checkpoints::open(&dir.path().join("ckpt").to_string_lossy())
+        .unwrap()
+        .latest()
+        .unwrap()
+        .expect("a completed checkpoint");
+    let uids: Vec<&str> = latest
+        .metadata
+        .operators
+        .iter()
+        .map(|o| o.uid.as_str())
+        .collect();
+    for uid in ["transactions", "totals", "out"] {
+        assert!(uids.contains(&uid), "{uid} missing from {uids:?}");
+    }
+    // Retention keeps the newest two.
+    let all = Checkpoints::open(&dir.path().join("ckpt").to_string_lossy())
+        .unwrap()
+        .list()
+        .unwrap();
+    assert!(all.len() <= 2, "{} checkpoints retained", all.len());
+}
+
+#[test]
+fn restart_strategy_recovers_from_a_failure_exactly_once() {
+    for backend in [
+        StateBackendKind::Heap,
+        StateBackendKind::RocksDb { working_dir: None },
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let result = Job {
+            backend: backend.clone(),
+            fail_at: Some(EVENTS / 2),
+            restart: RestartStrategy::FixedDelay {
+                attempts: 2,
+                delay: Duration::from_millis(10),
+            },
+            ..Job::new(dir.path())
+        }
+        .run()
+        .unwrap();
+        assert_eq!(result.restarts, 1, "{backend:?}");
+        assert_eq!(published(&dir.path().join("out")), expected(), "{backend:?}");
+    }
+}
+
+#[test]
+fn restore_at_other_parallelisms_and_across_backends() {
+    let dir = tempfile::tempdir().unwrap();
+    // p = 2 on the heap fails half-way (no restart): checkpoints remain.
+    let failed = Job {
+        fail_at: Some(EVENTS / 3),
+        ..Job::new(dir.path())
+    }
+    .run();
+    assert!(failed.is_err());
+    // p = 3 on RocksDB from the heap's checkpoint fails again at 2/3.
+    let failed = Job {
+        parallelism: 3,
+        backend: StateBackendKind::RocksDb { working_dir: None },
+        restore: Some("latest".into()),
+        fail_at: Some(2 * EVENTS / 3),
+        max_parallelism: Some(128),
+        ..Job::new(dir.path())
+    }
+    .run();
+    assert!(failed.is_err());
+    // p = 1 on the heap finishes the job.
+    Job {
+        parallelism: 1,
+        restore: Some("latest".into()),
+        max_parallelism: Some(128),
+        ..Job::new(dir.path())
+    }
+    .run()
+    .unwrap();
+    assert_eq!(published(&dir.path().join("out")), expected());
+}
+
+#[test]
+fn restore_refuses_other_max_parallelism_and_unknown_operators() {
+    let dir = tempfile::tempdir().unwrap();
+    Job::new(dir.path()).run().unwrap();
+    let err = Job {
+        restore: Some("latest".into()),
+        max_parallelism: Some(256),
+        ..Job::new(dir.path())
+    }
+    .run()
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("max parallelism 128") && err.contains("256"), "{err}");
+
+    let err = Job {
+        restore: Some("latest".into()),
+        without_totals: true,
+        ..Job::new(dir.path())
+    }
+    .run()
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("totals") && err.contains("--allow-non-restored-state"), "{err}");
+    Job {
+        restore: Some("latest".into()),
+        without_totals: true,
+        allow_non_restored_state: true,
+        ..Job::new(dir.path())
+    }
+    .run()
+    .unwrap();
+}
+
+#[test]
+fn corrupt_truncated_and_foreign_checkpoints_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    Job::new(dir.path()).run().unwrap();
+    let root = dir.path().join("ckpt");
+    let latest = std::fs::read_dir(&root)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("_metadata").exists())
+        .max()
+        .unwrap();
+    let part = latest.join("totals").join("keyed-0.bin");
+    let original = std::fs::read(&part).unwrap();
+    let restore = |dir: &Path| {
+        Job {
+            restore: Some(latest.to_string_lossy().into_owned()),
+            ..Job::new(dir)
+        }
+        .run()
+        .unwrap_err()
+        .to_string()
+    };
+
+    let mut flipped = original.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x40;
+    std::fs::write(&part, &flipped).unwrap();
+    let err = restore(dir.path());
+    assert!(err.contains("keyed-0.bin") && err.contains("checksum"), "{err}");
+
+    std::fs::write(&part, &original[..original.len() / 3]).unwrap();
+    let err = restore(dir.path());
+    assert!(err.contains("keyed-0.bin"), "{err}");
+
+    std::fs::write(&part, b"PK\x03\x04 not a checkpoint at all").unwrap();
+    let err = restore(dir.path());
+    assert!(err.contains("keyed-0.bin") && err.contains("foreign"), "{err}");
+}
