@@ -49,5 +49,29 @@ fn main() -> anyhow::Result<()> {
         report.checksum,
         peak_rss_mb().map_or_else(|| "?".to_string(), |mb| mb.to_string()),
     );
+    if !report.checkpoints.is_empty() {
+        let mut ms: Vec<f64> = report
+            .checkpoints
+            .iter()
+            .map(|c| c.duration.as_secs_f64() * 1000.0)
+            .collect();
+        ms.sort_by(f64::total_cmp);
+        let mut mb: Vec<f64> = report
+            .checkpoints
+            .iter()
+            .map(|c| c.size as f64 / 1e6)
+            .collect();
+        mb.sort_by(f64::total_cmp);
+        println!(
+            "checkpoints={} ckpt_ms_min={:.1} ckpt_ms_median={:.1} ckpt_ms_max={:.1} ckpt_mb_min={:.1} ckpt_mb_median={:.1} ckpt_mb_max={:.1}",
+            ms.len(),
+            ms[0],
+            ms[ms.len() / 2],
+            ms[ms.len() - 1],
+            mb[0],
+            mb[mb.len() / 2],
+            mb[mb.len() - 1],
+        );
+    }
     Ok(())
 }

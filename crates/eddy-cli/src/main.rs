@@ -15,9 +15,13 @@
 
 mod checkpoints;
 
+use std::time::{Duration, Instant};
+
 use clap::{Args, Parser, Subcommand};
+use eddy::checkpoint::request_savepoint;
 use eddy::{JobFlags, StreamExecutionEnvironment};
 use eddy_bench::{peak_rss_mb, Workload, WorkloadArgs};
+use eddy_checkpoint::Checkpoints;
 use eddy_examples::customer_totals::{self, CustomerTotalsArgs};
 use eddy_examples::latest_transaction::{self, LatestTransactionArgs};
 
@@ -46,6 +50,17 @@ enum Command {
     Checkpoints {
         #[command(subcommand)]
         command: checkpoints::CheckpointsCommand,
+    },
+    /// Asks the running job that checkpoints into CHECKPOINT_DIR for a savepoint: its next
+    /// completed checkpoint is also written as savepoint-NAME (kept until deleted by hand).
+    Savepoint {
+        /// The job's --checkpoint-dir (path or URL).
+        checkpoint_dir: String,
+        /// The savepoint's name (letters, digits, `-`, `_`, `.`).
+        name: String,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout_s: u64,
     },
 }
 
@@ -103,6 +118,36 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Run { job } => run(job),
         Command::Checkpoints { command } => checkpoints::run(command),
+        Command::Savepoint {
+            checkpoint_dir,
+            name,
+            timeout_s,
+        } => savepoint(&checkpoint_dir, &name, Duration::from_secs(timeout_s)),
+    }
+}
+
+/// Requests a savepoint from the job checkpointing into `dir` and waits for it.
+fn savepoint(dir: &str, name: &str, timeout: Duration) -> anyhow::Result<()> {
+    let checkpoints = Checkpoints::open_existing(dir)?;
+    request_savepoint(&checkpoints, name)?;
+    let started = Instant::now();
+    let wanted = format!("savepoint-{name}");
+    loop {
+        if let Ok(point) = checkpoints.resolve(&wanted) {
+            println!(
+                "savepoint {} written from checkpoint {}",
+                point.location(),
+                point.metadata.checkpoint_id
+            );
+            return Ok(());
+        }
+        if started.elapsed() > timeout {
+            anyhow::bail!(
+                "no savepoint after {timeout:?}: is a job checkpointing into {dir}? (the request \
+                 stays until a job completes a checkpoint there)"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

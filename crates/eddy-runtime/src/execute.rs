@@ -149,7 +149,7 @@ fn run_attempt(
                 .map_or(sink.name(), String::as_str);
             r.operators.get(uid).map(|o| o.committables.as_slice())
         });
-        sink.recover(committables.unwrap_or_default(), config)?;
+        sink.recover(committables.unwrap_or_default(), job_name)?;
     }
     let barriers = Barriers::new(&config.checkpoint, config.epoch_interval);
     let (checkpoints, stats) = match (&config.checkpoint.location, barriers.enabled()) {
@@ -165,6 +165,7 @@ fn run_attempt(
                 config.checkpoint.retained,
                 barriers,
                 id_base,
+                config.checkpoint.savepoint_on_finish.clone(),
             )?;
             (Some(coordinator), Some(stats))
         }

@@ -115,7 +115,7 @@ pub trait SinkNode: Send + Sync {
 
     /// Before the job starts: commits the restored checkpoint's committables of this sink
     /// again (`committed`; empty without a restore) and discards uncommitted output.
-    fn recover(&self, committed: &[String], config: &JobConfig) -> Result<()>;
+    fn recover(&self, committed: &[String], job: &str) -> Result<()>;
 }
 
 /// A whole job: its sinks (each reaching back to its sources) and its operators' counters.

@@ -97,6 +97,24 @@ impl StreamExecutionEnvironment {
         self
     }
 
+    /// Checkpoints the job every `interval` into `location` (a directory, `file:///...`,
+    /// `s3://bucket/prefix`, `gs://...`, `az://...`; Flink's `enableCheckpointing`):
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use eddy::{JobConfig, StreamExecutionEnvironment};
+    ///
+    /// let env = StreamExecutionEnvironment::new(JobConfig::default());
+    /// env.enable_checkpointing(Duration::from_secs(2), "/var/lib/eddy/checkpoints");
+    /// assert_eq!(env.config().checkpoint.interval, Some(Duration::from_secs(2)));
+    /// ```
+    pub fn enable_checkpointing(&self, interval: std::time::Duration, location: &str) -> &Self {
+        let mut inner = self.inner.borrow_mut();
+        inner.config.checkpoint.interval = Some(interval);
+        inner.config.checkpoint.location = Some(location.to_string());
+        self
+    }
+
     /// A stream reading from `source`, as an operator called "source".
     pub fn from_source<S: Source>(&self, source: S) -> DataStream<S::Item> {
         self.from_source_named("source", source)

@@ -80,6 +80,10 @@ pub struct JobFlags {
     /// Wait this long before each restart, in ms.
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     pub restart_delay_ms: u64,
+
+    /// When a bounded job ends, also write its final checkpoint as savepoint-NAME.
+    #[arg(long, value_name = "NAME")]
+    pub savepoint_on_finish: Option<String>,
 }
 
 /// The values of `--state-backend`.
@@ -107,6 +111,7 @@ impl Default for JobFlags {
             allow_non_restored_state: false,
             restart_attempts: 0,
             restart_delay_ms: 1000,
+            savepoint_on_finish: None,
         }
     }
 }
@@ -142,6 +147,7 @@ impl JobFlags {
                         delay: Duration::from_millis(self.restart_delay_ms),
                     },
                 },
+                savepoint_on_finish: self.savepoint_on_finish.clone(),
             },
             ..JobConfig::default()
         };

@@ -137,6 +137,7 @@ impl<'a> Job<'a> {
                 restore: self.restore.clone(),
                 allow_non_restored_state: self.allow_non_restored_state,
                 restart: self.restart.clone(),
+                savepoint_on_finish: None,
             },
             ..JobConfig::default()
         };
@@ -153,10 +154,13 @@ impl<'a> Job<'a> {
         let keyed = source.key_by(|tx: &Transaction| tx.customer_id);
         if self.without_totals {
             keyed
-                .process_named("other", Totals {
-                    fail_at: u64::MAX,
-                    armed: Arc::new(AtomicBool::new(false)),
-                })
+                .process_named(
+                    "other",
+                    Totals {
+                        fail_at: u64::MAX,
+                        armed: Arc::new(AtomicBool::new(false)),
+                    },
+                )
                 .uid("other")
                 .sink_named("out", FileSink::json_lines(self.dir.join("out")))
                 .uid("out");
@@ -224,7 +228,11 @@ fn restart_strategy_recovers_from_a_failure_exactly_once() {
         .run()
         .unwrap();
         assert_eq!(result.restarts, 1, "{backend:?}");
-        assert_eq!(published(&dir.path().join("out")), expected(), "{backend:?}");
+        assert_eq!(
+            published(&dir.path().join("out")),
+            expected(),
+            "{backend:?}"
+        );
     }
 }
 
@@ -273,7 +281,10 @@ fn restore_refuses_other_max_parallelism_and_unknown_operators() {
     .run()
     .unwrap_err()
     .to_string();
-    assert!(err.contains("max parallelism 128") && err.contains("256"), "{err}");
+    assert!(
+        err.contains("max parallelism 128") && err.contains("256"),
+        "{err}"
+    );
 
     let err = Job {
         restore: Some("latest".into()),
@@ -283,7 +294,10 @@ fn restore_refuses_other_max_parallelism_and_unknown_operators() {
     .run()
     .unwrap_err()
     .to_string();
-    assert!(err.contains("totals") && err.contains("--allow-non-restored-state"), "{err}");
+    assert!(
+        err.contains("totals") && err.contains("--allow-non-restored-state"),
+        "{err}"
+    );
     Job {
         restore: Some("latest".into()),
         without_totals: true,
@@ -323,7 +337,10 @@ fn corrupt_truncated_and_foreign_checkpoints_are_refused_by_name() {
     flipped[middle] ^= 0x40;
     std::fs::write(&part, &flipped).unwrap();
     let err = restore(dir.path());
-    assert!(err.contains("keyed-0.bin") && err.contains("checksum"), "{err}");
+    assert!(
+        err.contains("keyed-0.bin") && err.contains("checksum"),
+        "{err}"
+    );
 
     std::fs::write(&part, &original[..original.len() / 3]).unwrap();
     let err = restore(dir.path());
@@ -331,5 +348,8 @@ fn corrupt_truncated_and_foreign_checkpoints_are_refused_by_name() {
 
     std::fs::write(&part, b"PK\x03\x04 not a checkpoint at all").unwrap();
     let err = restore(dir.path());
-    assert!(err.contains("keyed-0.bin") && err.contains("foreign"), "{err}");
+    assert!(
+        err.contains("keyed-0.bin") && err.contains("foreign"),
+        "{err}"
+    );
 }

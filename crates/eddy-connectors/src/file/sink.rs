@@ -325,31 +325,45 @@ impl<T: Serialize + 'static> Sink<T> for FileSink<T> {
         };
         part.flush()?;
         part.sync()?;
-        let name = part
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .ok_or_else(|| EddyError::Internal("pending file without a name".into()))?;
-        Ok(vec![name])
+        // The full path: a restore into a job writing elsewhere still publishes the
+        // checkpoint's output where it was written.
+        let path = std::path::absolute(&part.path).map_err(|e| EddyError::io(&part.path, e))?;
+        Ok(vec![path.to_string_lossy().into_owned()])
     }
 
     fn commit(&self, committables: &[String]) -> Result<()> {
-        let Some(dir) = self.directory() else {
-            return Ok(());
-        };
-        let pending = Self::pending_dir(dir);
-        for name in committables {
-            let from = pending.join(name);
+        let mut dirs = std::collections::BTreeSet::new();
+        for committable in committables {
+            let from = PathBuf::from(committable);
+            let (Some(name), Some(dir)) = (from.file_name(), from.parent().and_then(Path::parent))
+            else {
+                return Err(EddyError::Internal(format!(
+                    "not a pending file of a FileSink: {committable}"
+                )));
+            };
             let to = dir.join(name);
             match fs::rename(&from, &to) {
                 Ok(()) => {}
                 // Committed before (a restore commits its checkpoint's files again).
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound && to.exists() => {}
-                Err(e) => return Err(EddyError::io(&from, e)),
+                Err(e) => {
+                    return Err(EddyError::io(
+                        &from,
+                        std::io::Error::new(
+                            e.kind(),
+                            format!(
+                                "cannot publish a checkpoint's output (neither the pending file \
+                                 nor {} exists: was the output deleted?): {e}",
+                                to.display()
+                            ),
+                        ),
+                    ))
+                }
             }
+            dirs.insert(dir.to_path_buf());
         }
-        if !committables.is_empty() {
-            sync_dir(dir)?;
+        for dir in dirs {
+            sync_dir(&dir)?;
         }
         Ok(())
     }

@@ -139,6 +139,8 @@ struct Writer {
     retained: usize,
     /// Written parts per checkpoint: participant, its metadata, its committables.
     written: BTreeMap<u64, Vec<WrittenPart>>,
+    /// Copy the final checkpoint of a bounded job to `savepoint-<name>`.
+    savepoint_on_finish: Option<String>,
     stats: Arc<Mutex<Vec<CheckpointStats>>>,
 }
 
@@ -158,6 +160,7 @@ impl Coordinator {
         retained: usize,
         barriers: Barriers,
         id_base: u64,
+        savepoint_on_finish: Option<String>,
     ) -> Result<(Arc<Self>, Arc<Mutex<Vec<CheckpointStats>>>)> {
         let (sender, receiver) = mpsc::channel::<Work>();
         let stats = Arc::new(Mutex::new(Vec::new()));
@@ -167,6 +170,7 @@ impl Coordinator {
             max_parallelism,
             retained: retained.max(1),
             written: BTreeMap::new(),
+            savepoint_on_finish,
             stats: Arc::clone(&stats),
         };
         let handle = std::thread::Builder::new()
@@ -466,6 +470,13 @@ impl Writer {
             }
         }
         self.storage.retain(self.retained)?;
+        let mut names = self.requested_savepoints()?;
+        if epoch == u64::MAX {
+            names.extend(self.savepoint_on_finish.clone());
+        }
+        for name in names {
+            self.write_savepoint(&metadata, &name)?;
+        }
         let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
         stats.push(CheckpointStats {
             id,
@@ -474,6 +485,69 @@ impl Writer {
         });
         Ok(())
     }
+}
+
+impl Writer {
+    /// Savepoints asked for with [`request_savepoint`] since the last checkpoint; their
+    /// requests are consumed.
+    fn requested_savepoints(&self) -> Result<Vec<String>> {
+        let storage = self.storage.storage();
+        let mut names = Vec::new();
+        for object in storage.list("")? {
+            let Some(name) = object.path.strip_prefix(SAVEPOINT_REQUEST) else {
+                continue;
+            };
+            if !name.contains('/') {
+                names.push(name.to_string());
+                storage.delete(&object.path)?;
+            }
+        }
+        Ok(names)
+    }
+
+    /// Copies the completed checkpoint `metadata` describes to `savepoint-<name>/`: the same
+    /// canonical, backend-independent files, never deleted by retention.
+    fn write_savepoint(&self, metadata: &CheckpointMetadata, name: &str) -> Result<()> {
+        let source = CheckpointRef::Checkpoint(metadata.checkpoint_id);
+        let target = CheckpointRef::savepoint(name)?;
+        let mut savepoint = metadata.clone();
+        savepoint.kind = CheckpointKind::Savepoint {
+            name: name.to_string(),
+        };
+        for operator in &mut savepoint.operators {
+            for subtask in &mut operator.subtasks {
+                for file in &mut subtask.files {
+                    let payload = self.storage.read_part(&source, &file.path, file.kind)?;
+                    let (uid, file_name) = file.path.split_once('/').ok_or_else(|| {
+                        EddyError::Internal(format!("part path without operator: {}", file.path))
+                    })?;
+                    *file = self
+                        .storage
+                        .write_part(&target, uid, file_name, file.kind, &payload)?;
+                }
+            }
+        }
+        self.storage.commit(&savepoint)?;
+        eprintln!(
+            "eddy: savepoint written to {}",
+            self.storage.location_of(&target)
+        );
+        Ok(())
+    }
+}
+
+/// The name prefix of savepoint requests at the root of a checkpoint directory.
+const SAVEPOINT_REQUEST: &str = "_savepoint-request-";
+
+/// Asks the job checkpointing into `checkpoints` to write its next completed checkpoint as the
+/// savepoint `name` as well (how `eddy savepoint` reaches a running job: through the
+/// checkpoint storage both can see, local or object store).
+pub fn request_savepoint(checkpoints: &Checkpoints, name: &str) -> Result<()> {
+    // Validates the name as a directory name first.
+    CheckpointRef::savepoint(name)?;
+    checkpoints
+        .storage()
+        .put(&format!("{SAVEPOINT_REQUEST}{name}"), Vec::new())
 }
 
 /// Encodes a sink's committables as a part payload.

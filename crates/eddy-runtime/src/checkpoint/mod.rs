@@ -22,8 +22,8 @@ mod restore;
 use std::time::Duration;
 
 pub use coordinator::{
-    decode_committables, encode_committables, CheckpointStats, Committer, Coordinator, Part,
-    PartKind, Participant,
+    decode_committables, encode_committables, request_savepoint, CheckpointStats, Committer,
+    Coordinator, Part, PartKind, Participant,
 };
 pub use restore::{OperatorRestore, RestoredCheckpoint};
 
@@ -67,6 +67,8 @@ pub struct CheckpointConfig {
     pub allow_non_restored_state: bool,
     /// What to do when the job fails.
     pub restart: RestartStrategy,
+    /// Also write the final checkpoint of a bounded job as the savepoint `savepoint-<name>`.
+    pub savepoint_on_finish: Option<String>,
 }
 
 impl Default for CheckpointConfig {
@@ -78,6 +80,7 @@ impl Default for CheckpointConfig {
             restore: None,
             allow_non_restored_state: false,
             restart: RestartStrategy::None,
+            savepoint_on_finish: None,
         }
     }
 }

@@ -137,10 +137,10 @@ impl<T: Data, S: Sink<T>> SinkNode for SinkOperatorNode<T, S> {
         &self.name
     }
 
-    fn recover(&self, committed: &[String], _config: &JobConfig) -> Result<()> {
+    fn recover(&self, committed: &[String], job: &str) -> Result<()> {
         let in_sink = |e: EddyError| {
             EddyError::Job(Box::new(eddy_core::JobFailure {
-                job: String::new(),
+                job: job.to_string(),
                 operator: self.name.clone(),
                 subtask: 0,
                 source: e,
