@@ -377,3 +377,22 @@ fn blocking_calls_inside_an_async_runtime_are_refused() {
     // Dropping the storage inside a runtime must not panic either.
     runtime.block_on(async move { drop(checkpoints) });
 }
+
+#[test]
+fn remote_roots_open_without_contacting_anything() {
+    // Opening only configures the client; the first request would reach the network.
+    let s3 = CheckpointStorage::open("s3://some-bucket/jobs/fraud/").unwrap();
+    assert_eq!(s3.location(), "s3://some-bucket/jobs/fraud");
+    assert!(!s3.is_local());
+    assert_eq!(
+        s3.describe("chk-0000000001/_metadata"),
+        "s3://some-bucket/jobs/fraud/chk-0000000001/_metadata"
+    );
+    // A URL the store cannot use is an error naming it, never a panic.
+    for url in ["s3://", "az://", "gs://"] {
+        if let Err(err) = CheckpointStorage::open(url) {
+            let (location, _) = checkpoint_error(err);
+            assert_eq!(location, url);
+        }
+    }
+}
