@@ -396,3 +396,19 @@ fn remote_roots_open_without_contacting_anything() {
         }
     }
 }
+
+#[test]
+fn large_objects_go_up_in_parts_atomically() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = CheckpointStorage::open(dir.path().to_str().unwrap())
+        .unwrap()
+        .with_multipart_threshold(1024 * 1024);
+    let checkpoints = Checkpoints::new(storage);
+    common::multipart_round_trip(&checkpoints);
+    // No staging files left behind.
+    let names: Vec<String> = std::fs::read_dir(dir.path().join("chk-0000000001/op"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["keyed-0.bin"]);
+}
