@@ -101,19 +101,26 @@ impl KeyGroupSpan {
         })
     }
 
-    /// As an `eddy-core` range.
+    /// As an `eddy-core` range (empty if `start > end`, which decoded metadata never has:
+    /// [`CheckpointMetadata::validate`] refuses it).
     pub fn to_range(self) -> KeyGroupRange {
+        if self.start > self.end {
+            return KeyGroupRange::empty();
+        }
         KeyGroupRange::new(self.start.into(), self.end.into())
     }
 
-    /// Number of key groups.
+    /// Number of key groups (0 for an inverted span, which valid metadata never holds).
     pub fn len(self) -> usize {
-        usize::from(self.end).saturating_sub(self.start.into()) + 1
+        if self.start > self.end {
+            return 0;
+        }
+        usize::from(self.end) - usize::from(self.start) + 1
     }
 
-    /// Never true: a span holds at least one key group (kept for clippy's `len_without_is_empty`).
+    /// Whether it holds no key group (only an inverted span, `start > end`).
     pub fn is_empty(self) -> bool {
-        false
+        self.start > self.end
     }
 }
 
@@ -321,6 +328,68 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_framed_payload_decodes_or_is_refused_without_panic(
+            payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+        ) {
+            let bytes = format::frame(FileKind::Metadata, &payload);
+            if let Ok(metadata) = CheckpointMetadata::decode(&bytes, "m") {
+                // Whatever decoded is consistent enough to use.
+                for op in &metadata.operators {
+                    for subtask in &op.subtasks {
+                        if let Some(span) = subtask.key_groups {
+                            proptest::prop_assert_eq!(span.to_range().len(), span.len());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn checkpoints_are_shared_between_threads() {
+        fn send_sync<T: Send + Sync + 'static>() {}
+        send_sync::<crate::Checkpoints>();
+        send_sync::<crate::CheckpointStorage>();
+        send_sync::<crate::RestorePoint>();
+    }
+
+    #[test]
+    fn inconsistent_metadata_is_refused() {
+        let mut meta = CheckpointMetadata::new("job", 1, CheckpointKind::Checkpoint, 9, 128);
+        meta.operators.push(OperatorMetadata {
+            uid: "op".into(),
+            name: "op".into(),
+            parallelism: 1,
+            subtasks: vec![SubtaskMetadata {
+                index: 0,
+                key_groups: Some(KeyGroupSpan { start: 5, end: 4 }),
+                files: vec![],
+                states: vec![],
+            }],
+        });
+        let err = CheckpointMetadata::decode(&meta.encode().unwrap(), "m").unwrap_err();
+        assert!(err.to_string().contains("do not fit"), "{err}");
+        meta.operators[0].subtasks[0].key_groups = Some(KeyGroupSpan { start: 0, end: 128 });
+        assert!(CheckpointMetadata::decode(&meta.encode().unwrap(), "m").is_err());
+        meta.operators[0].subtasks[0].key_groups = None;
+        meta.operators[0].subtasks[0].index = 1;
+        let err = CheckpointMetadata::decode(&meta.encode().unwrap(), "m").unwrap_err();
+        assert!(
+            err.to_string().contains("not below its parallelism"),
+            "{err}"
+        );
+        meta.operators[0].subtasks[0].index = 0;
+        meta.operators[0].subtasks[0].files.push(PartInfo {
+            path: "../../etc/passwd".into(),
+            size: 1,
+            kind: FileKind::KeyedState,
+        });
+        let err = CheckpointMetadata::decode(&meta.encode().unwrap(), "m").unwrap_err();
+        assert!(err.to_string().contains("must stay inside"), "{err}");
+    }
+
     #[test]
     fn key_group_span_matches_core_ranges() {
         let range = KeyGroupRange::for_subtask(128, 2, 1);
@@ -328,5 +397,6 @@ mod tests {
         assert_eq!((span.start, span.end, span.len()), (64, 127, 64));
         assert_eq!(span.to_range(), range);
         assert_eq!(KeyGroupSpan::from_range(&KeyGroupRange::empty()), None);
+        assert!(KeyGroupSpan { start: 3, end: 2 }.to_range().is_empty());
     }
 }

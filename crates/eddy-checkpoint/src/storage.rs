@@ -18,7 +18,9 @@
 //!     their directory by [`delete_prefix`](CheckpointStorage::delete_prefix).
 //!   - S3, GCS, Azure: a single-request upload, which these services publish atomically; once
 //!     the request has succeeded the object is durable and (on all three, today) visible to
-//!     every later read and list.
+//!     every later read and list. Objects above [`MULTIPART_THRESHOLD`] go up as a multipart
+//!     upload, which the service publishes atomically when it completes (and the local store
+//!     stages and renames the same way).
 //! * **Puts that return are ordered.** What a successful `put` wrote is visible to any `get` or
 //!   `list` that starts after it returned. The checkpoint layout relies on this to write
 //!   `_metadata` last.
@@ -33,7 +35,17 @@ use eddy_core::{EddyError, Result};
 use futures::{StreamExt, TryStreamExt};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+
+/// Objects larger than this are uploaded in parts by default (S3 takes at most 5 GiB in one
+/// request; parts also let a large upload proceed in parallel).
+pub const MULTIPART_THRESHOLD: usize = 64 * 1024 * 1024;
+
+/// The size of each part of a multipart upload (S3's minimum is 5 MiB, except the last part).
+const MULTIPART_CHUNK: usize = 8 * 1024 * 1024;
+
+/// Parts of one multipart upload in flight at a time.
+const MULTIPART_CONCURRENCY: usize = 4;
 
 /// One stored object: its path relative to the storage root, and its size.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,6 +71,8 @@ pub struct CheckpointStorage {
     location: String,
     /// For a local root: its directory, to remove crash leftovers in `delete_prefix`.
     local_root: Option<PathBuf>,
+    /// Objects above this size are uploaded in parts.
+    multipart_threshold: usize,
     /// Always `Some` until dropped (taken in `drop` to shut it down without blocking).
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -152,6 +166,7 @@ impl CheckpointStorage {
             root: Path::default(),
             location: root.display().to_string(),
             local_root: Some(root),
+            multipart_threshold: MULTIPART_THRESHOLD,
             runtime: Some(runtime()?),
         })
     }
@@ -166,6 +181,7 @@ impl CheckpointStorage {
             root,
             location: location.trim_end_matches('/').to_string(),
             local_root: None,
+            multipart_threshold: MULTIPART_THRESHOLD,
             runtime: Some(runtime()?),
         })
     }
@@ -234,15 +250,39 @@ impl CheckpointStorage {
         }
     }
 
+    /// Objects larger than `bytes` are uploaded in parts (default [`MULTIPART_THRESHOLD`]).
+    /// Either way a put stays atomic: the parts of a multipart upload become visible together
+    /// when it completes (S3, GCS, Azure), and the local store renames its staging file only
+    /// then.
+    pub fn with_multipart_threshold(mut self, bytes: usize) -> Self {
+        self.multipart_threshold = bytes;
+        self
+    }
+
     /// Writes `bytes` to `path`, replacing any object there. Atomic and, on return, durable
-    /// (see the module docs).
+    /// (see the module docs). Large objects go up as a multipart upload, at most
+    /// 4 parts of 8 MiB in flight at a time; a failed one is aborted.
     pub fn put(&self, path: &str, bytes: Vec<u8>) -> Result<()> {
         let key = self.key(path);
         let store = Arc::clone(&self.store);
+        let threshold = self.multipart_threshold;
         self.block_on("put", async move {
-            store.put(&key, PutPayload::from(bytes)).await
+            if bytes.len() <= threshold {
+                return store.put(&key, PutPayload::from(bytes)).await.map(drop);
+            }
+            let upload = store.put_multipart(&key).await?;
+            let mut writer = WriteMultipart::new_with_chunk_size(upload, MULTIPART_CHUNK);
+            for chunk in bytes.chunks(MULTIPART_CHUNK) {
+                // Bounds the requests in flight; the data is in memory already.
+                if let Err(e) = writer.wait_for_capacity(MULTIPART_CONCURRENCY).await {
+                    // The upload's own error is the one to report, not the abort's.
+                    let _ = writer.abort().await;
+                    return Err(e);
+                }
+                writer.write(chunk);
+            }
+            writer.finish().await.map(drop)
         })?
-        .map(drop)
         .map_err(|e| self.error(path, "cannot write", e))
     }
 

@@ -377,3 +377,38 @@ fn blocking_calls_inside_an_async_runtime_are_refused() {
     // Dropping the storage inside a runtime must not panic either.
     runtime.block_on(async move { drop(checkpoints) });
 }
+
+#[test]
+fn remote_roots_open_without_contacting_anything() {
+    // Opening only configures the client; the first request would reach the network.
+    let s3 = CheckpointStorage::open("s3://some-bucket/jobs/fraud/").unwrap();
+    assert_eq!(s3.location(), "s3://some-bucket/jobs/fraud");
+    assert!(!s3.is_local());
+    assert_eq!(
+        s3.describe("chk-0000000001/_metadata"),
+        "s3://some-bucket/jobs/fraud/chk-0000000001/_metadata"
+    );
+    // A URL the store cannot use is an error naming it, never a panic.
+    for url in ["s3://", "az://", "gs://"] {
+        if let Err(err) = CheckpointStorage::open(url) {
+            let (location, _) = checkpoint_error(err);
+            assert_eq!(location, url);
+        }
+    }
+}
+
+#[test]
+fn large_objects_go_up_in_parts_atomically() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = CheckpointStorage::open(dir.path().to_str().unwrap())
+        .unwrap()
+        .with_multipart_threshold(1024 * 1024);
+    let checkpoints = Checkpoints::new(storage);
+    common::multipart_round_trip(&checkpoints);
+    // No staging files left behind.
+    let names: Vec<String> = std::fs::read_dir(dir.path().join("chk-0000000001/op"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["keyed-0.bin"]);
+}

@@ -10,10 +10,13 @@
 mod common;
 
 use common::{checkpoint_error, complete_checkpoint, full_scenario, write_checkpoint};
-use eddy_checkpoint::{resolve, CheckpointRef, Checkpoints, FileKind, METADATA_FILE};
+use eddy_checkpoint::storage::MULTIPART_THRESHOLD;
+use eddy_checkpoint::{
+    resolve, CheckpointRef, CheckpointStorage, Checkpoints, FileKind, METADATA_FILE,
+};
 
 /// A fresh root under `EDDY_TEST_S3_URL` for one test, or `None` (skip) outside CI.
-fn s3_root(test: &str) -> Option<Checkpoints> {
+fn s3_root(test: &str, multipart_threshold: usize) -> Option<Checkpoints> {
     let Ok(base) = std::env::var("EDDY_TEST_S3_URL") else {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -35,12 +38,15 @@ fn s3_root(test: &str) -> Option<Checkpoints> {
         base.trim_end_matches('/'),
         std::process::id()
     );
-    Some(Checkpoints::open(&url).unwrap())
+    let storage = CheckpointStorage::open(&url)
+        .unwrap()
+        .with_multipart_threshold(multipart_threshold);
+    Some(Checkpoints::new(storage))
 }
 
 #[test]
 fn full_scenario_on_s3() {
-    let Some(checkpoints) = s3_root("full") else {
+    let Some(checkpoints) = s3_root("full", MULTIPART_THRESHOLD) else {
         return;
     };
     assert!(checkpoints.location().starts_with("s3://"));
@@ -49,7 +55,7 @@ fn full_scenario_on_s3() {
 
 #[test]
 fn crash_mid_checkpoint_on_s3() {
-    let Some(checkpoints) = s3_root("crash") else {
+    let Some(checkpoints) = s3_root("crash", MULTIPART_THRESHOLD) else {
         return;
     };
     complete_checkpoint(&checkpoints, 1);
@@ -78,7 +84,7 @@ fn crash_mid_checkpoint_on_s3() {
 
 #[test]
 fn corrupt_and_foreign_objects_are_refused_on_s3() {
-    let Some(checkpoints) = s3_root("corrupt") else {
+    let Some(checkpoints) = s3_root("corrupt", MULTIPART_THRESHOLD) else {
         return;
     };
     let metadata = complete_checkpoint(&checkpoints, 1);
@@ -112,7 +118,7 @@ fn corrupt_and_foreign_objects_are_refused_on_s3() {
 
 #[test]
 fn restore_by_url_on_s3() {
-    let Some(checkpoints) = s3_root("resolve") else {
+    let Some(checkpoints) = s3_root("resolve", MULTIPART_THRESHOLD) else {
         return;
     };
     let metadata = complete_checkpoint(&checkpoints, 5);
@@ -129,4 +135,12 @@ fn restore_by_url_on_s3() {
     let (location, reason) = checkpoint_error(resolve(&missing, None).unwrap_err());
     assert_eq!(location, missing);
     assert!(reason.starts_with("no such checkpoint"), "{reason}");
+}
+
+#[test]
+fn large_objects_go_up_in_parts_on_s3() {
+    let Some(checkpoints) = s3_root("multipart", 1024 * 1024) else {
+        return;
+    };
+    common::multipart_round_trip(&checkpoints);
 }

@@ -299,3 +299,29 @@ pub fn full_scenario(checkpoints: &Checkpoints) {
     // Retention is idempotent.
     assert!(checkpoints.retain(2).unwrap().is_empty());
 }
+
+/// A 20 MiB object through a multipart upload (with a threshold of 1 MiB: three parts of at
+/// most 8 MiB), then read back whole; the same through `write_part` and `read_part`.
+pub fn multipart_round_trip(checkpoints: &Checkpoints) {
+    let big: Vec<u8> = (0..20 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    checkpoints
+        .storage()
+        .put("big/object.bin", big.clone())
+        .unwrap();
+    assert_eq!(
+        checkpoints.storage().size("big/object.bin").unwrap(),
+        Some(big.len() as u64)
+    );
+    assert_eq!(checkpoints.storage().get("big/object.bin").unwrap(), big);
+    let chk = CheckpointRef::Checkpoint(1);
+    let part = checkpoints
+        .write_part(&chk, "op", "keyed-0.bin", FileKind::KeyedState, &big)
+        .unwrap();
+    assert_eq!(part.size, big.len() as u64 + 23);
+    assert_eq!(
+        checkpoints
+            .read_part(&chk, &part.path, FileKind::KeyedState)
+            .unwrap(),
+        big
+    );
+}
