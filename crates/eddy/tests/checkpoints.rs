@@ -99,6 +99,8 @@ fn published(dir: &Path) -> Vec<Out> {
 
 struct Job<'a> {
     dir: &'a Path,
+    /// Where checkpoints go; `None`: `<dir>/ckpt`.
+    location: Option<String>,
     parallelism: usize,
     backend: StateBackendKind,
     restore: Option<String>,
@@ -114,6 +116,7 @@ impl<'a> Job<'a> {
     fn new(dir: &'a Path) -> Self {
         Job {
             dir,
+            location: None,
             parallelism: 2,
             backend: StateBackendKind::Heap,
             restore: None,
@@ -132,7 +135,11 @@ impl<'a> Job<'a> {
             state_backend: self.backend.clone(),
             checkpoint: CheckpointConfig {
                 interval: Some(Duration::from_millis(50)),
-                location: Some(self.dir.join("ckpt").to_string_lossy().into_owned()),
+                location: Some(
+                    self.location
+                        .clone()
+                        .unwrap_or_else(|| self.dir.join("ckpt").to_string_lossy().into_owned()),
+                ),
                 retained: 2,
                 restore: self.restore.clone(),
                 allow_non_restored_state: self.allow_non_restored_state,
@@ -352,4 +359,40 @@ fn corrupt_truncated_and_foreign_checkpoints_are_refused_by_name() {
         err.contains("keyed-0.bin") && err.contains("foreign"),
         "{err}"
     );
+}
+
+#[test]
+fn checkpoints_on_a_real_s3_server_recover_a_failed_job() {
+    let Ok(base) = std::env::var("EDDY_TEST_S3_URL") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "EDDY_TEST_S3_URL is not set under CI: run the suite through scripts/test, which \
+             starts the S3 server"
+        );
+        eprintln!("SKIPPED: EDDY_TEST_S3_URL is not set (eval \"$(scripts/start-s3)\" first)");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let location = format!(
+        "{}/job-test-{}",
+        base.trim_end_matches('/'),
+        std::process::id()
+    );
+    // Fails half-way; the restart restores from the checkpoint on S3.
+    let result = Job {
+        location: Some(location.clone()),
+        fail_at: Some(EVENTS / 2),
+        restart: RestartStrategy::FixedDelay {
+            attempts: 1,
+            delay: Duration::from_millis(10),
+        },
+        backend: StateBackendKind::RocksDb { working_dir: None },
+        ..Job::new(dir.path())
+    }
+    .run()
+    .unwrap();
+    assert_eq!(result.restarts, 1);
+    assert_eq!(published(&dir.path().join("out")), expected());
+    let latest = Checkpoints::open(&location).unwrap().latest().unwrap();
+    assert!(latest.is_some_and(|l| l.location.starts_with("s3://")));
 }
