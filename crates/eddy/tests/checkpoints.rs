@@ -396,3 +396,58 @@ fn checkpoints_on_a_real_s3_server_recover_a_failed_job() {
     let latest = Checkpoints::open(&location).unwrap().latest().unwrap();
     assert!(latest.is_some_and(|l| l.location.starts_with("s3://")));
 }
+
+#[test]
+fn file_source_resumes_at_its_checkpointed_offsets() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    let generator = TransactionGenerator::new(CUSTOMERS, 5);
+    // Two files, read one after the other by the single source subtask.
+    for (file, range) in [("a.jsonl", 0..EVENTS / 2), ("b.jsonl", EVENTS / 2..EVENTS)] {
+        let lines: Vec<String> = range
+            .map(|i| serde_json::to_string(&eddy::connectors::Generator::generate(&generator, i)))
+            .collect::<std::result::Result<_, _>>()
+            .unwrap();
+        std::fs::write(input.join(file), lines.join("\n") + "\n").unwrap();
+    }
+    let config = JobConfig {
+        parallelism: 2,
+        checkpoint: CheckpointConfig {
+            interval: Some(Duration::from_millis(50)),
+            location: Some(dir.path().join("ckpt").to_string_lossy().into_owned()),
+            restart: RestartStrategy::FixedDelay {
+                attempts: 1,
+                delay: Duration::from_millis(10),
+            },
+            ..CheckpointConfig::default()
+        },
+        ..JobConfig::default()
+    };
+    let env = StreamExecutionEnvironment::new(config);
+    env.from_source_named("files", FileSource::<Transaction>::json_lines(&input))
+        .set_parallelism(1)
+        // Slow enough (about 0.8 s in all) for several checkpoints before the failure.
+        .map(|tx: Transaction| {
+            if tx.transaction_id % 50 == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            tx
+        })
+        .key_by(|tx: &Transaction| tx.customer_id)
+        .process_named(
+            "totals",
+            Totals {
+                fail_at: 3 * EVENTS / 4,
+                armed: Arc::new(AtomicBool::new(true)),
+            },
+        )
+        .sink_named("out", FileSink::json_lines(dir.path().join("out")));
+    let result = env.execute("file-source-checkpoints").unwrap();
+    assert_eq!(result.restarts, 1);
+    assert_eq!(published(&dir.path().join("out")), expected());
+    // Read again from scratch, the source would have read about 1.75 N records in all; from a
+    // checkpoint taken past the first file's middle, well under 1.5 N.
+    let read = result.operator("files").unwrap().records_out;
+    assert!(read < 3 * EVENTS / 2, "read {read} records for {EVENTS}");
+}

@@ -20,6 +20,8 @@ pub(super) struct CsvRecordReader {
     records: csv::Reader<LineCounter<File>>,
     headers: Option<ByteRecord>,
     record: ByteRecord,
+    /// Records (good or malformed) read so far.
+    read: u64,
 }
 
 impl CsvRecordReader {
@@ -43,12 +45,37 @@ impl CsvRecordReader {
             records,
             headers,
             record: ByteRecord::new(),
+            read: 0,
         })
+    }
+
+    /// Where the next record starts: the byte offset after the last record read and the
+    /// number of records read.
+    pub(super) fn position(&self) -> (u64, u64) {
+        (self.records.position().byte(), self.read)
+    }
+
+    /// Continues after the first `records` records of a `position` reported before. CSV
+    /// quoting makes a raw seek unsafe to resume from without the header state, so the
+    /// records are read again and skipped.
+    pub(super) fn resume(&mut self, (_offset, records): (u64, u64)) -> Result<()> {
+        for _ in 0..records {
+            match self.records.read_byte_record(&mut self.record) {
+                Ok(true) => self.read += 1,
+                Ok(false) => break,
+                Err(e) if e.is_io_error() => return Err(io_error(&self.path, e)),
+                Err(_) => self.read += 1,
+            }
+        }
+        Ok(())
     }
 
     /// The next record, or the next malformed record; `None` at the end of the file.
     pub(super) fn next<T: DeserializeOwned>(&mut self) -> Result<Option<Result<T, Malformed>>> {
         let read = self.records.read_byte_record(&mut self.record);
+        if matches!(read, Ok(true)) || matches!(&read, Err(e) if !e.is_io_error()) {
+            self.read += 1;
+        }
         let line = self.record_line();
         match read {
             Ok(false) => Ok(None),

@@ -1,7 +1,7 @@
 //! Reading JSON lines: one JSON document per line.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use eddy_core::{EddyError, Result};
@@ -18,6 +18,8 @@ pub(super) struct JsonLinesReader {
     lines: BufReader<File>,
     line_number: u64,
     line: Vec<u8>,
+    /// Bytes of the file consumed so far: where the next line starts.
+    offset: u64,
 }
 
 impl JsonLinesReader {
@@ -29,7 +31,23 @@ impl JsonLinesReader {
             lines: BufReader::new(file),
             line_number: 0,
             line: Vec::new(),
+            offset: 0,
         })
+    }
+
+    /// Where the next line starts: its byte offset and the number of lines before it.
+    pub(super) fn position(&self) -> (u64, u64) {
+        (self.offset, self.line_number)
+    }
+
+    /// Continues at a `position` this reader's file reported before (a checkpoint's).
+    pub(super) fn resume(&mut self, (offset, line_number): (u64, u64)) -> Result<()> {
+        self.lines
+            .seek(SeekFrom::Start(offset))
+            .map_err(|e| EddyError::io(&self.path, e))?;
+        self.offset = offset;
+        self.line_number = line_number;
+        Ok(())
     }
 
     /// The next record, or the next malformed line; `None` at the end of the file.
@@ -57,6 +75,7 @@ impl JsonLinesReader {
         self.line.clear();
         let read = self.lines.read_until(b'\n', &mut self.line);
         let read = read.map_err(|e| EddyError::io(&self.path, e))?;
+        self.offset += read as u64;
         self.line_number += 1;
         Ok(read > 0)
     }

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use eddy_core::{Data, EddyError, Result};
 use eddy_runtime::{Sink, SinkContext, Source, SourceContext, SourceReader, SourceStatus};
+use eddy_state::{ListStateDescriptor, OperatorListState, OperatorStateStore};
+use serde::{Deserialize, Serialize};
 
 use super::csv_records::CsvRecordReader;
 use super::dead_letter::{DeadLetter, DeadLetterSink};
@@ -158,15 +160,68 @@ impl<T: Data> Source for FileSource<T> {
             return Err(EddyError::Config("FileSource has no input path".into()));
         }
         let files = self.split(ctx.subtask, ctx.parallelism)?;
+        let files = files.into_iter().map(|path| (path, None)).collect();
+        self.reader(ctx, files, None)
+    }
+
+    fn create_reader_with_state(
+        &self,
+        ctx: SourceContext,
+        state: &mut OperatorStateStore,
+    ) -> Result<FileReader<T>> {
+        let positions = state.list_state(&ListStateDescriptor::new(POSITIONS_STATE))?;
+        let restored: Vec<FilePosition> = positions.get()?.collect();
+        if restored.is_empty() {
+            let mut reader = self.create_reader(ctx)?;
+            reader.positions = Some(positions);
+            return Ok(reader);
+        }
+        // Finished files stay in the state (so "nothing restored" is never "all read"); the
+        // others resume where the checkpoint left them.
+        let files = restored
+            .into_iter()
+            .map(|p| (PathBuf::from(p.path), Some((p.offset, p.line, p.done))))
+            .collect();
+        self.reader(ctx, files, Some(positions))
+    }
+}
+
+/// The name of the file source's positions in its operator state.
+const POSITIONS_STATE: &str = "file-positions";
+
+/// Where one file of a [`FileSource`] stands in a checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct FilePosition {
+    path: String,
+    /// JSON lines: the byte offset of the next line; CSV: the byte offset after the last
+    /// record read (informational: CSV resumes by skipping `line` records).
+    offset: u64,
+    /// JSON lines: lines before `offset`; CSV: records read.
+    line: u64,
+    done: bool,
+}
+
+/// A file to read and where to start: `None` from the beginning, or (offset, line, done).
+type FileStart = (PathBuf, Option<(u64, u64, bool)>);
+
+impl<T: Data> FileSource<T> {
+    fn reader(
+        &self,
+        ctx: SourceContext,
+        files: Vec<FileStart>,
+        positions: Option<OperatorListState<FilePosition>>,
+    ) -> Result<FileReader<T>> {
         let mut dead_letter = self.dead_letter.as_ref().map(|sink| sink.clone_box());
         if let Some(sink) = &mut dead_letter {
             sink.open(SinkContext::new(ctx.subtask, ctx.parallelism))?;
         }
         Ok(FileReader {
-            pending: files.into_iter(),
+            files,
+            next: 0,
             current: None,
             format: self.format,
             dead_letter,
+            positions,
             _records: PhantomData,
         })
     }
@@ -174,10 +229,15 @@ impl<T: Data> Source for FileSource<T> {
 
 /// One subtask's share of a [`FileSource`]: its files, read one after the other.
 pub struct FileReader<T> {
-    pending: std::vec::IntoIter<PathBuf>,
+    /// Every file of this subtask, with where to start it.
+    files: Vec<FileStart>,
+    /// The index in `files` of the next file to open.
+    next: usize,
     current: Option<OpenFile>,
     format: FileFormat,
     dead_letter: Option<Box<dyn DeadLetterSink>>,
+    /// Where the positions are checkpointed (absent without operator state).
+    positions: Option<OperatorListState<FilePosition>>,
     _records: PhantomData<fn() -> T>,
 }
 
@@ -216,6 +276,20 @@ impl OpenFile {
         Ok(next.map(|parsed| parsed.map_err(|bad| self.dead_letter(bad))))
     }
 
+    fn position(&self) -> (u64, u64) {
+        match &self.records {
+            FormatReader::JsonLines(reader) => reader.position(),
+            FormatReader::Csv(reader) => reader.position(),
+        }
+    }
+
+    fn resume(&mut self, position: (u64, u64)) -> Result<()> {
+        match &mut self.records {
+            FormatReader::JsonLines(reader) => reader.resume(position),
+            FormatReader::Csv(reader) => reader.resume(position),
+        }
+    }
+
     fn dead_letter(&self, bad: Malformed) -> DeadLetter {
         DeadLetter {
             location: format!("{}:{}", self.name, bad.line),
@@ -228,13 +302,53 @@ impl OpenFile {
 impl<T: Data> FileReader<T> {
     /// The file to read from, opening the next one if needed; `None` when all are read.
     fn current_file(&mut self) -> Result<Option<&mut OpenFile>> {
-        if self.current.is_none() {
-            let Some(path) = self.pending.next() else {
+        while self.current.is_none() {
+            let Some((path, start)) = self.files.get(self.next) else {
                 return Ok(None);
             };
-            self.current = Some(OpenFile::open(&path, self.format)?);
+            self.next += 1;
+            match *start {
+                Some((_, _, true)) => continue,
+                Some((offset, line, false)) => {
+                    let mut file = OpenFile::open(path, self.format)?;
+                    file.resume((offset, line))?;
+                    self.current = Some(file);
+                }
+                None => self.current = Some(OpenFile::open(path, self.format)?),
+            }
         }
         Ok(self.current.as_mut())
+    }
+
+    /// Where every file of this subtask stands now.
+    fn positions(&self) -> Vec<FilePosition> {
+        let open = self.next.checked_sub(1);
+        self.files
+            .iter()
+            .enumerate()
+            .map(|(i, (path, start))| {
+                let path = path.to_string_lossy().into_owned();
+                let (offset, line, done) = if Some(i) == open {
+                    match &self.current {
+                        Some(file) => {
+                            let (offset, line) = file.position();
+                            (offset, line, false)
+                        }
+                        None => (0, 0, true),
+                    }
+                } else if i < self.next {
+                    (0, 0, true)
+                } else {
+                    start.unwrap_or((0, 0, false))
+                };
+                FilePosition {
+                    path,
+                    offset,
+                    line,
+                    done,
+                }
+            })
+            .collect()
     }
 
     /// Sends `letter` to the dead-letter sink, or fails if there is none.
@@ -279,5 +393,12 @@ impl<T: Data> SourceReader for FileReader<T> {
             lines += 1;
         }
         Ok(SourceStatus::More)
+    }
+
+    fn snapshot_state(&mut self) -> Result<()> {
+        if let Some(positions) = &self.positions {
+            positions.update(self.positions())?;
+        }
+        Ok(())
     }
 }
