@@ -69,6 +69,10 @@ pub struct WorkloadArgs {
     /// one, to a temporary directory deleted after the run.
     #[arg(long, default_value_t = 0)]
     pub checkpoint_ms: u64,
+    /// W1 only: throttle the sink to this many records per second per subtask (checkpoints
+    /// under backpressure).
+    #[arg(long)]
+    pub sink_rate: Option<u64>,
 }
 
 /// What one run measured.
@@ -145,9 +149,11 @@ pub fn run(
         }
         Workload::W1 => {
             let sink = CountingSink::with_checksum(|tx: &Transaction| tx.transaction_id);
-            keyed
-                .process_named("process", LatestTransaction)
-                .sink(sink.clone());
+            let stream = keyed.process_named("process", LatestTransaction);
+            match args.sink_rate {
+                Some(rate) => stream.sink(Throttled::new(sink.clone(), rate)),
+                None => stream.sink(sink.clone()),
+            };
             counters(sink)
         }
         Workload::W4 => {
@@ -251,6 +257,54 @@ impl AggregateFunction<Transaction> for SumAndCount {
 }
 
 type Counter = Box<dyn Fn() -> u64>;
+
+/// A sink that lets at most `per_second` records per subtask through to `inner`: a slow
+/// downstream system, to measure checkpoints under backpressure.
+#[derive(Clone)]
+pub struct Throttled<S> {
+    inner: S,
+    per_second: u64,
+    started: Option<std::time::Instant>,
+    written: u64,
+}
+
+impl<S> Throttled<S> {
+    /// Throttles `inner` to `per_second` records per second per subtask.
+    pub fn new(inner: S, per_second: u64) -> Self {
+        Throttled {
+            inner,
+            per_second: per_second.max(1),
+            started: None,
+            written: 0,
+        }
+    }
+}
+
+impl<T, S: Sink<T>> Sink<T> for Throttled<S> {
+    fn open(&mut self, ctx: eddy::SinkContext) -> Result<()> {
+        self.started = Some(std::time::Instant::now());
+        self.inner.open(ctx)
+    }
+
+    fn write(&mut self, record: T) -> Result<()> {
+        self.write_batch(&mut vec![record])
+    }
+
+    fn write_batch(&mut self, batch: &mut Vec<T>) -> Result<()> {
+        self.written += batch.len() as u64;
+        let due = Duration::from_secs_f64(self.written as f64 / self.per_second as f64);
+        if let Some(started) = self.started {
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        self.inner.write_batch(batch)
+    }
+
+    fn close(&mut self) -> Result<()> {
+        self.inner.close()
+    }
+}
 
 fn counters<T: 'static>(sink: CountingSink<T>) -> (Counter, Counter) {
     let other = sink.clone();
@@ -450,6 +504,7 @@ mod tests {
             seed: 42,
             emit_every: 10,
             checkpoint_ms: 0,
+            sink_rate: None,
         }
     }
 

@@ -10,6 +10,7 @@ fn args(events: u64, customers: u64) -> WorkloadArgs {
         seed: 42,
         emit_every: 10,
         checkpoint_ms: 0,
+        sink_rate: None,
     }
 }
 
@@ -77,4 +78,15 @@ fn checkpoint_interval_is_refused_until_checkpoints_exist() {
     a.checkpoint_ms = 2000;
     let err = run(Workload::W1, &a, &env(1)).unwrap_err().to_string();
     assert!(err.contains("--checkpoint-ms"), "{err}");
+}
+
+/// With checkpoints on, W1 still processes every event, and its last checkpoint (the final
+/// one) was taken.
+#[test]
+fn w1_with_checkpoints_processes_everything() {
+    let mut with_checkpoints = args(200_000, 10_000);
+    with_checkpoints.checkpoint_ms = 20;
+    let report = run(Workload::W1, &with_checkpoints, &env(2)).unwrap();
+    assert_eq!(report.processed, 200_000);
+    assert!(!report.checkpoints.is_empty());
 }
