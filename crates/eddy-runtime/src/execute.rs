@@ -8,7 +8,8 @@ use eddy_core::{EddyError, Result};
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 
 use crate::checkpoint::{
-    Barriers, CheckpointStats, Coordinator, RestartStrategy, RestoredCheckpoint,
+    Barriers, CheckpointStats, Coordinator, CoordinatorSettings, RestartStrategy,
+    RestoredCheckpoint,
 };
 use crate::config::JobConfig;
 use crate::failure::{AbortOnPanic, FailureState};
@@ -159,13 +160,16 @@ fn run_attempt(
             let id_base = checkpoints.next_checkpoint_id()?.saturating_sub(1);
             let (coordinator, stats) = Coordinator::start(
                 checkpoints,
-                job_name,
-                config.parallelism,
-                max_parallelism,
-                config.checkpoint.retained,
-                barriers,
-                id_base,
-                config.checkpoint.savepoint_on_finish.clone(),
+                CoordinatorSettings {
+                    job: job_name.to_string(),
+                    workers: config.parallelism,
+                    max_parallelism,
+                    retained: config.checkpoint.retained,
+                    barriers,
+                    id_base,
+                    savepoint_on_finish: config.checkpoint.savepoint_on_finish.clone(),
+                    explicit_uids: graph.uids().values().cloned().collect(),
+                },
             )?;
             (Some(coordinator), Some(stats))
         }

@@ -1,7 +1,7 @@
 //! The job's checkpoint coordinator: collects every subtask's part of a checkpoint, writes the
 //! parts on a background thread, and completes the checkpoint by writing its metadata last.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -87,6 +87,27 @@ pub struct CheckpointStats {
     pub size: u64,
 }
 
+/// What a [`Coordinator`] needs to know of the job run.
+#[derive(Clone, Debug)]
+pub struct CoordinatorSettings {
+    /// The job's name.
+    pub job: String,
+    /// Its timely workers.
+    pub workers: usize,
+    /// Its number of key groups.
+    pub max_parallelism: usize,
+    /// Completed checkpoints to keep.
+    pub retained: usize,
+    /// Which epochs end a checkpoint.
+    pub barriers: Barriers,
+    /// Checkpoint `c` of this run is stored as `id_base + c`.
+    pub id_base: u64,
+    /// Copy the final checkpoint of a bounded job to `savepoint-<name>`.
+    pub savepoint_on_finish: Option<String>,
+    /// The uids the job set with `uid(..)` (others get a warning).
+    pub explicit_uids: BTreeSet<String>,
+}
+
 /// The job's checkpoint coordinator (one per job run, shared by all workers).
 pub struct Coordinator {
     inner: Mutex<Inner>,
@@ -96,6 +117,25 @@ pub struct Coordinator {
     /// Checkpoint `c` of this run is stored as `id_base + c`, so that ids keep growing across
     /// restores into the same directory.
     id_base: u64,
+    /// The uids the job set with `uid(..)`.
+    explicit_uids: BTreeSet<String>,
+}
+
+/// Flink's warning: state of an operator without a uid is keyed by a derived id (here its
+/// name), which changes when the job is edited, and a restore then cannot find it.
+fn warn_about_derived_uids(participants: &[Participant], explicit: &BTreeSet<String>) {
+    let derived: BTreeSet<&str> = participants
+        .iter()
+        .map(|p| p.uid.as_str())
+        .filter(|uid| !explicit.contains(*uid))
+        .collect();
+    if !derived.is_empty() {
+        eprintln!(
+            "eddy: warning: stateful operators without a uid(..): {}; their checkpointed state \
+             is kept under their names, which a renamed operator no longer matches",
+            derived.into_iter().collect::<Vec<_>>().join(", ")
+        );
+    }
 }
 
 struct Inner {
@@ -151,17 +191,22 @@ struct WrittenPart {
 }
 
 impl Coordinator {
-    /// A coordinator writing to `storage` for a job of `workers` workers.
+    /// A coordinator writing to `storage` for the job run `run` describes.
     pub fn start(
         storage: Checkpoints,
-        job: &str,
-        workers: usize,
-        max_parallelism: usize,
-        retained: usize,
-        barriers: Barriers,
-        id_base: u64,
-        savepoint_on_finish: Option<String>,
+        run: CoordinatorSettings,
     ) -> Result<(Arc<Self>, Arc<Mutex<Vec<CheckpointStats>>>)> {
+        let CoordinatorSettings {
+            job,
+            workers,
+            max_parallelism,
+            retained,
+            barriers,
+            id_base,
+            savepoint_on_finish,
+            explicit_uids,
+        } = run;
+        let job = job.as_str();
         let (sender, receiver) = mpsc::channel::<Work>();
         let stats = Arc::new(Mutex::new(Vec::new()));
         let mut writer = Writer {
@@ -196,6 +241,7 @@ impl Coordinator {
             writer: Mutex::new(Some(handle)),
             barriers,
             id_base,
+            explicit_uids,
         };
         Ok((Arc::new(coordinator), stats))
     }
@@ -243,6 +289,9 @@ impl Coordinator {
     pub fn worker_built(&self) {
         let mut inner = self.lock();
         inner.workers_built += 1;
+        if inner.workers_built == inner.workers {
+            warn_about_derived_uids(&inner.participants, &self.explicit_uids);
+        }
         let ready: Vec<u64> = inner.pending.keys().copied().collect();
         for id in ready {
             self.complete_if_ready(&mut inner, id);

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 pub use coordinator::{
     decode_committables, encode_committables, request_savepoint, CheckpointStats, Committer,
-    Coordinator, Part, PartKind, Participant,
+    Coordinator, CoordinatorSettings, Part, PartKind, Participant,
 };
 pub use restore::{OperatorRestore, RestoredCheckpoint};
 
