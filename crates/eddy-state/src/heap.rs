@@ -693,13 +693,16 @@ impl<K: Key> HeapKeyedStateBackend<K> {
 /// The table of a namespaced state: per key, a small map from namespace to value.
 type NamespacedTable<K, N, V> = Table<K, SmallMap<N, V>>;
 
+/// A namespaced handle's table and layout.
+type NamespacedHandleParts<K, N, V> = (NamespacedTable<K, N, V>, InNamespace<N>);
+
 impl<K: Key> HeapKeyedStateBackend<K> {
     /// A namespaced handle's table and layout, registering the table if needed.
     fn namespaced<N: Namespace, I: Inner>(
         &mut self,
         name: &str,
         kind: StateKind,
-    ) -> Result<(NamespacedTable<K, N, I::Stored>, InNamespace<N>)> {
+    ) -> Result<NamespacedHandleParts<K, N, I::Stored>> {
         let codec = heap_codec::namespaced::<K, N, I>();
         let table = self.table::<SmallMap<N, I::Stored>>(name, kind, None, None, codec)?;
         let layout = InNamespace {

@@ -425,6 +425,9 @@ pub(super) fn finish_restore_reports_unregistered_states(
     Ok(())
 }
 
+/// The key and user key bytes of a snapshot entry.
+type KeyAndUserKey = (Vec<u8>, Option<Vec<u8>>);
+
 /// `cleanup_full_snapshot` leaves the values expired at snapshot time out (per value, list
 /// element and map entry); without it, expired values are in the snapshot with their
 /// timestamps (and expire after the restore as they would have).
@@ -457,7 +460,7 @@ pub(super) fn cleanup_full_snapshot_leaves_expired_values_out(
     // t = 11: everything written at t = 0 has expired, nothing written at t = 6.
     clock.advance(Duration::from_secs(5));
     let snapshot = b.snapshot()?;
-    let keys = |name: &str| -> Result<Vec<(Vec<u8>, Option<Vec<u8>>)>, EddyError> {
+    let keys = |name: &str| -> Result<Vec<KeyAndUserKey>, EddyError> {
         let mut keys: Vec<_> = snapshot
             .entries_of(name)?
             .into_iter()
