@@ -109,6 +109,7 @@ macro_rules! conformance_suite {
                     cleanup_full_snapshot_leaves_expired_values_out,
                     corrupt_payloads_are_errors_not_panics,
                     overlapping_snapshots_are_refused,
+                    large_states_restore,
                 );
                 proptest! {
                     // Every case opens ten backends (RocksDB instances for that backend).
