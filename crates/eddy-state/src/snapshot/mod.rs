@@ -1034,6 +1034,23 @@ mod tests {
         assert!(w.finish(0).is_none());
     }
 
+    proptest::proptest! {
+        /// Arbitrary bytes decode to an error or to a snapshot whose blocks parse or fail,
+        /// never to a panic.
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            if let Ok(snapshot) = KeyedStateSnapshot::decode(&bytes, "garbage") {
+                for meta in snapshot.states() {
+                    let _ = snapshot.entries_of(&meta.name);
+                }
+                for meta in snapshot.timer_services() {
+                    let _ = snapshot.timers_of(&meta.name);
+                }
+                let _ = Staged::new(vec![snapshot], KeyGroupRange::new(0, 127), 128);
+            }
+        }
+    }
+
     #[test]
     fn truncated_blocks_are_errors() {
         let mut w = EntryWriter::new();
