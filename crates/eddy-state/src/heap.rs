@@ -208,9 +208,24 @@ impl<K: Key, V> ErasedTable<K> for Prefetcher<K, V> {
                 "key group offset {offset} outside the subtask's range"
             ))
         })?;
-        for entry in block.entries(meta) {
-            let entry = entry.map_err(|e| SnapshotError(e.to_string()))?;
-            (self.codec.read)(shard, &entry, check)?;
+        let entries = block
+            .entries(meta)
+            .collect::<Result<Vec<_>>>()
+            .map_err(|e| SnapshotError(e.to_string()))?;
+        // A heap snapshot lists a key group's keys in the slot order of its hash table, which
+        // is the order of their home slots. Inserted in that order into a growing table, the
+        // first keys all have homes in the table's first part and pile up into one cluster
+        // (quadratic probing: a million keys took seconds). A stride coprime with the count
+        // visits every entry once, spread evenly over the homes.
+        let n = entries.len();
+        let stride: u64 = [104_729, 7_919, 1_009]
+            .into_iter()
+            .find(|prime| n as u64 % prime != 0)
+            .unwrap_or(1);
+        for i in 0..n as u64 {
+            // `n` is a block's entry count (below 2^40), so this cannot overflow.
+            let next = (i * stride % n as u64) as usize;
+            (self.codec.read)(shard, &entries[next], check)?;
         }
         Ok(())
     }
@@ -693,13 +708,16 @@ impl<K: Key> HeapKeyedStateBackend<K> {
 /// The table of a namespaced state: per key, a small map from namespace to value.
 type NamespacedTable<K, N, V> = Table<K, SmallMap<N, V>>;
 
+/// A namespaced handle's table and layout.
+type NamespacedHandleParts<K, N, V> = (NamespacedTable<K, N, V>, InNamespace<N>);
+
 impl<K: Key> HeapKeyedStateBackend<K> {
     /// A namespaced handle's table and layout, registering the table if needed.
     fn namespaced<N: Namespace, I: Inner>(
         &mut self,
         name: &str,
         kind: StateKind,
-    ) -> Result<(NamespacedTable<K, N, I::Stored>, InNamespace<N>)> {
+    ) -> Result<NamespacedHandleParts<K, N, I::Stored>> {
         let codec = heap_codec::namespaced::<K, N, I>();
         let table = self.table::<SmallMap<N, I::Stored>>(name, kind, None, None, codec)?;
         let layout = InNamespace {

@@ -14,6 +14,11 @@
 //!   backend](heap::HeapKeyedStateBackend) keeps objects in per-key-group hash maps and never
 //!   serializes on access. State is organised *per key group* so that checkpoints can write,
 //!   and rescaling can move, whole key groups.
+//! * **Snapshots** ([`KeyedStateSnapshot`], see [`snapshot`]): a backend-independent copy of
+//!   one subtask's keyed state and timers, per key group, taken by
+//!   [`KeyedStateBackend::snapshot`] and restored (into either backend, and at another
+//!   parallelism) by [`KeyedStateBackend::restore`] before the function's `open()`, which
+//!   loads each state's entries when it registers the state again.
 //!
 //! It depends only on `eddy-core`. It must not depend on the runtime (timely dataflow) or on
 //! the user-facing API: the runtime drives it through [`KeyContext`] and [`KeyedStateBackend`].
@@ -34,6 +39,18 @@
 //! backend.set_current_key(8).unwrap();
 //! assert_eq!(count.value().unwrap(), None);
 //! backend.set_current_key(7).unwrap();
+//! assert_eq!(count.value().unwrap(), Some(1));
+//!
+//! // A checkpoint: a snapshot of every state, restored into a fresh backend (which could
+//! // be a RocksDB backend, or one of several subtasks after a rescale).
+//! let bytes = backend.snapshot().unwrap().encode().unwrap();
+//! let snapshot = eddy_state::KeyedStateSnapshot::decode(&bytes, "keyed-0.bin").unwrap();
+//! let mut restored = KeyedStateBackend::<u64>::heap(KeyGroupRange::new(0, 127), 128);
+//! restored.restore(vec![snapshot]).unwrap();
+//! // The operator's `open()` registers its states again; their entries come back.
+//! let count = restored.value_state(&ValueStateDescriptor::<u64>::new("count")).unwrap();
+//! assert!(restored.finish_restore().unwrap().is_empty()); // every restored state is used
+//! restored.set_current_key(7).unwrap();
 //! assert_eq!(count.value().unwrap(), Some(1));
 //! ```
 

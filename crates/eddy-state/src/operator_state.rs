@@ -96,6 +96,40 @@ impl OperatorStateSnapshot {
     pub fn state(&self, name: &str) -> Option<&NamedOperatorState> {
         self.states.iter().find(|s| s.name == name)
     }
+
+    /// The snapshot as `postcard` bytes: the payload of an operator-state checkpoint file
+    /// (the framing with magic, version and checksum is `eddy-checkpoint`'s).
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        postcard::to_allocvec(self).map_err(|e| {
+            EddyError::checkpoint(
+                "operator state snapshot",
+                format!("cannot encode the snapshot: {e}"),
+            )
+        })
+    }
+
+    /// Decodes what [`encode`](Self::encode) wrote; `location` (the file) names the
+    /// snapshot in the error. Bad bytes, truncation and trailing bytes are errors, never
+    /// panics.
+    pub fn decode(bytes: &[u8], location: &str) -> Result<Self> {
+        let (snapshot, rest) =
+            postcard::take_from_bytes::<OperatorStateSnapshot>(bytes).map_err(|e| {
+                EddyError::checkpoint(
+                    location,
+                    format!("not an operator state snapshot (corrupt or truncated): {e}"),
+                )
+            })?;
+        if !rest.is_empty() {
+            return Err(EddyError::checkpoint(
+                location,
+                format!(
+                    "{} unexpected bytes after the operator state snapshot",
+                    rest.len()
+                ),
+            ));
+        }
+        Ok(snapshot)
+    }
 }
 
 /// Encodes a registered state's elements for a snapshot, whatever their type.

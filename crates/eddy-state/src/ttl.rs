@@ -177,10 +177,12 @@ impl StateTtlConfig {
         self
     }
 
-    /// Leaves expired values out of full snapshots (Flink's `cleanupFullSnapshot`).
-    ///
-    /// Recorded only: checkpoints and savepoints are not implemented yet; they will honour
-    /// the flag. Local state is not affected (as in Flink).
+    /// Leaves expired values out of full snapshots (Flink's `cleanupFullSnapshot`):
+    /// [`KeyedStateBackend::snapshot`](crate::KeyedStateBackend::snapshot) skips every value,
+    /// list element and map entry that has expired at the time of the snapshot (by the
+    /// state's clock), so a restored job does not carry them. Local state is not affected
+    /// (as in Flink); without the flag, expired values are snapshotted with their
+    /// timestamps and expire after a restore as they would have.
     pub fn cleanup_full_snapshot(mut self) -> Self {
         self.cleanup_full_snapshot = true;
         self

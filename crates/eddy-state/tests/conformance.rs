@@ -18,6 +18,11 @@ use std::collections::BTreeMap;
 #[path = "conformance/ttl.rs"]
 mod ttl_tests;
 
+/// The snapshot and restore conformance tests, instantiated per backend as
+/// `<backend>::snapshot::*` and across backends in `cross_backend`.
+#[path = "conformance/snapshot.rs"]
+mod snapshot_tests;
+
 /// Creates a backend for a subtask owning `range` out of `max_parallelism` key groups.
 type Factory = fn(KeyGroupRange, usize) -> KeyedStateBackend<u64>;
 
@@ -93,7 +98,38 @@ macro_rules! conformance_suite {
                     the_system_clock_is_the_default_and_keeps_fresh_values,
                 );
             }
+            mod snapshot {
+                use super::*;
+                conformance_suite!(@snapshot_tests FACTORY;
+                    snapshot_and_restore_round_trip,
+                    an_empty_backend_round_trips,
+                    max_parallelism_mismatch_is_refused,
+                    type_mismatch_names_the_state_and_both_types,
+                    finish_restore_reports_unregistered_states,
+                    cleanup_full_snapshot_leaves_expired_values_out,
+                    corrupt_payloads_are_errors_not_panics,
+                    overlapping_snapshots_are_refused,
+                    large_states_restore,
+                );
+                proptest! {
+                    // Every case opens ten backends (RocksDB instances for that backend).
+                    #![proptest_config(ProptestConfig::with_cases(24))]
+                    #[test]
+                    fn rescaling_loses_and_duplicates_nothing(c in super::super::snapshot_tests::contents()) {
+                        super::super::snapshot_tests::rescaling_loses_and_duplicates_nothing(FACTORY, &c)
+                            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    }
+                }
+            }
         }
+    };
+    (@snapshot_tests $factory:ident; $($test:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $test() -> Result<(), EddyError> {
+                super::super::snapshot_tests::$test($factory)
+            }
+        )*
     };
     (@tests $factory:ident; $($test:ident),* $(,)?) => {
         $(
@@ -115,12 +151,31 @@ macro_rules! conformance_suite {
 
 conformance_suite!(heap, KeyedStateBackend::heap);
 #[cfg(feature = "rocksdb")]
-conformance_suite!(rocksdb, |range, max| KeyedStateBackend::rocksdb(
-    range,
-    max,
-    &eddy_state::RocksDbConfig::default()
-)
-.unwrap_or_else(|e| panic!("RocksDB does not open: {e}")));
+conformance_suite!(rocksdb, rocksdb_backend);
+
+/// A RocksDB backend in a fresh directory.
+#[cfg(feature = "rocksdb")]
+fn rocksdb_backend(range: KeyGroupRange, max: usize) -> KeyedStateBackend<u64> {
+    KeyedStateBackend::rocksdb(range, max, &eddy_state::RocksDbConfig::default())
+        .unwrap_or_else(|e| panic!("RocksDB does not open: {e}"))
+}
+
+/// A heap snapshot restores into RocksDB and a RocksDB snapshot into the heap, with equal
+/// contents (and equal canonical snapshots).
+#[cfg(feature = "rocksdb")]
+mod cross_backend {
+    use super::*;
+
+    #[test]
+    fn heap_snapshot_restores_into_rocksdb() -> Result<(), EddyError> {
+        snapshot_tests::every_state_type_round_trips(KeyedStateBackend::heap, rocksdb_backend)
+    }
+
+    #[test]
+    fn rocksdb_snapshot_restores_into_heap() -> Result<(), EddyError> {
+        snapshot_tests::every_state_type_round_trips(rocksdb_backend, KeyedStateBackend::heap)
+    }
+}
 
 fn full_range(factory: Factory) -> KeyedStateBackend<u64> {
     factory(KeyGroupRange::new(0, 127), 128)

@@ -181,6 +181,29 @@ fn snapshot_restore_round_trip() {
 }
 
 #[test]
+fn encode_decode_round_trip_and_refuse_bad_bytes() {
+    let snapshot = old_subtasks(&[5]).remove(0);
+    let bytes = snapshot.encode().unwrap();
+    assert_eq!(
+        OperatorStateSnapshot::decode(&bytes, "operator-0.bin").unwrap(),
+        snapshot
+    );
+    for len in 0..bytes.len() {
+        let err = OperatorStateSnapshot::decode(&bytes[..len], "operator-0.bin").unwrap_err();
+        assert!(err.to_string().contains("operator-0.bin"), "{err}");
+    }
+    let mut trailing = bytes.clone();
+    trailing.push(7);
+    assert!(OperatorStateSnapshot::decode(&trailing, "x").is_err());
+    // Flipped bytes decode to something or to an error, never a panic.
+    for position in 0..bytes.len() {
+        let mut corrupt = bytes.clone();
+        corrupt[position] ^= 0xA5;
+        let _ = OperatorStateSnapshot::decode(&corrupt, "x");
+    }
+}
+
+#[test]
 fn restore_needs_a_fresh_store() {
     let mut store = OperatorStateStore::new();
     store.list_state(&split_desc()).unwrap();

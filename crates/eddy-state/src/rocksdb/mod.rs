@@ -39,8 +39,12 @@
 //!   [`RocksDbConfig::list_chunk_bytes`], so no RocksDB value exceeds that threshold (unless
 //!   one element alone does) and a list has no size limit (Flink's RocksDB lists stop at
 //!   2^31 bytes). Epochs sort in insertion order, so reading the chunks in key order reads
-//!   the list in order. A restored backend must start its epochs above the highest one
-//!   restored.
+//!   the list in order. A restore writes each restored list through the state's epoch
+//!   counter, so later appends sort after the restored elements.
+//! * **Snapshots** ([`crate::snapshot`]) copy the value bytes as they are (they are the
+//!   canonical payloads) and split each stored key into key group, key, namespace and
+//!   suffix; a list's chunks are concatenated into one entry. A restore builds the keys
+//!   again and writes the values in write batches.
 //!
 //! # Behaviour
 //!

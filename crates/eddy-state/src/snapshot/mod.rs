@@ -809,6 +809,32 @@ impl<'a> Iterator for TimerEntries<'a> {
     }
 }
 
+/// The old subtasks (of `old_parallelism`) whose snapshots hold key groups of `range`: the
+/// snapshots a new subtask owning `range` restores after a rescale. Empty for an empty range
+/// or an old parallelism of 0.
+///
+/// ```
+/// use eddy_core::KeyGroupRange;
+/// use eddy_state::snapshot::old_subtasks_for;
+///
+/// // 2 -> 3 subtasks, 128 key groups: new subtask 1 owns 43..=85, held by old 0 and 1.
+/// let range = KeyGroupRange::for_subtask(128, 3, 1);
+/// assert_eq!(old_subtasks_for(128, 2, range), 0..2);
+/// ```
+pub fn old_subtasks_for(
+    max_parallelism: usize,
+    old_parallelism: usize,
+    range: KeyGroupRange,
+) -> std::ops::Range<usize> {
+    if range.is_empty() || old_parallelism == 0 || max_parallelism == 0 {
+        return 0..0;
+    }
+    // Old subtasks own contiguous, ascending ranges: the owners of the first and the last
+    // key group bound the ones in between.
+    let owner = |kg: usize| kg * old_parallelism / max_parallelism;
+    owner(range.start())..owner(range.end()) + 1
+}
+
 /// The blocks of one state (or timer service) staged by a restore, with their key groups.
 pub(crate) type StagedBlocks = Vec<(KeyGroup, EntryBlock)>;
 
@@ -936,6 +962,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn old_subtasks_for_covers_exactly_the_overlapping_ranges() {
+        for max in [1usize, 7, 128, 1000] {
+            for old in 1..=max.min(9) {
+                for new in 1..=max.min(9) {
+                    for index in 0..new {
+                        let range = KeyGroupRange::for_subtask(max, new, index);
+                        let expected: Vec<usize> = (0..old)
+                            .filter(|&o| {
+                                let r = KeyGroupRange::for_subtask(max, old, o);
+                                range.iter().any(|kg| r.contains(kg))
+                            })
+                            .collect();
+                        let got: Vec<usize> = old_subtasks_for(max, old, range).collect();
+                        assert_eq!(got, expected, "max {max}, {old} -> {new}, subtask {index}");
+                    }
+                }
+            }
+        }
+        assert!(old_subtasks_for(128, 2, KeyGroupRange::empty()).is_empty());
+    }
+
+    #[test]
     fn varints_round_trip_and_reject_overlong_input() {
         for value in [0u64, 1, 127, 128, 300, u64::from(u32::MAX), u64::MAX] {
             let mut buf = Vec::new();
@@ -984,6 +1032,23 @@ mod tests {
             }]
         );
         assert!(w.finish(0).is_none());
+    }
+
+    proptest::proptest! {
+        /// Arbitrary bytes decode to an error or to a snapshot whose blocks parse or fail,
+        /// never to a panic.
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            if let Ok(snapshot) = KeyedStateSnapshot::decode(&bytes, "garbage") {
+                for meta in snapshot.states() {
+                    let _ = snapshot.entries_of(&meta.name);
+                }
+                for meta in snapshot.timer_services() {
+                    let _ = snapshot.timers_of(&meta.name);
+                }
+                let _ = Staged::new(vec![snapshot], KeyGroupRange::new(0, 127), 128);
+            }
+        }
     }
 
     #[test]
