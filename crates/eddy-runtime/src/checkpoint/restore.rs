@@ -12,8 +12,8 @@ use super::coordinator::decode_committables;
 pub struct OperatorRestore {
     /// The operator's parallelism when the checkpoint was taken.
     pub parallelism: usize,
-    /// Keyed state parts (one per old subtask), payloads unframed.
-    pub keyed: Vec<Vec<u8>>,
+    /// Keyed state parts by old subtask index, payloads unframed.
+    pub keyed: BTreeMap<usize, Vec<u8>>,
     /// Operator state parts by old subtask index, payloads unframed.
     pub operator: BTreeMap<usize, Vec<u8>>,
     /// A sink's committables from every old subtask.
@@ -47,7 +47,9 @@ impl RestoredCheckpoint {
                 for file in &subtask.files {
                     let payload = point.read_part(&file.path, file.kind)?;
                     match file.kind {
-                        FileKind::KeyedState => restore.keyed.push(payload),
+                        FileKind::KeyedState => {
+                            restore.keyed.insert(subtask.index as usize, payload);
+                        }
                         _ if file.path.contains("committables-") => restore
                             .committables
                             .extend(decode_committables(&payload, &op.uid)?),

@@ -2,7 +2,8 @@
 //! its keyed state back from a restored checkpoint.
 
 use eddy_checkpoint::StateInfo;
-use eddy_core::{EddyError, Key, Result};
+use eddy_core::{EddyError, Key, KeyGroupRange, Result};
+use eddy_state::snapshot::old_subtasks_for;
 use eddy_state::{KeyedStateBackend, KeyedStateSnapshot};
 
 use crate::checkpoint::{Part, PartKind};
@@ -36,23 +37,26 @@ pub(crate) fn keyed_state_part<K: Key>(backend: &KeyedStateBackend<K>) -> Result
     }])
 }
 
-/// Hands the restored keyed state of the operator called `name` (every old subtask's part;
-/// the backend keeps the key groups of its own range) to `backend`, before `open()`.
+/// Hands the restored keyed state of the operator called `name` to `backend`, before
+/// `open()`: the parts of the old subtasks whose key groups overlap this subtask's range (the
+/// backend keeps only its own key groups of them).
 pub(crate) fn restore_keyed_state<K: Key>(
     worker: &WorkerContext,
     name: &str,
+    parallelism: usize,
     backend: &mut KeyedStateBackend<K>,
 ) -> Result<()> {
     let Some(restored) = worker.restored_state(name) else {
         return Ok(());
     };
     let uid = worker.uid_of(name);
+    let range = KeyGroupRange::for_subtask(worker.max_parallelism, parallelism, worker.index);
+    let old = old_subtasks_for(worker.max_parallelism, restored.parallelism, range);
     let snapshots = restored
         .keyed
-        .iter()
-        .enumerate()
+        .range(old)
         .map(|(i, bytes)| {
-            KeyedStateSnapshot::decode(bytes, &format!("keyed state of \"{uid}\" (part {i})"))
+            KeyedStateSnapshot::decode(bytes, &format!("keyed state of \"{uid}\" (subtask {i})"))
         })
         .collect::<Result<Vec<_>>>()?;
     backend.restore(snapshots)

@@ -134,7 +134,7 @@ where
         parallelism: usize,
     ) -> Result<Self> {
         let mut backend = keyed_backend(worker, parallelism)?;
-        restore_keyed_state(worker, &node.name, &mut backend)?;
+        restore_keyed_state(worker, &node.name, parallelism, &mut backend)?;
         let mut function = catch_panic(|| Ok(node.function.clone()))?;
         let state = catch_panic(|| {
             function.open(&mut OpenContext {

@@ -362,7 +362,7 @@ where
         parallelism: usize,
     ) -> Result<Self> {
         let mut backend = keyed_backend::<K>(worker, parallelism)?;
-        restore_keyed_state(worker, &node.name, &mut backend)?;
+        restore_keyed_state(worker, &node.name, parallelism, &mut backend)?;
         let clock = worker.config.clock.clone();
         backend.set_ttl_clock(Arc::clone(&clock.0));
         let contents = node.spec.contents.open(&mut backend)?;
