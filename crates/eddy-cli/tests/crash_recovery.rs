@@ -4,6 +4,8 @@
 //!
 //! Real processes, real SIGKILLs, real checkpoint files: nothing is mocked.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::fs;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

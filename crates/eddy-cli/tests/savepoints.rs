@@ -2,6 +2,8 @@
 //! restored run publishes exactly the records of the transactions after the savepoint's
 //! source position.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -76,6 +76,9 @@ impl Participant {
 /// Publishes a sink's committables once the checkpoint that holds them is complete.
 pub type Committer = Box<dyn Fn(&[String]) -> Result<()> + Send + Sync>;
 
+/// The stats of the checkpoints a run completed, filled in by the writer thread.
+pub type SharedStats = Arc<Mutex<Vec<CheckpointStats>>>;
+
 /// Timings and size of one completed checkpoint.
 #[derive(Clone, Debug)]
 pub struct CheckpointStats {
@@ -181,7 +184,7 @@ struct Writer {
     written: BTreeMap<u64, Vec<WrittenPart>>,
     /// Copy the final checkpoint of a bounded job to `savepoint-<name>`.
     savepoint_on_finish: Option<String>,
-    stats: Arc<Mutex<Vec<CheckpointStats>>>,
+    stats: SharedStats,
 }
 
 struct WrittenPart {
@@ -195,7 +198,7 @@ impl Coordinator {
     pub fn start(
         storage: Checkpoints,
         run: CoordinatorSettings,
-    ) -> Result<(Arc<Self>, Arc<Mutex<Vec<CheckpointStats>>>)> {
+    ) -> Result<(Arc<Self>, SharedStats)> {
         let CoordinatorSettings {
             job,
             workers,
