@@ -72,14 +72,6 @@ fn w2_and_w3_match_a_plain_model_at_parallelism_1() {
     assert_eq!(w3_p2.emitted, emitted);
 }
 
-#[test]
-fn checkpoint_interval_is_refused_until_checkpoints_exist() {
-    let mut a = args(10, 10);
-    a.checkpoint_ms = 2000;
-    let err = run(Workload::W1, &a, &env(1)).unwrap_err().to_string();
-    assert!(err.contains("--checkpoint-ms"), "{err}");
-}
-
 /// With checkpoints on, W1 still processes every event, and its last checkpoint (the final
 /// one) was taken.
 #[test]
