@@ -2,6 +2,10 @@
 //!
 //! Ignored by default (it measures, it does not check); run in release:
 //! `cargo test --release --workspace --locked --test snapshot_speed -- --ignored --nocapture`
+//!
+//! On the 2-core development VM (release, `u64` keys and values, 128 key groups): heap
+//! snapshot ~100 ms, encode ~10 ms (9.3 MB), decode ~9 ms, restore ~170 ms; RocksDB snapshot
+//! ~650 ms (iterating the memtable dominates), restore ~720 ms (a million memtable inserts).
 
 use std::time::Instant;
 
