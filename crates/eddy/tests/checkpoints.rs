@@ -243,37 +243,53 @@ fn restart_strategy_recovers_from_a_failure_exactly_once() {
     }
 }
 
+/// Rescaling through restores: p = 2 -> 4 -> 3 -> 1, each run failing at the next quarter
+/// of the input, switching backends on the way; the published records equal an
+/// uninterrupted run's.
+fn rescale_chain(backends: [StateBackendKind; 4]) {
+    let dir = tempfile::tempdir().unwrap();
+    let steps = [2, 4, 3, 1];
+    for (step, (parallelism, backend)) in steps.into_iter().zip(backends).enumerate() {
+        let last = step == steps.len() - 1;
+        let result = Job {
+            parallelism,
+            backend,
+            restore: (step > 0).then(|| "latest".to_string()),
+            fail_at: (!last).then_some((step as u64 + 1) * EVENTS / 4),
+            max_parallelism: Some(128),
+            ..Job::new(dir.path())
+        }
+        .run();
+        assert_eq!(result.is_ok(), last, "step {step}: {:?}", result.err());
+    }
+    assert_eq!(published(&dir.path().join("out")), expected());
+}
+
 #[test]
 fn restore_at_other_parallelisms_and_across_backends() {
-    let dir = tempfile::tempdir().unwrap();
-    // p = 2 on the heap fails half-way (no restart): checkpoints remain.
-    let failed = Job {
-        fail_at: Some(EVENTS / 3),
-        ..Job::new(dir.path())
-    }
-    .run();
-    assert!(failed.is_err());
-    // p = 3 on RocksDB from the heap's checkpoint fails again at 2/3.
-    let failed = Job {
-        parallelism: 3,
-        backend: StateBackendKind::RocksDb { working_dir: None },
-        restore: Some("latest".into()),
-        fail_at: Some(2 * EVENTS / 3),
-        max_parallelism: Some(128),
-        ..Job::new(dir.path())
-    }
-    .run();
-    assert!(failed.is_err());
-    // p = 1 on the heap finishes the job.
-    Job {
-        parallelism: 1,
-        restore: Some("latest".into()),
-        max_parallelism: Some(128),
-        ..Job::new(dir.path())
-    }
-    .run()
-    .unwrap();
-    assert_eq!(published(&dir.path().join("out")), expected());
+    let rocksdb = || StateBackendKind::RocksDb { working_dir: None };
+    rescale_chain([
+        StateBackendKind::Heap,
+        rocksdb(),
+        StateBackendKind::Heap,
+        rocksdb(),
+    ]);
+}
+
+#[test]
+fn rescale_chain_on_rocksdb() {
+    let rocksdb = || StateBackendKind::RocksDb { working_dir: None };
+    rescale_chain([rocksdb(), rocksdb(), rocksdb(), rocksdb()]);
+}
+
+#[test]
+fn rescale_chain_on_the_heap() {
+    rescale_chain([
+        StateBackendKind::Heap,
+        StateBackendKind::Heap,
+        StateBackendKind::Heap,
+        StateBackendKind::Heap,
+    ]);
 }
 
 #[test]
