@@ -11,7 +11,7 @@ use eddy_core::Result;
 use timely::dataflow::operators::probe::Handle as ProbeHandle;
 use timely::dataflow::{Scope, StreamVec};
 
-use crate::checkpoint::{Barriers, Coordinator, OperatorRestore, RestoredCheckpoint};
+use crate::checkpoint::{Barriers, Coordinator, OperatorRestore, Participant, RestoredCheckpoint};
 use crate::config::JobConfig;
 use crate::failure::FailureState;
 use crate::metrics::OperatorMetrics;
@@ -58,6 +58,18 @@ impl WorkerContext {
     /// or its (unique) name.
     pub fn uid_of<'a>(&'a self, name: &'a str) -> &'a str {
         self.uids.get(name).map_or(name, String::as_str)
+    }
+
+    /// Registers this worker's subtask of the stateful operator called `name` with the job's
+    /// checkpoint coordinator; `None` when the job does not checkpoint.
+    pub(crate) fn checkpoint_participant(
+        &self,
+        name: &str,
+        parallelism: usize,
+    ) -> Option<(Arc<Coordinator>, Participant)> {
+        let coordinator = self.checkpoints.as_ref()?;
+        let participant = coordinator.register(self.uid_of(name), name, self.index, parallelism);
+        Some((Arc::clone(coordinator), participant))
     }
 
     /// The restored state of the operator called `name`, if the job restores a checkpoint

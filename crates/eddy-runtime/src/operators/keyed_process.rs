@@ -76,7 +76,6 @@ where
             scope,
             worker,
             &self.name,
-            worker.uid_of(&self.name),
             &*self.input,
             &self.key_selector,
             parallelism,

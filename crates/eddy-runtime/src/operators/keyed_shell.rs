@@ -64,8 +64,6 @@ pub(crate) struct KeyedOperatorSpec<'a, R> {
     pub timer_poll: Duration,
     /// The operator's counters (records out are counted here).
     pub metrics: Arc<OperatorMetrics>,
-    /// The operator's stable id in checkpoints.
-    pub uid: &'a str,
     /// The operator's parallelism.
     pub parallelism: usize,
 }
@@ -78,7 +76,6 @@ pub(crate) fn build_keyed_node<'s, K, T, KS>(
     scope: Scope<'s, Epoch>,
     worker: &WorkerContext,
     name: &str,
-    uid: &str,
     input: &dyn StreamNode<T::In>,
     key_selector: &KS,
     parallelism: usize,
@@ -106,7 +103,6 @@ where
         upstream: input.parallelism(worker.peers),
         timer_poll: worker.config.epoch_interval,
         metrics: Arc::clone(metrics),
-        uid,
         parallelism,
     };
     build_keyed_operator(scope, worker, built, spec, task)
@@ -154,13 +150,10 @@ where
     let timer_poll = spec.timer_poll;
     let metrics = spec.metrics;
 
-    let participant = match (&worker.checkpoints, task.is_some()) {
-        (Some(coordinator), true) => Some((
-            Arc::clone(coordinator),
-            coordinator.register(spec.uid, spec.name, worker.index, spec.parallelism),
-        )),
-        _ => None,
-    };
+    let participant = task
+        .is_some()
+        .then(|| worker.checkpoint_participant(spec.name, spec.parallelism))
+        .flatten();
     let mut barriers = BarrierTracker::new(worker.barriers);
     let mut advances: VecDeque<WatermarkAdvance> = VecDeque::new();
     // The last snapshot and whether anything was applied since: a frontier that jumps over

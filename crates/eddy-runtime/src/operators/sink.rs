@@ -68,18 +68,10 @@ impl<T: Data, S: Sink<T>> SinkNode for SinkOperatorNode<T, S> {
                 Box::new(move |committables| committer.commit(committables)),
             );
         }
-        let participant = match (checkpoints, sink.is_some()) {
-            (Some(coordinator), true) => Some((
-                Arc::clone(coordinator),
-                coordinator.register(
-                    worker.uid_of(&self.name),
-                    &self.name,
-                    worker.index,
-                    parallelism,
-                ),
-            )),
-            _ => None,
-        };
+        let participant = sink
+            .is_some()
+            .then(|| worker.checkpoint_participant(&self.name, parallelism))
+            .flatten();
         if let Some(s) = sink.as_mut() {
             let ctx = SinkContext {
                 subtask: worker.index,

@@ -63,18 +63,9 @@ impl<S: Source> StreamNode<S::Item> for SourceNode<S> {
                 worker.fail(&self.name, error);
             }
         }
-        let participant = match (&worker.checkpoints, worker.index < parallelism) {
-            (Some(coordinator), true) => Some((
-                Arc::clone(coordinator),
-                coordinator.register(
-                    worker.uid_of(&self.name),
-                    &self.name,
-                    worker.index,
-                    parallelism,
-                ),
-            )),
-            _ => None,
-        };
+        let participant = (worker.index < parallelism)
+            .then(|| worker.checkpoint_participant(&self.name, parallelism))
+            .flatten();
         let reader = if worker.index < parallelism {
             let ctx = SourceContext {
                 subtask: worker.index,

@@ -299,7 +299,6 @@ where
             scope,
             worker,
             &self.name,
-            worker.uid_of(&self.name),
             &*self.input,
             &self.spec.key_selector,
             parallelism,
