@@ -152,6 +152,7 @@ fn run_attempt(
         });
         sink.recover(committables.unwrap_or_default(), job_name)?;
     }
+    let failures = Arc::new(FailureState::default());
     let barriers = Barriers::new(&config.checkpoint, config.epoch_interval);
     let (checkpoints, stats) = match (&config.checkpoint.location, barriers.enabled()) {
         (Some(location), true) => {
@@ -170,12 +171,16 @@ fn run_attempt(
                     savepoint_on_finish: config.checkpoint.savepoint_on_finish.clone(),
                     explicit_uids: graph.uids().values().cloned().collect(),
                 },
+                {
+                    let failures = Arc::clone(&failures);
+                    let job = job_name.to_string();
+                    move |error| failures.fail(&job, "checkpoint coordinator", 0, error)
+                },
             )?;
             (Some(coordinator), Some(stats))
         }
         _ => (None, None),
     };
-    let failures = Arc::new(FailureState::default());
     let attempt_start = Instant::now();
 
     let worker_graph = Arc::clone(graph);

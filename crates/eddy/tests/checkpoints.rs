@@ -467,3 +467,20 @@ fn file_source_resumes_at_its_checkpointed_offsets() {
     let read = result.operator("files").unwrap().records_out;
     assert!(read < 3 * EVENTS / 2, "read {read} records for {EVENTS}");
 }
+
+#[test]
+fn a_checkpoint_that_cannot_be_written_fails_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("ckpt");
+    let job_dir = dir.path().to_path_buf();
+    let running = std::thread::spawn(move || Job::new(&job_dir).run().map(|_| ()));
+    // Once the job runs, the checkpoint directory turns into a file: every write fails.
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::remove_dir_all(&root).unwrap();
+    std::fs::write(&root, b"not a directory").unwrap();
+    let err = running.join().unwrap().unwrap_err().to_string();
+    assert!(
+        err.contains("checkpoint coordinator") && err.contains("could not be written"),
+        "{err}"
+    );
+}

@@ -195,9 +195,12 @@ struct WrittenPart {
 
 impl Coordinator {
     /// A coordinator writing to `storage` for the job run `run` describes.
+    /// A failure to write a checkpoint is reported to `on_error` at once (the runtime fails
+    /// the job with it) and returned again by [`finish`](Self::finish).
     pub fn start(
         storage: Checkpoints,
         run: CoordinatorSettings,
+        on_error: impl Fn(EddyError) + Send + 'static,
     ) -> Result<(Arc<Self>, SharedStats)> {
         let CoordinatorSettings {
             job,
@@ -225,7 +228,15 @@ impl Coordinator {
             .name("eddy-checkpoint-writer".into())
             .spawn(move || {
                 for work in receiver {
-                    writer.handle(work)?;
+                    if let Err(error) = writer.handle(work) {
+                        // Fail the job now, not when it ends: a job that cannot checkpoint
+                        // must not run on as if it could.
+                        on_error(EddyError::checkpoint(
+                            writer.storage.location(),
+                            format!("the checkpoint could not be written: {error}"),
+                        ));
+                        return Err(error);
+                    }
                 }
                 Ok(())
             })
