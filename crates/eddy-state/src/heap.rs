@@ -412,17 +412,13 @@ impl<K: Key> HeapKeyedStateBackend<K> {
     /// Where a snapshot of a TTL state configured by `config` cuts expired values off, if it
     /// does (`cleanup_full_snapshot`): at the current time of the state's clock.
     fn cut(&self, name: &str, config: &StateTtlConfig) -> Option<TtlCut> {
-        if !config.is_cleanup_in_full_snapshot() {
-            return None;
-        }
-        let clock = match config.time_domain() {
-            TtlTimeDomain::EventTime => self.event_clock.as_ref(),
-            TtlTimeDomain::ProcessingTime => self.ttl_clock.as_ref(),
-        };
-        // No clock yet means event time still stands at 0: nothing has expired.
-        let now = clock.and_then(|clock| clock.try_borrow().ok().map(|c| c.now_ms()))?;
-        let ttl_ms = config.validate(name).ok()?;
-        Some(TtlCut { ttl_ms, now })
+        TtlCut::of(name, config, |domain| {
+            let clock = match domain {
+                TtlTimeDomain::EventTime => self.event_clock.as_ref(),
+                TtlTimeDomain::ProcessingTime => self.ttl_clock.as_ref(),
+            };
+            clock.and_then(|clock| clock.try_borrow().ok().map(|c| c.now_ms()))
+        })
     }
 
     /// Adds restored entries to the registered state `name` (`meta` is its snapshot

@@ -163,17 +163,13 @@ impl<K: Key> RocksDbKeyedStateBackend<K> {
     /// Where a snapshot of a TTL state configured by `config` cuts expired values off, if it
     /// does (`cleanup_full_snapshot`): at the current time of the state's clock.
     fn cut(&self, name: &str, config: &StateTtlConfig) -> Option<TtlCut> {
-        if !config.is_cleanup_in_full_snapshot() {
-            return None;
-        }
-        let clock = match config.time_domain() {
-            TtlTimeDomain::EventTime => self.event_clock.as_ref(),
-            TtlTimeDomain::ProcessingTime => self.ttl_clock.as_ref(),
-        };
-        // No event clock yet means event time still stands at 0: nothing has expired.
-        let now = now_ms(clock?);
-        let ttl_ms = config.validate(name).ok()?;
-        Some(TtlCut { ttl_ms, now })
+        TtlCut::of(name, config, |domain| {
+            let clock = match domain {
+                TtlTimeDomain::EventTime => self.event_clock.as_ref(),
+                TtlTimeDomain::ProcessingTime => self.ttl_clock.as_ref(),
+            };
+            clock.map(now_ms)
+        })
     }
 
     /// Writes restored entries into the registered state `name` (`meta` is its snapshot

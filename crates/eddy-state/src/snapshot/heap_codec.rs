@@ -29,6 +29,22 @@ pub(crate) struct TtlCut {
 }
 
 impl TtlCut {
+    /// Where a snapshot of the TTL state `name` configured by `config` cuts expired values
+    /// off, if it does (`cleanup_full_snapshot`): at `now_in(domain)`, the current time of the
+    /// state's clock (`None`: no clock yet, event time still at 0, nothing has expired).
+    pub(crate) fn of(
+        name: &str,
+        config: &crate::StateTtlConfig,
+        now_in: impl FnOnce(crate::ttl::TtlTimeDomain) -> Option<u64>,
+    ) -> Option<TtlCut> {
+        if !config.is_cleanup_in_full_snapshot() {
+            return None;
+        }
+        let now = now_in(config.time_domain())?;
+        let ttl_ms = config.validate(name).ok()?;
+        Some(TtlCut { ttl_ms, now })
+    }
+
     /// Whether a value last accessed at `ts` is left out (Flink's expiry rule).
     #[inline]
     pub(crate) fn drops(cut: Option<TtlCut>, ts: u64) -> bool {
