@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! magic      8 bytes   b"EDDYCKPT"
-//! version    u16 LE    format version (1)
+//! version    u16 LE    format version (2)
 //! kind       u8        1 = metadata, 2 = keyed state, 3 = operator state
 //! length     u64 LE    payload length
 //! payload    length    bytes
@@ -24,9 +24,15 @@ use eddy_core::{EddyError, Result};
 /// The first 8 bytes of every checkpoint file.
 pub const MAGIC: [u8; 8] = *b"EDDYCKPT";
 
-/// The newest format version this build writes and reads. Older versions are read (there are
-/// none yet); newer ones are refused.
-pub const FORMAT_VERSION: u16 = 1;
+/// The newest format version this build writes and reads; newer ones are refused.
+///
+/// Version 2 added the schema snapshot of every state's types (schema evolution) to keyed
+/// state files.
+pub const FORMAT_VERSION: u16 = 2;
+
+/// The oldest format version this build reads. Version 1 keyed state lacks the schemas a
+/// restore checks types against, so it is refused rather than trusted.
+pub const OLDEST_READABLE_VERSION: u16 = 2;
 
 /// Bytes before the payload: magic, version, kind, length.
 pub const HEADER_LEN: usize = 8 + 2 + 1 + 8;
@@ -137,6 +143,13 @@ pub fn unframe<'a>(bytes: &'a [u8], expected: FileKind, location: &str) -> Resul
     if version == 0 {
         return refuse("invalid checkpoint format version 0 (corrupt file?)".into());
     }
+    if version < OLDEST_READABLE_VERSION {
+        return refuse(format!(
+            "written in checkpoint format version {version}, which this Eddy no longer reads \
+             (version {OLDEST_READABLE_VERSION} added the state schemas that restores check): \
+             restore it with the Eddy that wrote it and take a new savepoint"
+        ));
+    }
 
     let kind_code = header[10];
     let mut len_bytes = [0u8; 8];
@@ -207,7 +220,7 @@ mod tests {
     fn layout_is_the_documented_one() {
         let framed = frame(FileKind::OperatorState, &[0xAB; 3]);
         assert_eq!(&framed[..8], b"EDDYCKPT");
-        assert_eq!(&framed[8..10], &[1, 0]);
+        assert_eq!(&framed[8..10], &[2, 0]);
         assert_eq!(framed[10], 3);
         assert_eq!(&framed[11..19], &[3, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(&framed[19..22], &[0xAB; 3]);
@@ -237,7 +250,15 @@ mod tests {
         let mut newer = good.clone();
         newer[8..10].copy_from_slice(&7u16.to_le_bytes());
         let r = reason(unframe(&newer, FileKind::KeyedState, LOC));
-        assert!(r.contains("version 7") && r.contains("up to 1"), "{r}");
+        assert!(r.contains("version 7") && r.contains("up to 2"), "{r}");
+
+        let mut older = good.clone();
+        older[8..10].copy_from_slice(&1u16.to_le_bytes());
+        let r = reason(unframe(&older, FileKind::KeyedState, LOC));
+        assert!(
+            r.contains("version 1, which this Eddy no longer reads"),
+            "{r}"
+        );
 
         let mut padded = good.clone();
         padded.insert(HEADER_LEN, 0);

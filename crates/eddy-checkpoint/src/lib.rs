@@ -59,7 +59,7 @@ pub mod layout;
 pub mod metadata;
 pub mod storage;
 
-pub use format::{frame, unframe, FileKind, FORMAT_VERSION};
+pub use format::{frame, unframe, FileKind, FORMAT_VERSION, OLDEST_READABLE_VERSION};
 pub use layout::{
     resolve, CheckpointInfo, CheckpointRef, Checkpoints, RestorePoint, METADATA_FILE,
 };

@@ -65,6 +65,10 @@ pub enum EddyError {
         reason: String,
     },
 
+    /// A restored state's schema cannot become the new code's type (schema evolution).
+    #[error("{0}")]
+    Schema(Box<SchemaMismatch>),
+
     /// A job failed in one of its operators.
     #[error("{0}")]
     Job(Box<JobFailure>),
@@ -96,6 +100,19 @@ impl EddyError {
         }
     }
 
+    /// A schema error for the state `state` of the operator `operator`.
+    pub fn schema(
+        operator: impl Into<String>,
+        state: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
+        EddyError::Schema(Box::new(SchemaMismatch {
+            operator: operator.into(),
+            state: state.into(),
+            reason: reason.into(),
+        }))
+    }
+
     /// A state error for the state named `state`.
     pub fn state(state: impl Into<String>, reason: impl Into<String>) -> Self {
         EddyError::State {
@@ -103,6 +120,20 @@ impl EddyError {
             reason: reason.into(),
         }
     }
+}
+
+/// A restored state whose recorded schema the new code's type cannot read (see
+/// [`EddyError::Schema`]).
+#[derive(Debug, thiserror::Error)]
+#[error("state \"{state}\" of operator \"{operator}\": {reason}")]
+pub struct SchemaMismatch {
+    /// The operator's uid.
+    pub operator: String,
+    /// The state's name.
+    pub state: String,
+    /// What changed and why it is incompatible, naming the field, e.g. `field "amount"
+    /// changed from u64 to String; incompatible`.
+    pub reason: String,
 }
 
 /// Where and why a job failed: the first error of any operator, with its place.

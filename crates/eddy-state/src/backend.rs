@@ -16,10 +16,11 @@ use crate::handle::{AggregatingState, ListState, MapState, ReducingState, ValueS
 use crate::heap::{HeapKeyedStateBackend, PrefetchDepth};
 use crate::key_context::KeyContext;
 use crate::namespace::{Namespace, Namespaced};
+use crate::schema::{Migrator, TracedShape, TypeSchema};
 use crate::snapshot::heap_codec::KeyCheck;
 use crate::snapshot::{
-    EntryBlock, EntryWriter, KeyGroupSnapshot, KeyedStateSnapshot, Staged, StateMeta,
-    TimerServiceMeta,
+    EntryBlock, EntryWriter, KeyGroupSnapshot, KeyedStateSnapshot, RestorePlan, Staged,
+    StagedBlocks, StateMeta, TimerServiceMeta,
 };
 use crate::timers::{ErasedTimers, TimerService};
 use crate::ttl::TtlClock;
@@ -205,7 +206,7 @@ impl<K: Key> KeyedStateBackend<K> {
     ) -> Result<ValueState<T>> {
         let meta =
             StateMeta::of::<K, (), T>(desc.name(), StateKind::Value, None, desc.ttl().is_some());
-        self.register(meta, |inner| match inner {
+        self.register(meta, Migrator::of::<T>(), |inner| match inner {
             BackendImpl::Heap(heap) => heap.value_state(desc),
             #[cfg(feature = "rocksdb")]
             BackendImpl::RocksDb(rocksdb) => rocksdb.value_state(desc),
@@ -219,7 +220,7 @@ impl<K: Key> KeyedStateBackend<K> {
     ) -> Result<ListState<T>> {
         let meta =
             StateMeta::of::<K, (), T>(desc.name(), StateKind::List, None, desc.ttl().is_some());
-        self.register(meta, |inner| match inner {
+        self.register(meta, Migrator::of::<T>(), |inner| match inner {
             BackendImpl::Heap(heap) => heap.list_state(desc),
             #[cfg(feature = "rocksdb")]
             BackendImpl::RocksDb(rocksdb) => rocksdb.list_state(desc),
@@ -234,10 +235,10 @@ impl<K: Key> KeyedStateBackend<K> {
         let meta = StateMeta::of::<K, (), UV>(
             desc.name(),
             StateKind::Map,
-            Some(std::any::type_name::<UK>()),
+            Some(TypeSchema::of::<UK>()),
             desc.ttl().is_some(),
         );
-        self.register(meta, |inner| match inner {
+        self.register(meta, Migrator::of::<UV>(), |inner| match inner {
             BackendImpl::Heap(heap) => heap.map_state(desc),
             #[cfg(feature = "rocksdb")]
             BackendImpl::RocksDb(rocksdb) => rocksdb.map_state(desc),
@@ -251,7 +252,7 @@ impl<K: Key> KeyedStateBackend<K> {
     ) -> Result<ReducingState<T>> {
         let meta =
             StateMeta::of::<K, (), T>(desc.name(), StateKind::Reducing, None, desc.ttl().is_some());
-        self.register(meta, |inner| match inner {
+        self.register(meta, Migrator::of::<T>(), |inner| match inner {
             BackendImpl::Heap(heap) => heap.reducing_state(desc),
             #[cfg(feature = "rocksdb")]
             BackendImpl::RocksDb(rocksdb) => rocksdb.reducing_state(desc),
@@ -270,7 +271,7 @@ impl<K: Key> KeyedStateBackend<K> {
             None,
             desc.ttl().is_some(),
         );
-        self.register(meta, |inner| match inner {
+        self.register(meta, Migrator::of::<F::Acc>(), |inner| match inner {
             BackendImpl::Heap(heap) => heap.aggregating_state(desc),
             #[cfg(feature = "rocksdb")]
             BackendImpl::RocksDb(rocksdb) => rocksdb.aggregating_state(desc),
@@ -310,7 +311,7 @@ impl<K: Key> KeyedStateBackend<K> {
     ) -> Result<Namespaced<ValueState<T>, N>> {
         reject_ttl(desc.name(), desc.ttl())?;
         let meta = StateMeta::of::<K, N, T>(desc.name(), StateKind::Value, None, false);
-        self.register(meta, |inner| match inner {
+        self.register(meta, Migrator::of::<T>(), |inner| match inner {
             BackendImpl::Heap(heap) => heap.namespaced_value_state(desc),
             #[cfg(feature = "rocksdb")]
             BackendImpl::RocksDb(rocksdb) => rocksdb.namespaced_value_state(desc),
@@ -324,7 +325,7 @@ impl<K: Key> KeyedStateBackend<K> {
     ) -> Result<Namespaced<ListState<T>, N>> {
         reject_ttl(desc.name(), desc.ttl())?;
         let meta = StateMeta::of::<K, N, T>(desc.name(), StateKind::List, None, false);
-        self.register(meta, |inner| match inner {
+        self.register(meta, Migrator::of::<T>(), |inner| match inner {
             BackendImpl::Heap(heap) => heap.namespaced_list_state(desc),
             #[cfg(feature = "rocksdb")]
             BackendImpl::RocksDb(rocksdb) => rocksdb.namespaced_list_state(desc),
@@ -340,10 +341,10 @@ impl<K: Key> KeyedStateBackend<K> {
         let meta = StateMeta::of::<K, N, UV>(
             desc.name(),
             StateKind::Map,
-            Some(std::any::type_name::<UK>()),
+            Some(TypeSchema::of::<UK>()),
             false,
         );
-        self.register(meta, |inner| match inner {
+        self.register(meta, Migrator::of::<UV>(), |inner| match inner {
             BackendImpl::Heap(heap) => heap.namespaced_map_state(desc),
             #[cfg(feature = "rocksdb")]
             BackendImpl::RocksDb(rocksdb) => rocksdb.namespaced_map_state(desc),
@@ -357,7 +358,7 @@ impl<K: Key> KeyedStateBackend<K> {
     ) -> Result<Namespaced<ReducingState<T>, N>> {
         reject_ttl(desc.name(), desc.ttl())?;
         let meta = StateMeta::of::<K, N, T>(desc.name(), StateKind::Reducing, None, false);
-        self.register(meta, |inner| match inner {
+        self.register(meta, Migrator::of::<T>(), |inner| match inner {
             BackendImpl::Heap(heap) => heap.namespaced_reducing_state(desc),
             #[cfg(feature = "rocksdb")]
             BackendImpl::RocksDb(rocksdb) => rocksdb.namespaced_reducing_state(desc),
@@ -371,7 +372,7 @@ impl<K: Key> KeyedStateBackend<K> {
     ) -> Result<Namespaced<AggregatingState<In, F::Out>, N>> {
         reject_ttl(desc.name(), desc.ttl())?;
         let meta = StateMeta::of::<K, N, F::Acc>(desc.name(), StateKind::Aggregating, None, false);
-        self.register(meta, |inner| match inner {
+        self.register(meta, Migrator::of::<F::Acc>(), |inner| match inner {
             BackendImpl::Heap(heap) => heap.namespaced_aggregating_state(desc),
             #[cfg(feature = "rocksdb")]
             BackendImpl::RocksDb(rocksdb) => rocksdb.namespaced_aggregating_state(desc),
@@ -426,25 +427,43 @@ impl<K: Key> KeyedStateBackend<K> {
 impl<K: Key> KeyedStateBackend<K> {
     /// Registers a state through `create`, checked against (and then filled from) a restored
     /// state of the same name, and records what a snapshot needs to know about it.
+    ///
+    /// A restored state is checked against the registration's schemas first (see
+    /// [`crate::schema`]): an incompatible change is an [`EddyError::Schema`] before
+    /// anything is created or read; a change that needs a migration re-encodes every
+    /// restored value with `migrator` before loading it.
     fn register<S>(
         &mut self,
         meta: StateMeta,
+        migrator: Migrator,
         create: impl FnOnce(&mut BackendImpl<K>) -> Result<S>,
     ) -> Result<S> {
-        // Checked before creating anything, so that a refused registration changes nothing.
-        let restored = self
-            .staged
-            .as_ref()
-            .and_then(|staged| staged.states.get(&meta.name));
-        if let Some((restored, _)) = restored {
-            restored.check_restorable_as(&meta)?;
-        }
+        let plan = match &self.staged {
+            Some(staged) => match staged.states.get(&meta.name) {
+                Some((restored, _)) => Some(
+                    restored
+                        .plan_restore_as(&meta, &migrator)
+                        .map_err(|reason| {
+                            EddyError::schema(&staged.operator, &meta.name, reason)
+                        })?,
+                ),
+                None => None,
+            },
+            None => None,
+        };
         let state = create(&mut self.inner)?;
         let restored = self
             .staged
             .as_mut()
             .and_then(|staged| staged.states.remove(&meta.name));
-        if let Some((restored, blocks)) = restored {
+        if let (Some((restored, blocks)), Some(plan)) = (restored, plan) {
+            let (restored, blocks) = match plan {
+                RestorePlan::AsIs => (restored, blocks),
+                RestorePlan::Migrate(old) => (
+                    meta.clone(),
+                    migrate_blocks(&restored, &old, &blocks, &migrator)?,
+                ),
+            };
             match &self.inner {
                 BackendImpl::Heap(heap) => heap.restore_state(&meta.name, &restored, &blocks)?,
                 #[cfg(feature = "rocksdb")]
@@ -464,8 +483,10 @@ impl<K: Key> KeyedStateBackend<K> {
             .staged
             .as_ref()
             .and_then(|staged| staged.timers.get(name));
-        if let Some((restored, _)) = restored {
-            restored.check_restorable_as(&meta)?;
+        if let (Some((restored, _)), Some(staged)) = (restored, &self.staged) {
+            restored
+                .check_restorable_as(&meta)
+                .map_err(|reason| EddyError::schema(&staged.operator, name, reason))?;
         }
         let service = Rc::new(TimerService::<K, N>::new(name, Rc::clone(&self.context)));
         let restored = self
@@ -557,10 +578,12 @@ impl<K: Key> KeyedStateBackend<K> {
     /// been taken with this backend's `max_parallelism`, the snapshots must agree on each
     /// state's kind and types, and no key group may come from two of them; otherwise this is
     /// an [`EddyError::Checkpoint`] and nothing is staged. When a state (or timer service) is
-    /// then registered by name, its entries are loaded into it; registering it with another
-    /// kind, other types or TTL on/off is an [`EddyError::State`] naming the state and both
-    /// types. Call [`finish_restore`](Self::finish_restore) after `open()`.
-    pub fn restore(&mut self, snapshots: Vec<KeyedStateSnapshot>) -> Result<()> {
+    /// then registered by name, its entries are loaded into it, migrated to the new value
+    /// type if its schema evolved compatibly (see [`crate::schema`]); another kind, TTL
+    /// on/off, key type or an incompatible value type is an [`EddyError::Schema`] naming
+    /// `operator` (the restoring operator's uid), the state and the field. Call
+    /// [`finish_restore`](Self::finish_restore) after `open()`.
+    pub fn restore(&mut self, operator: &str, snapshots: Vec<KeyedStateSnapshot>) -> Result<()> {
         if !self.metas.is_empty() || !self.timer_services.is_empty() || self.staged.is_some() {
             return Err(EddyError::Internal(
                 "keyed state can only be restored once, into a fresh backend, before open() \
@@ -569,6 +592,7 @@ impl<K: Key> KeyedStateBackend<K> {
             ));
         }
         let staged = Staged::new(
+            operator,
             snapshots,
             self.context.key_group_range(),
             self.context.max_parallelism(),
@@ -595,6 +619,26 @@ impl<K: Key> KeyedStateBackend<K> {
     pub fn state_meta(&self, name: &str) -> Option<&StateMeta> {
         self.metas.get(name)
     }
+}
+
+/// The blocks of a restored state with every value migrated from `old` (the snapshot's
+/// value schema) to the registered type.
+fn migrate_blocks(
+    restored: &StateMeta,
+    old: &TracedShape,
+    blocks: &StagedBlocks,
+    migrator: &Migrator,
+) -> Result<StagedBlocks> {
+    let migrate = |bytes: &[u8]| migrator.migrate(old, bytes);
+    blocks
+        .iter()
+        .map(|(kg, block)| {
+            let migrated = block
+                .migrate_values(restored, &migrate)
+                .map_err(|e| e.in_state(&restored.name, *kg, "cannot migrate the values of"))?;
+            Ok((*kg, migrated))
+        })
+        .collect()
 }
 
 /// The offset of restored key group `kg` in `range` (the restore kept only those inside).

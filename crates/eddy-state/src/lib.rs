@@ -19,6 +19,10 @@
 //!   [`KeyedStateBackend::snapshot`] and restored (into either backend, and at another
 //!   parallelism) by [`KeyedStateBackend::restore`] before the function's `open()`, which
 //!   loads each state's entries when it registers the state again.
+//! * **Schema evolution** (see [`schema`]): every snapshot records the schema of each
+//!   state's types; a restored state whose value type changed compatibly (fields added with
+//!   a default, removed, reordered; numbers widened) is migrated on restore, an incompatible
+//!   change is refused with an error naming the operator, state and field.
 //!
 //! It depends only on `eddy-core`. It must not depend on the runtime (timely dataflow) or on
 //! the user-facing API: the runtime drives it through [`KeyContext`] and [`KeyedStateBackend`].
@@ -46,7 +50,7 @@
 //! let bytes = backend.snapshot().unwrap().encode().unwrap();
 //! let snapshot = eddy_state::KeyedStateSnapshot::decode(&bytes, "keyed-0.bin").unwrap();
 //! let mut restored = KeyedStateBackend::<u64>::heap(KeyGroupRange::new(0, 127), 128);
-//! restored.restore(vec![snapshot]).unwrap();
+//! restored.restore("counter", vec![snapshot]).unwrap();
 //! // The operator's `open()` registers its states again; their entries come back.
 //! let count = restored.value_state(&ValueStateDescriptor::<u64>::new("count")).unwrap();
 //! assert!(restored.finish_restore().unwrap().is_empty()); // every restored state is used
@@ -65,6 +69,7 @@ pub mod prefetch;
 pub mod probe_table;
 #[cfg(feature = "rocksdb")]
 pub mod rocksdb;
+pub mod schema;
 pub mod small_map;
 pub mod snapshot;
 pub mod timers;

@@ -37,7 +37,7 @@ fn measure(name: &str, factory: &dyn Fn() -> KeyedStateBackend<u64>) -> Result<(
 
     let mut restored = factory();
     let start = Instant::now();
-    restored.restore(vec![decoded])?;
+    restored.restore("op", vec![decoded])?;
     let v2 = restored.value_state(&ValueStateDescriptor::<u64>::new("v"))?;
     let restore_time = start.elapsed();
     restored.set_current_key(KEYS - 1)?;

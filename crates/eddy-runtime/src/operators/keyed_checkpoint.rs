@@ -18,11 +18,13 @@ pub(crate) fn keyed_state_part<K: Key>(backend: &KeyedStateBackend<K>) -> Result
         .map(|meta| StateInfo {
             name: meta.name.clone(),
             kind: format!("{:?}", meta.kind).to_lowercase(),
+            // The schemas as text (struct fields spelled out): what `eddy checkpoints show`
+            // prints; the schemas themselves are in the keyed state part.
             type_names: [
-                Some(meta.key_type.clone()),
-                Some(meta.namespace_type.clone()),
-                meta.user_key_type.clone(),
-                Some(meta.value_type.clone()),
+                Some(meta.key.describe()),
+                Some(meta.namespace.describe()),
+                meta.user_key.as_ref().map(|s| s.describe()),
+                Some(meta.value.describe()),
             ]
             .into_iter()
             .flatten()
@@ -59,7 +61,7 @@ pub(crate) fn restore_keyed_state<K: Key>(
             KeyedStateSnapshot::decode(bytes, &format!("keyed state of \"{uid}\" (subtask {i})"))
         })
         .collect::<Result<Vec<_>>>()?;
-    backend.restore(snapshots)
+    backend.restore(uid, snapshots)
 }
 
 /// After `open()`: restored states the function did not register again are lost with this

@@ -11,11 +11,12 @@
 //! # What a snapshot holds (the contract of `docs/checkpoints.md`)
 //!
 //! * The `max_parallelism` and the key-group range it was taken with.
-//! * Per state a [`StateMeta`]: name, [`StateKind`], the Rust type names of key, namespace,
-//!   user key (map state) and value (the accumulator for aggregating state, the element for
-//!   list state), and whether TTL is on. A restored state must be registered with exactly
-//!   these (schema evolution is not supported yet).
-//! * Per timer service a [`TimerServiceMeta`]: name, key and namespace type names.
+//! * Per state a [`StateMeta`]: name, [`StateKind`], the [schemas](crate::schema) of key,
+//!   namespace, user key (map state) and value (the accumulator for aggregating state, the
+//!   element for list state), and whether TTL is on. A restored state is registered again
+//!   with the same kind, TTL on/off, key, namespace and user key; its value type may evolve
+//!   (see [`crate::schema`]).
+//! * Per timer service a [`TimerServiceMeta`]: name, key and namespace schemas.
 //! * Per **non-empty** key group ([`KeyGroupSnapshot`]), per state that has entries there, one
 //!   [`EntryBlock`]: the state's entries in that key group, and per timer service one block
 //!   of its timers.
@@ -52,10 +53,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use eddy_core::{EddyError, KeyGroup, KeyGroupRange, Result};
-use serde::de::{SeqAccess, Visitor};
+use serde::de::{DeserializeOwned, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::descriptor::StateKind;
+use crate::schema::{compat, Compatibility, Migrator, TracedShape, TypeSchema};
 use crate::timers::TimeDomain;
 
 /// Length of the TTL timestamp in front of every value payload of a TTL state.
@@ -233,69 +235,120 @@ pub struct StateMeta {
     pub name: String,
     /// Value, list, map, reducing or aggregating.
     pub kind: StateKind,
-    /// `std::any::type_name` of the key.
-    pub key_type: String,
-    /// `std::any::type_name` of the namespace (`()` for plain keyed state).
-    pub namespace_type: String,
-    /// `std::any::type_name` of the user key, for map state.
-    pub user_key_type: Option<String>,
-    /// `std::any::type_name` of the stored value: `T` for value, reducing and list state
-    /// (the element), the user value for map state, the accumulator for aggregating state.
-    pub value_type: String,
+    /// The schema of the key.
+    pub key: TypeSchema,
+    /// The schema of the namespace (`()` for plain keyed state).
+    pub namespace: TypeSchema,
+    /// The schema of the user key, for map state.
+    pub user_key: Option<TypeSchema>,
+    /// The schema of the stored value: `T` for value, reducing and list state (the element),
+    /// the user value for map state, the accumulator for aggregating state.
+    pub value: TypeSchema,
     /// Whether TTL is on: every value payload then starts with its 8-byte timestamp.
     pub ttl: bool,
 }
 
+/// How a restored state's entries are loaded into the state registered again.
+pub(crate) enum RestorePlan {
+    /// The bytes are read as they are.
+    AsIs,
+    /// Every value is re-encoded from the old schema to the new type first.
+    Migrate(TracedShape),
+}
+
 impl StateMeta {
-    /// The metadata of a state of key `K`, namespace `N` and stored value `V`.
-    pub(crate) fn of<K: ?Sized, N: ?Sized, V: ?Sized>(
+    /// The metadata of a state of key `K`, namespace `N` and stored value `V`; `user_key` is
+    /// the user key's schema for map state.
+    pub(crate) fn of<K: DeserializeOwned, N: DeserializeOwned, V: DeserializeOwned>(
         name: &str,
         kind: StateKind,
-        user_key_type: Option<&str>,
+        user_key: Option<TypeSchema>,
         ttl: bool,
     ) -> Self {
         StateMeta {
             name: name.to_string(),
             kind,
-            key_type: std::any::type_name::<K>().to_string(),
-            namespace_type: std::any::type_name::<N>().to_string(),
-            user_key_type: user_key_type.map(str::to_string),
-            value_type: std::any::type_name::<V>().to_string(),
+            key: TypeSchema::of::<K>(),
+            namespace: TypeSchema::of::<N>(),
+            user_key,
+            value: TypeSchema::of::<V>(),
             ttl,
         }
     }
 
-    /// Checks that `requested` (a registration) is what this restored state was taken as.
-    pub(crate) fn check_restorable_as(&self, requested: &StateMeta) -> Result<()> {
-        if self == requested {
-            return Ok(());
+    /// Checks `requested` (the registration of the new code) against this restored state
+    /// (see [`crate::schema`]): how to load the entries, or why they cannot be (the reason
+    /// names the field). `migrator` turns old values into the requested value type.
+    pub(crate) fn plan_restore_as(
+        &self,
+        requested: &StateMeta,
+        migrator: &Migrator,
+    ) -> std::result::Result<RestorePlan, String> {
+        if self.kind != requested.kind {
+            return Err(format!(
+                "was {:?} state, is now registered as {:?} state; incompatible",
+                self.kind, requested.kind
+            ));
         }
-        Err(EddyError::state(
-            &self.name,
-            format!(
-                "restored from a snapshot as {}, but registered as {} (the kind, types and \
-                 TTL must match exactly; schema evolution is not supported yet)",
-                self.describe(),
-                requested.describe()
-            ),
-        ))
+        if self.ttl != requested.ttl {
+            return Err(format!(
+                "TTL was {}, is now {} (turning TTL on or off changes how values are \
+                 stored); incompatible",
+                on_off(self.ttl),
+                on_off(requested.ttl)
+            ));
+        }
+        compat::check_identical(&self.key, &requested.key).map_err(|why| {
+            format!("key type {why}; incompatible (the key type of a state may never change)")
+        })?;
+        compat::check_identical(&self.namespace, &requested.namespace)
+            .map_err(|why| format!("namespace type {why}; incompatible"))?;
+        match (&self.user_key, &requested.user_key) {
+            (Some(old), Some(new)) => compat::check_identical(old, new).map_err(|why| {
+                format!("map key type {why}; incompatible (map keys may never change)")
+            })?,
+            (None, None) => {}
+            _ => return Err("changed whether it has user keys; incompatible".into()),
+        }
+        match compat::check(&self.value, &requested.value) {
+            Compatibility::AsIs => Ok(RestorePlan::AsIs),
+            Compatibility::Incompatible(why) => Err(format!("{why}; incompatible")),
+            Compatibility::AfterMigration => {
+                // `check` only migrates traced schemas.
+                let old = self.value.shape.clone().ok_or_else(|| {
+                    "cannot migrate a value whose old type was not traced".to_string()
+                })?;
+                migrator
+                    .probe(&old)
+                    .map_err(|why| format!("{why}; incompatible"))?;
+                Ok(RestorePlan::Migrate(old))
+            }
+        }
     }
 
-    /// How errors describe the state's kind and types.
-    fn describe(&self) -> String {
+    /// How `eddy checkpoints show` and errors describe the state's types.
+    pub fn describe(&self) -> String {
         let user_key = self
-            .user_key_type
-            .as_deref()
+            .user_key
+            .as_ref()
             .map(|t| format!(", user key `{t}`"))
             .unwrap_or_default();
         format!(
             "{:?} state of key `{}`, namespace `{}`{user_key}, value `{}`, TTL {}",
             self.kind,
-            self.key_type,
-            self.namespace_type,
-            self.value_type,
-            if self.ttl { "on" } else { "off" }
+            self.key,
+            self.namespace,
+            self.value,
+            on_off(self.ttl)
         )
+    }
+}
+
+fn on_off(flag: bool) -> &'static str {
+    if flag {
+        "on"
+    } else {
+        "off"
     }
 }
 
@@ -304,35 +357,32 @@ impl StateMeta {
 pub struct TimerServiceMeta {
     /// The service's name.
     pub name: String,
-    /// `std::any::type_name` of the key.
-    pub key_type: String,
-    /// `std::any::type_name` of the namespace.
-    pub namespace_type: String,
+    /// The schema of the key.
+    pub key: TypeSchema,
+    /// The schema of the namespace.
+    pub namespace: TypeSchema,
 }
 
 impl TimerServiceMeta {
     /// The metadata of a timer service of key `K` and namespace `N`.
-    pub(crate) fn of<K: ?Sized, N: ?Sized>(name: &str) -> Self {
+    pub(crate) fn of<K: DeserializeOwned, N: DeserializeOwned>(name: &str) -> Self {
         TimerServiceMeta {
             name: name.to_string(),
-            key_type: std::any::type_name::<K>().to_string(),
-            namespace_type: std::any::type_name::<N>().to_string(),
+            key: TypeSchema::of::<K>(),
+            namespace: TypeSchema::of::<N>(),
         }
     }
 
-    /// Checks that `requested` (a registration) matches this restored service.
-    pub(crate) fn check_restorable_as(&self, requested: &TimerServiceMeta) -> Result<()> {
-        if self == requested {
-            return Ok(());
-        }
-        Err(EddyError::state(
-            &self.name,
-            format!(
-                "timer service restored from a snapshot with key `{}` and namespace `{}`, but \
-                 registered with key `{}` and namespace `{}`",
-                self.key_type, self.namespace_type, requested.key_type, requested.namespace_type
-            ),
-        ))
+    /// Checks that `requested` (a registration) matches this restored service: timers are
+    /// keys and namespaces only, and those may never change.
+    pub(crate) fn check_restorable_as(
+        &self,
+        requested: &TimerServiceMeta,
+    ) -> std::result::Result<(), String> {
+        compat::check_identical(&self.key, &requested.key)
+            .map_err(|why| format!("timer key type {why}; incompatible"))?;
+        compat::check_identical(&self.namespace, &requested.namespace)
+            .map_err(|why| format!("timer namespace type {why}; incompatible"))
     }
 }
 
@@ -428,7 +478,52 @@ impl EntryBlock {
             failed: false,
         }
     }
+
+    /// This state block with every value payload re-encoded by `migrate` (schema
+    /// evolution); keys, namespaces, user keys, TTL timestamps and list framing are kept.
+    pub(crate) fn migrate_values(
+        &self,
+        meta: &StateMeta,
+        migrate: &ValueMigration<'_>,
+    ) -> std::result::Result<EntryBlock, SnapshotError> {
+        let payload = |buf: &mut Vec<u8>, old: &[u8]| {
+            let body = if meta.ttl {
+                let header = old
+                    .get(..TTL_HEADER)
+                    .ok_or_else(|| SnapshotError("a TTL value lacks its timestamp".into()))?;
+                buf.extend_from_slice(header);
+                &old[TTL_HEADER..]
+            } else {
+                old
+            };
+            buf.extend_from_slice(&migrate(body).map_err(SnapshotError)?);
+            Ok::<(), SnapshotError>(())
+        };
+        let mut writer = EntryWriter::new();
+        for entry in self.entries(meta) {
+            let entry = entry.map_err(|e| SnapshotError(e.to_string()))?;
+            writer.entry(entry.key, entry.namespace, entry.user_key, |buf| {
+                if meta.kind == StateKind::List {
+                    for element in entry.elements() {
+                        let element = element.map_err(|e| SnapshotError(e.to_string()))?;
+                        push_element(buf, |b| payload(b, element))?;
+                    }
+                } else {
+                    payload(buf, entry.value)?;
+                }
+                Ok::<bool, SnapshotError>(true)
+            })?;
+        }
+        Ok(writer.finish(self.index).unwrap_or(EntryBlock {
+            index: self.index,
+            len: 0,
+            data: Bytes::default(),
+        }))
+    }
 }
+
+/// Re-encodes one old value payload (without its TTL header) as the new type.
+pub(crate) type ValueMigration<'a> = dyn Fn(&[u8]) -> std::result::Result<Vec<u8>, String> + 'a;
 
 /// Bytes that `postcard` writes as one length-prefixed run (not one element per byte).
 #[derive(Clone, Default, PartialEq, Eq)]
@@ -843,6 +938,8 @@ pub(crate) type StagedBlocks = Vec<(KeyGroup, EntryBlock)>;
 /// registered.
 #[derive(Default)]
 pub(crate) struct Staged {
+    /// The operator restoring (its uid), for errors.
+    pub(crate) operator: String,
     pub(crate) states: BTreeMap<String, (StateMeta, StagedBlocks)>,
     pub(crate) timers: BTreeMap<String, (TimerServiceMeta, StagedBlocks)>,
 }
@@ -851,11 +948,15 @@ impl Staged {
     /// Stages the key groups of `snapshots` inside `range`, checking that they were taken
     /// with `max_parallelism`, agree on their states' metadata, and overlap nowhere.
     pub(crate) fn new(
+        operator: &str,
         snapshots: Vec<KeyedStateSnapshot>,
         range: KeyGroupRange,
         max_parallelism: usize,
     ) -> Result<Staged> {
-        let mut staged = Staged::default();
+        let mut staged = Staged {
+            operator: operator.to_string(),
+            ..Staged::default()
+        };
         let mut seen: BTreeMap<KeyGroup, usize> = BTreeMap::new();
         for (number, snapshot) in snapshots.into_iter().enumerate() {
             let taken = snapshot.key_group_range();
@@ -1017,7 +1118,12 @@ mod tests {
             panic!("one entry was written");
         };
         assert_eq!((block.index(), block.len()), (3, 1));
-        let meta = StateMeta::of::<u64, (), u64>("m", StateKind::Map, Some("u64"), false);
+        let meta = StateMeta::of::<u64, (), u64>(
+            "m",
+            StateKind::Map,
+            Some(TypeSchema::of::<u64>()),
+            false,
+        );
         let entries: Vec<_> = block
             .entries(&meta)
             .collect::<Result<_>>()
@@ -1046,7 +1152,7 @@ mod tests {
                 for meta in snapshot.timer_services() {
                     let _ = snapshot.timers_of(&meta.name);
                 }
-                let _ = Staged::new(vec![snapshot], KeyGroupRange::new(0, 127), 128);
+                let _ = Staged::new("op", vec![snapshot], KeyGroupRange::new(0, 127), 128);
             }
         }
     }

@@ -285,7 +285,7 @@ pub(super) fn every_state_type_round_trips(from: Factory, to: Factory) -> Result
     assert_eq!(decoded, snapshot);
 
     let mut restored = full(to);
-    restored.restore(vec![decoded])?;
+    restored.restore("op", vec![decoded])?;
     let again = AllStates::register(&mut restored)?;
     assert_eq!(restored.finish_restore()?, Vec::<String>::new());
     let second = restored.snapshot()?;
@@ -318,7 +318,10 @@ pub(super) fn an_empty_backend_round_trips(factory: Factory) -> Result<(), EddyE
     let snapshot = b.snapshot()?;
     assert!(snapshot.key_groups().is_empty());
     let mut restored = full(factory);
-    restored.restore(vec![KeyedStateSnapshot::decode(&snapshot.encode()?, "x")?])?;
+    restored.restore(
+        "op",
+        vec![KeyedStateSnapshot::decode(&snapshot.encode()?, "x")?],
+    )?;
     let v = restored.value_state(&ValueStateDescriptor::<u64>::new("v"))?;
     restored.set_current_key(1)?;
     assert_eq!(v.value()?, None);
@@ -333,7 +336,10 @@ pub(super) fn max_parallelism_mismatch_is_refused(factory: Factory) -> Result<()
     v.update(1)?;
     let snapshot = b.snapshot()?;
     let mut other = backend(factory, KeyGroupRange::new(0, 63), 64);
-    let err = other.restore(vec![snapshot]).err().map(|e| e.to_string());
+    let err = other
+        .restore("op", vec![snapshot])
+        .err()
+        .map(|e| e.to_string());
     let err = err.unwrap_or_default();
     assert!(
         err.contains("max parallelism 128") && err.contains("max parallelism 64"),
@@ -354,7 +360,7 @@ pub(super) fn type_mismatch_names_the_state_and_both_types(
     let snapshot = b.snapshot()?;
 
     let mut restored = full(factory);
-    restored.restore(vec![snapshot])?;
+    restored.restore("op", vec![snapshot])?;
     let err = restored
         .value_state(&ValueStateDescriptor::<String>::new("count"))
         .err();
@@ -390,7 +396,7 @@ pub(super) fn type_mismatch_names_the_state_and_both_types(
     let mut b = full(factory);
     b.timer_service::<u64>("t")?;
     let mut restored = full(factory);
-    restored.restore(vec![b.snapshot()?])?;
+    restored.restore("op", vec![b.snapshot()?])?;
     let err = restored
         .timer_service::<()>("t")
         .err()
@@ -410,7 +416,7 @@ pub(super) fn finish_restore_reports_unregistered_states(
     a.update(1)?;
     let snapshot = b.snapshot()?;
     let mut restored = full(factory);
-    restored.restore(vec![snapshot.clone()])?;
+    restored.restore("op", vec![snapshot.clone()])?;
     restored.value_state(&ValueStateDescriptor::<u64>::new("a"))?;
     assert_eq!(
         restored.finish_restore()?,
@@ -418,10 +424,10 @@ pub(super) fn finish_restore_reports_unregistered_states(
     );
     assert_eq!(restored.finish_restore()?, Vec::<String>::new());
     // A second restore, or one after states were registered, is refused.
-    assert!(restored.restore(vec![snapshot.clone()]).is_err());
+    assert!(restored.restore("op", vec![snapshot.clone()]).is_err());
     let mut twice = full(factory);
-    twice.restore(vec![snapshot.clone()])?;
-    assert!(twice.restore(vec![snapshot]).is_err());
+    twice.restore("op", vec![snapshot.clone()])?;
+    assert!(twice.restore("op", vec![snapshot]).is_err());
     Ok(())
 }
 
@@ -483,7 +489,7 @@ pub(super) fn cleanup_full_snapshot_leaves_expired_values_out(
 
     let mut restored = factory(KeyGroupRange::new(0, 127), 128);
     restored.set_ttl_clock(Arc::new(clock.clone()));
-    restored.restore(vec![snapshot])?;
+    restored.restore("op", vec![snapshot])?;
     let ten = StateTtlConfig::new(Duration::from_secs(10));
     let cleaned = ten.clone().cleanup_full_snapshot();
     let v =
@@ -544,7 +550,7 @@ pub(super) fn corrupt_payloads_are_errors_not_panics(factory: Factory) -> Result
                 continue;
             };
             let mut restored = full(factory);
-            if restored.restore(vec![snapshot]).is_err() {
+            if restored.restore("op", vec![snapshot]).is_err() {
                 continue;
             }
             let _ = restored.value_state(&ValueStateDescriptor::<u64>::new("v").enable_ttl(ttl()));
@@ -716,7 +722,7 @@ pub(super) fn rescaling_loses_and_duplicates_nothing(
         for index in 0..new_parallelism {
             let range = KeyGroupRange::for_subtask(MAX, new_parallelism, index);
             let mut new = backend(factory, range, MAX);
-            new.restore(snapshots.clone())?;
+            new.restore("op", snapshots.clone())?;
             let part = read(&mut new)?;
             assert_eq!(new.finish_restore()?, Vec::<String>::new());
             let keys = part
@@ -778,7 +784,7 @@ pub(super) fn overlapping_snapshots_are_refused(factory: Factory) -> Result<(), 
     let snapshot = b.snapshot()?;
     let mut restored = full(factory);
     let err = restored
-        .restore(vec![snapshot.clone(), snapshot])
+        .restore("op", vec![snapshot.clone(), snapshot])
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();
@@ -805,7 +811,7 @@ pub(super) fn large_states_restore(factory: Factory) -> Result<(), EddyError> {
     let snapshot = b.snapshot()?;
     assert_eq!(snapshot.entry_count(), 200_000);
     let mut restored = full(factory);
-    restored.restore(vec![snapshot])?;
+    restored.restore("op", vec![snapshot])?;
     let v = restored.value_state(&ValueStateDescriptor::<u64>::new("v"))?;
     let m = restored.map_state(&MapStateDescriptor::<u64, u64>::new("m"))?;
     assert_eq!(restored.keys("v")?.len(), 100_000);
