@@ -105,6 +105,7 @@ macro_rules! conformance_suite {
                     an_empty_backend_round_trips,
                     max_parallelism_mismatch_is_refused,
                     type_mismatch_names_the_state_and_both_types,
+                    schema_evolution_migrates_value_list_and_map_state,
                     finish_restore_reports_unregistered_states,
                     cleanup_full_snapshot_leaves_expired_values_out,
                     corrupt_payloads_are_errors_not_panics,
