@@ -5,23 +5,30 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use eddy_core::key_group::assign_to_key_group;
-use eddy_core::{EddyError, Key, KeyGroup, Result, StateValue};
+use eddy_core::{Data, EddyError, Key, KeyGroup, Result, StateValue};
 use eddy_state::{KeyContext, KeyedStateBackend, MapStateDescriptor, OperatorStateStore};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
-use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::generic::{Operator, OutputBuilderSession};
+
 use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::Capability;
 use timely::dataflow::Scope;
 
 use crate::broadcast_function::{
     BroadcastContext, KeyedBroadcastProcessFunction, ReadOnlyBroadcastContext,
 };
+use crate::checkpoint::{BarrierTracker, Part, PartKind, FINAL_CHECKPOINT};
 use crate::failure::catch_panic;
 use crate::function::{Collector, OpenContext};
 use crate::graph::{Built, StreamNode, WorkerContext};
 use crate::metrics::OperatorMetrics;
 use crate::operators::check_parallelism;
+use crate::operators::keyed_checkpoint::{
+    finish_keyed_restore, keyed_state_part, restore_keyed_state,
+};
 use crate::operators::keyed_process::{key_group_route, keyed_backend};
+use crate::operators::source::restore_operator_state;
 use crate::operators::watermarks::combine_watermarks;
 use crate::time::Stamped;
 use crate::Epoch;
@@ -34,6 +41,10 @@ type OutputSession<'a, 'b, O, CT> = timely::dataflow::operators::generic::Sessio
     CapacityContainerBuilder<Vec<Stamped<O>>>,
     CT,
 >;
+
+/// The operator's output during one activation.
+type OutputHandle<'a, O> =
+    OutputBuilderSession<'a, Epoch, CapacityContainerBuilder<Vec<Stamped<O>>>>;
 
 /// Registers a broadcast state in a subtask's [`OperatorStateStore`].
 type Register = dyn Fn(&mut OperatorStateStore) -> Result<()> + Send + Sync;
@@ -124,17 +135,6 @@ where
     KS: Fn(&F::In) -> F::Key + Clone + Send + Sync + 'static,
 {
     fn build<'s>(&self, scope: Scope<'s, Epoch>, worker: &WorkerContext) -> Built<'s, F::Out> {
-        if worker.checkpoints.is_some() && worker.index == 0 {
-            // Refused rather than silently left out of every checkpoint.
-            worker.fail(
-                &self.name,
-                eddy_core::EddyError::Config(
-                    "checkpoints do not cover connect(broadcast) operators yet; run this job \
-                     without --checkpoint-interval-ms"
-                        .into(),
-                ),
-            );
-        }
         let keyed = self.keyed.build(scope, worker);
         let broadcast = self.broadcast.build(scope, worker);
         let keyed_upstream = self.keyed.parallelism(worker.peers);
@@ -161,10 +161,16 @@ where
         let mut subtask = (worker.index < parallelism)
             .then(|| BroadcastSubtask::open(self, worker, parallelism))
             .and_then(|opened| opened.map_err(|error| worker.fail(&self.name, error)).ok());
+        let participant = subtask
+            .is_some()
+            .then(|| worker.checkpoint_participant(&self.name, parallelism))
+            .flatten();
+        let mut barriers = BarrierTracker::new(worker.barriers);
         let failures = worker.failures();
         let (job, name, index) = (worker.job_name.clone(), self.name.clone(), worker.index);
         let fail = move |error: EddyError| failures.fail(&job, &name, index, error);
         let aborted = worker.failures();
+        let mut staged = Staged::<F::In, F::BroadcastIn>::default();
 
         let records = keyed
             .binary_frontier::<_, CapacityContainerBuilder<Vec<Stamped<F::Out>>>, _, _, _, _>(
@@ -179,40 +185,61 @@ where
                           (broadcast_input, broadcast_frontier),
                           output| {
                         // `for_each`, not `for_each_stamp`: it keeps the arrival order of the
-                        // messages, so every subtask applies the broadcast elements of one upstream
-                        // subtask in the same order (and the keyed elements of one key in order).
-                        // The broadcast input goes first, so a rule that arrives together with
-                        // events already applies to them.
+                        // messages, so every subtask applies the broadcast elements of one
+                        // upstream subtask in the same order (and the keyed elements of one key
+                        // in order).
                         broadcast_input.for_each(|stamp, batch| {
-                            let Some(task) = subtask.as_mut() else { return };
-                            if aborted.is_aborted() {
-                                return;
-                            }
-                            match catch_panic(|| task.process_broadcast_batch(batch)) {
-                                Ok(()) => task.flush(&mut output.session(&stamp)),
-                                Err(error) => {
-                                    fail(error);
-                                    subtask = None;
-                                }
-                            }
+                            staged.broadcast.push((
+                                stamp.least().copied().unwrap_or_default(),
+                                std::mem::take(batch),
+                            ));
                         });
                         keyed_input.for_each(|stamp, batch| {
-                            let Some(task) = subtask.as_mut() else { return };
-                            if aborted.is_aborted() {
-                                return;
-                            }
-                            match catch_panic(|| task.process_keyed_batch(batch)) {
-                                Ok(()) => task.flush(&mut output.session(&stamp)),
-                                Err(error) => {
-                                    fail(error);
-                                    subtask = None;
-                                }
-                            }
+                            staged.keyed.push((
+                                stamp.least().copied().unwrap_or_default(),
+                                std::mem::take(batch),
+                            ));
                         });
                         // Epochs are totally ordered: the joint frontier is the earlier of the two.
                         let keyed_time = keyed_frontier.frontier().first().copied();
                         let broadcast_time = broadcast_frontier.frontier().first().copied();
-                        match keyed_time.into_iter().chain(broadcast_time).min() {
+                        let frontier = keyed_time.into_iter().chain(broadcast_time).min();
+                        let Some(c) = cap.as_ref() else {
+                            staged.clear();
+                            return;
+                        };
+                        if aborted.is_aborted() {
+                            subtask = None;
+                        }
+                        staged.sort();
+                        // Flink's aligned checkpoint, as in the keyed process operator: nothing
+                        // past the next barrier applies until both inputs have passed it.
+                        loop {
+                            let limit = frontier.and(barriers.hold_after());
+                            staged.apply_until(&mut subtask, &fail, c, limit, output);
+                            let Some(hold) = limit else { break };
+                            if frontier.is_none_or(|f| f <= hold) {
+                                break;
+                            }
+                            let passed = barriers.passed(hold + 1);
+                            let (Some((coordinator, participant)), Some(task)) =
+                                (participant.as_ref(), subtask.as_ref())
+                            else {
+                                continue;
+                            };
+                            match catch_panic(|| task.snapshot()) {
+                                Ok(parts) => {
+                                    for id in passed {
+                                        coordinator.submit(participant, id, parts.clone());
+                                    }
+                                }
+                                Err(error) => {
+                                    fail(error);
+                                    subtask = None;
+                                }
+                            }
+                        }
+                        match frontier {
                             Some(time) => {
                                 if let Some(c) = cap.as_mut() {
                                     if *c.time() < time {
@@ -226,6 +253,17 @@ where
                                         fail(error);
                                     }
                                     task.flush(&mut output.session(c));
+                                    // A bounded job's final checkpoint: the state at the end.
+                                    if let Some((coordinator, participant)) = participant.as_ref() {
+                                        match catch_panic(|| task.snapshot()) {
+                                            Ok(parts) => coordinator.submit(
+                                                participant,
+                                                FINAL_CHECKPOINT,
+                                                parts,
+                                            ),
+                                            Err(error) => fail(error),
+                                        }
+                                    }
                                 }
                                 subtask = None;
                                 cap = None;
@@ -260,6 +298,101 @@ where
     }
 }
 
+/// Input held back until its epoch may apply (checkpoint alignment), per input, each in
+/// arrival order within an epoch.
+struct Staged<In, B> {
+    keyed: Vec<(Epoch, Vec<Stamped<In>>)>,
+    broadcast: Vec<(Epoch, Vec<Stamped<B>>)>,
+}
+
+impl<In, B> Default for Staged<In, B> {
+    fn default() -> Self {
+        Staged {
+            keyed: Vec::new(),
+            broadcast: Vec::new(),
+        }
+    }
+}
+
+impl<In: Data, B: Data> Staged<In, B> {
+    fn clear(&mut self) {
+        self.keyed.clear();
+        self.broadcast.clear();
+    }
+
+    /// Orders both inputs by epoch (stable: one sender's batches of an epoch keep their
+    /// order).
+    fn sort(&mut self) {
+        self.keyed.sort_by_key(|(epoch, _)| *epoch);
+        self.broadcast.sort_by_key(|(epoch, _)| *epoch);
+    }
+
+    /// Applies every held batch of an epoch up to `limit` (all if `None`) in epoch order,
+    /// an epoch's broadcast elements before its keyed ones (a rule that arrives together with
+    /// events already applies to them), emitting at each batch's epoch.
+    fn apply_until<F, KS>(
+        &mut self,
+        subtask: &mut Option<BroadcastSubtask<F, KS>>,
+        fail: &impl Fn(EddyError),
+        cap: &Capability<Epoch>,
+        limit: Option<Epoch>,
+        output: &mut OutputHandle<'_, F::Out>,
+    ) where
+        F: KeyedBroadcastProcessFunction<In = In, BroadcastIn = B>,
+        KS: Fn(&F::In) -> F::Key + Clone + Send + Sync + 'static,
+    {
+        let within = |epoch: Epoch| limit.is_none_or(|l| epoch <= l);
+        let ready_broadcast = self.broadcast.partition_point(|(e, _)| within(*e));
+        let ready_keyed = self.keyed.partition_point(|(e, _)| within(*e));
+        let mut broadcast = self.broadcast.drain(..ready_broadcast).peekable();
+        let mut keyed = self.keyed.drain(..ready_keyed).peekable();
+        loop {
+            let broadcast_first = match (broadcast.peek(), keyed.peek()) {
+                (Some((b, _)), Some((k, _))) => b <= k,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (None, None) => break,
+            };
+            let Some(task) = subtask.as_mut() else {
+                continue_draining(&mut broadcast, &mut keyed);
+                break;
+            };
+            let (epoch, outcome) = if broadcast_first {
+                match broadcast.next() {
+                    Some((epoch, mut batch)) => (
+                        epoch,
+                        catch_panic(|| task.process_broadcast_batch(&mut batch)),
+                    ),
+                    None => break,
+                }
+            } else {
+                match keyed.next() {
+                    Some((epoch, mut batch)) => {
+                        (epoch, catch_panic(|| task.process_keyed_batch(&mut batch)))
+                    }
+                    None => break,
+                }
+            };
+            match outcome {
+                Ok(()) => {
+                    let at = cap.delayed(&epoch.max(*cap.time()));
+                    task.flush(&mut output.session(&at));
+                }
+                Err(error) => {
+                    fail(error);
+                    *subtask = None;
+                }
+            }
+        }
+    }
+}
+
+/// Drops the rest of the held input of a subtask that has failed.
+fn continue_draining<I: Iterator, J: Iterator>(a: &mut I, b: &mut J) {
+    a.for_each(drop);
+    b.for_each(drop);
+}
+
 /// One subtask of a keyed broadcast operator: the function instance, its keyed state, its
 /// broadcast state and its keys.
 struct BroadcastSubtask<F: KeyedBroadcastProcessFunction, KS> {
@@ -288,8 +421,12 @@ where
         parallelism: usize,
     ) -> Result<Self> {
         let mut backend = keyed_backend(worker, parallelism)?;
+        restore_keyed_state(worker, &node.name, parallelism, &mut backend)?;
         backend.set_ttl_clock(std::sync::Arc::clone(&worker.config.clock.0));
+        // Restored before the states are registered (registration decodes them); broadcast
+        // state gives every subtask the whole state at any parallelism.
         let mut operator_state = OperatorStateStore::new();
+        restore_operator_state(worker, &node.name, parallelism, &mut operator_state)?;
         for spec in &node.broadcast_states {
             spec.register(&mut operator_state)?;
         }
@@ -302,6 +439,7 @@ where
                 parallelism,
             })
         })?;
+        finish_keyed_restore(worker, &node.name, &mut backend)?;
         backend.context().bind_to_operator(&node.name);
         Ok(BroadcastSubtask {
             function,
@@ -376,6 +514,21 @@ where
         };
         self.function
             .process_element(&mut self.state, event.value, &mut ctx, &mut out)
+    }
+
+    /// This subtask's part of a checkpoint: its keyed state and its broadcast state.
+    fn snapshot(&self) -> Result<Vec<Part>> {
+        let mut parts = keyed_state_part(&self.backend)?;
+        let broadcast = self.operator_state.snapshot()?;
+        let payload = postcard::to_stdvec(&broadcast)
+            .map_err(|e| EddyError::Internal(format!("cannot encode the broadcast state: {e}")))?;
+        parts.push(Part {
+            payload,
+            kind: PartKind::Operator,
+            key_groups: None,
+            states: Vec::new(),
+        });
+        Ok(parts)
     }
 
     fn close(&mut self) -> Result<()> {
