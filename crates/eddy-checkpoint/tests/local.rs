@@ -142,10 +142,18 @@ fn damaged_metadata_is_refused_naming_the_file() {
         (
             {
                 let mut newer = bytes.clone();
-                newer[8] = 2;
+                newer[8] = 3;
                 newer
             },
-            "format version 2",
+            "format version 3",
+        ),
+        (
+            {
+                let mut older = bytes.clone();
+                older[8] = 1;
+                older
+            },
+            "format version 1, which this Eddy no longer reads",
         ),
         (
             {

@@ -526,7 +526,6 @@ impl<K: Key> KeyedStateBackend<K> {
     /// the values that have expired by now; other TTL values are copied with their
     /// timestamps. Restored states that nobody registered are not part of it.
     pub fn snapshot(&self) -> Result<KeyedStateSnapshot> {
-        let range = self.context.key_group_range();
         let states: Vec<StateMeta> = self.metas.values().cloned().collect();
         let per_state: Vec<Vec<(KeyGroup, EntryBlock)>> = match &self.inner {
             BackendImpl::Heap(heap) => states
@@ -538,14 +537,37 @@ impl<K: Key> KeyedStateBackend<K> {
             #[cfg(feature = "rocksdb")]
             BackendImpl::RocksDb(rocksdb) => rocksdb.snapshot_states(&states)?,
         };
-        let mut groups: BTreeMap<KeyGroup, KeyGroupSnapshot> = BTreeMap::new();
-        for (kg, block) in per_state.into_iter().flatten() {
-            groups
-                .entry(kg)
-                .or_insert_with(|| KeyGroupSnapshot::new(kg))
-                .push_state(block);
+        Ok(self.snapshot_head(states)?.assemble(per_state))
+    }
+
+    /// A snapshot taken in two parts, for asynchronous checkpoints: the synchronous part
+    /// runs now, between two records, and [`PendingSnapshot::complete`] does the rest on any
+    /// thread while the backend goes on processing.
+    ///
+    /// For RocksDB the synchronous part is a RocksDB checkpoint (memtables flushed, SST files
+    /// hard-linked: tens of milliseconds whatever the state's size) plus the timers, and the
+    /// completion reads that checkpoint into the canonical format. The heap backend's
+    /// snapshot is complete at once (it copies the state now).
+    pub fn snapshot_pending(&self) -> Result<PendingSnapshot> {
+        let states: Vec<StateMeta> = self.metas.values().cloned().collect();
+        match &self.inner {
+            BackendImpl::Heap(_) => Ok(PendingSnapshot(Pending::Ready(self.snapshot()?))),
+            #[cfg(feature = "rocksdb")]
+            BackendImpl::RocksDb(rocksdb) => {
+                let scan = rocksdb.checkpoint_states(&states)?;
+                Ok(PendingSnapshot(Pending::RocksDb {
+                    scan,
+                    head: self.snapshot_head(states)?,
+                }))
+            }
         }
+    }
+
+    /// Everything of a snapshot but the states' entries: their metadata and the timers.
+    fn snapshot_head(&self, states: Vec<StateMeta>) -> Result<SnapshotHead> {
+        let range = self.context.key_group_range();
         let mut timer_metas = Vec::with_capacity(self.timer_services.len());
+        let mut timer_blocks = Vec::new();
         let mut writer = EntryWriter::new();
         for ((name, timers), index) in self.timer_services.iter().zip(0u32..) {
             timer_metas.push(timers.meta.clone());
@@ -555,20 +577,17 @@ impl<K: Key> KeyedStateBackend<K> {
                     .snapshot_group(offset, &mut writer)
                     .map_err(|e| e.in_state(name, kg, "cannot snapshot the timers of"))?;
                 if let Some(block) = writer.finish(index) {
-                    groups
-                        .entry(kg)
-                        .or_insert_with(|| KeyGroupSnapshot::new(kg))
-                        .push_timers(block);
+                    timer_blocks.push((kg, block));
                 }
             }
         }
-        Ok(KeyedStateSnapshot::new(
-            self.context.max_parallelism(),
+        Ok(SnapshotHead {
+            max_parallelism: self.context.max_parallelism(),
             range,
             states,
             timer_metas,
-            groups.into_values().collect(),
-        ))
+            timer_blocks,
+        })
     }
 
     /// Stages `snapshots` (of any old subtasks: rescaling) in this fresh backend; call it
@@ -618,6 +637,70 @@ impl<K: Key> KeyedStateBackend<K> {
     /// What a snapshot records about the registered state `name`.
     pub fn state_meta(&self, name: &str) -> Option<&StateMeta> {
         self.metas.get(name)
+    }
+}
+
+/// A keyed-state snapshot whose synchronous part is done (see
+/// [`KeyedStateBackend::snapshot_pending`]).
+pub struct PendingSnapshot(Pending);
+
+enum Pending {
+    Ready(KeyedStateSnapshot),
+    #[cfg(feature = "rocksdb")]
+    RocksDb {
+        scan: crate::rocksdb::CheckpointScan,
+        head: SnapshotHead,
+    },
+}
+
+impl PendingSnapshot {
+    /// Whether the snapshot is complete already (nothing left for another thread).
+    pub fn is_ready(&self) -> bool {
+        matches!(self.0, Pending::Ready(_))
+    }
+
+    /// Finishes the snapshot (for RocksDB: reads its checkpoint); may run on any thread.
+    pub fn complete(self) -> Result<KeyedStateSnapshot> {
+        match self.0 {
+            Pending::Ready(snapshot) => Ok(snapshot),
+            #[cfg(feature = "rocksdb")]
+            Pending::RocksDb { scan, head } => Ok(head.assemble(scan.read()?)),
+        }
+    }
+}
+
+/// The parts of a snapshot that are taken synchronously whatever the backend.
+struct SnapshotHead {
+    max_parallelism: usize,
+    range: KeyGroupRange,
+    states: Vec<StateMeta>,
+    timer_metas: Vec<TimerServiceMeta>,
+    timer_blocks: Vec<(KeyGroup, EntryBlock)>,
+}
+
+impl SnapshotHead {
+    /// The snapshot of these states with their entries `per_state` (in `states` order).
+    fn assemble(self, per_state: Vec<Vec<(KeyGroup, EntryBlock)>>) -> KeyedStateSnapshot {
+        let mut groups: BTreeMap<KeyGroup, KeyGroupSnapshot> = BTreeMap::new();
+        for (kg, block) in per_state.into_iter().flatten() {
+            groups
+                .entry(kg)
+                .or_insert_with(|| KeyGroupSnapshot::new(kg))
+                .push_state(block);
+        }
+        for (kg, block) in self.timer_blocks {
+            groups
+                .entry(kg)
+                .or_insert_with(|| KeyGroupSnapshot::new(kg))
+                .push_timers(block);
+        }
+        KeyedStateSnapshot::new(
+            self.max_parallelism,
+            self.range,
+            self.states,
+            self.timer_metas,
+            groups.into_values().collect(),
+        )
     }
 }
 

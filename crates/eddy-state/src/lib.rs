@@ -75,7 +75,7 @@ pub mod snapshot;
 pub mod timers;
 pub mod ttl;
 
-pub use backend::KeyedStateBackend;
+pub use backend::{KeyedStateBackend, PendingSnapshot};
 pub use descriptor::{
     AggregateFunction, AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor,
     ReduceFn, ReducingStateDescriptor, StateKind, ValueStateDescriptor,

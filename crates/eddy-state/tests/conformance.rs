@@ -106,6 +106,7 @@ macro_rules! conformance_suite {
                     max_parallelism_mismatch_is_refused,
                     type_mismatch_names_the_state_and_both_types,
                     schema_evolution_migrates_value_list_and_map_state,
+                    a_pending_snapshot_is_the_state_when_it_was_taken,
                     finish_restore_reports_unregistered_states,
                     cleanup_full_snapshot_leaves_expired_values_out,
                     corrupt_payloads_are_errors_not_panics,

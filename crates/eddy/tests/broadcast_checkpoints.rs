@@ -57,6 +57,19 @@ fn thresholds() -> MapStateDescriptor<u64, u64> {
 struct ThresholdAlerts {
     fail_at: u64,
     armed: Arc<AtomicBool>,
+    /// Before failing, wait (a bounded time) for a checkpoint newer than the one the run
+    /// started from, so the next run has one to restore (snapshots complete after their
+    /// barrier; on a loaded machine the first may not be done by the failure point).
+    after_checkpoint: (String, Option<u64>),
+}
+
+/// The newest complete checkpoint in `location`.
+fn newest_checkpoint(location: &str) -> Option<u64> {
+    let latest = eddy_checkpoint::Checkpoints::open(location)
+        .ok()?
+        .latest()
+        .ok()??;
+    Some(latest.metadata.checkpoint_id)
 }
 
 impl KeyedBroadcastProcessFunction for ThresholdAlerts {
@@ -78,6 +91,11 @@ impl KeyedBroadcastProcessFunction for ThresholdAlerts {
         out: &mut Collector<'_, Alert>,
     ) -> Result<()> {
         if index == self.fail_at && self.armed.swap(false, Ordering::SeqCst) {
+            let (location, since) = &self.after_checkpoint;
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while newest_checkpoint(location) <= *since && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
             return Err(EddyError::user("injected failure"));
         }
         match ctx.broadcast_state(&thresholds())?.get(&key)? {
@@ -127,13 +145,14 @@ struct Job<'a> {
 
 impl Job<'_> {
     fn run(&self) -> Result<JobResult> {
+        let location = self.dir.join("ckpt").to_string_lossy().into_owned();
         let config = JobConfig {
             parallelism: self.parallelism,
             max_parallelism: Some(128),
             state_backend: self.backend.clone(),
             checkpoint: CheckpointConfig {
                 interval: Some(Duration::from_millis(50)),
-                location: Some(self.dir.join("ckpt").to_string_lossy().into_owned()),
+                location: Some(location.clone()),
                 retained: 2,
                 restore: self.restore.clone(),
                 restart: self.restart.clone(),
@@ -160,6 +179,7 @@ impl Job<'_> {
             ThresholdAlerts {
                 fail_at: self.fail_at.unwrap_or(u64::MAX),
                 armed: Arc::new(AtomicBool::new(self.fail_at.is_some())),
+                after_checkpoint: (location.clone(), newest_checkpoint(&location)),
             },
         )
         .uid("alerts")

@@ -21,6 +21,28 @@ use serde::{Deserialize, Serialize};
 struct Totals {
     fail_at: u64,
     armed: Arc<AtomicBool>,
+    /// Before failing, wait (a bounded time) until a checkpoint newer than this one (the
+    /// location and the newest id at the start) is complete, so that the run after the
+    /// failure has one to restore: snapshots complete a little after their barrier, and
+    /// on a loaded machine the first one may not be done by the failure point.
+    after_checkpoint: Option<(String, Option<u64>)>,
+}
+
+/// The newest complete checkpoint in `location`.
+fn newest_checkpoint(location: &str) -> Option<u64> {
+    let latest = Checkpoints::open(location).ok()?.latest().ok()??;
+    Some(latest.metadata.checkpoint_id)
+}
+
+/// Waits up to 20 s for a complete checkpoint newer than `since` in `location`.
+fn wait_for_checkpoint_after(location: &str, since: Option<u64>) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if newest_checkpoint(location) > since {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -51,6 +73,9 @@ impl KeyedProcessFunction for Totals {
         out: &mut Collector<'_, Out>,
     ) -> Result<()> {
         if tx.transaction_id == self.fail_at && self.armed.swap(false, Ordering::SeqCst) {
+            if let Some((location, since)) = &self.after_checkpoint {
+                wait_for_checkpoint_after(location, *since);
+            }
             return Err(EddyError::user("injected failure"));
         }
         let bucket = tx.amount / 10_000;
@@ -129,17 +154,17 @@ impl<'a> Job<'a> {
     }
 
     fn run(&self) -> Result<JobResult> {
+        let location = self
+            .location
+            .clone()
+            .unwrap_or_else(|| self.dir.join("ckpt").to_string_lossy().into_owned());
         let config = JobConfig {
             parallelism: self.parallelism,
             max_parallelism: self.max_parallelism,
             state_backend: self.backend.clone(),
             checkpoint: CheckpointConfig {
                 interval: Some(Duration::from_millis(50)),
-                location: Some(
-                    self.location
-                        .clone()
-                        .unwrap_or_else(|| self.dir.join("ckpt").to_string_lossy().into_owned()),
-                ),
+                location: Some(location.clone()),
                 retained: 2,
                 restore: self.restore.clone(),
                 allow_non_restored_state: self.allow_non_restored_state,
@@ -166,6 +191,7 @@ impl<'a> Job<'a> {
                     Totals {
                         fail_at: u64::MAX,
                         armed: Arc::new(AtomicBool::new(false)),
+                        after_checkpoint: None,
                     },
                 )
                 .uid("other")
@@ -178,6 +204,7 @@ impl<'a> Job<'a> {
                     Totals {
                         fail_at: self.fail_at.unwrap_or(u64::MAX),
                         armed: Arc::new(AtomicBool::new(self.fail_at.is_some())),
+                        after_checkpoint: Some((location.clone(), newest_checkpoint(&location))),
                     },
                 )
                 .uid("totals")
@@ -260,9 +287,39 @@ fn rescale_chain(backends: [StateBackendKind; 4]) {
             ..Job::new(dir.path())
         }
         .run();
-        assert_eq!(result.is_ok(), last, "step {step}: {:?}", result.err());
+        assert_eq!(
+            result.is_ok(),
+            last,
+            "step {step}: {:?}; stored: {:?}",
+            result.as_ref().err(),
+            listing(&dir.path().join("ckpt"))
+        );
     }
     assert_eq!(published(&dir.path().join("out")), expected());
+}
+
+/// The files under `dir`, for failure messages.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        for entry in std::fs::read_dir(&next).into_iter().flatten().flatten() {
+            if entry.path().is_dir() {
+                pending.push(entry.path());
+            } else {
+                files.push(
+                    entry
+                        .path()
+                        .strip_prefix(dir)
+                        .unwrap()
+                        .display()
+                        .to_string(),
+                );
+            }
+        }
+    }
+    files.sort();
+    files
 }
 
 #[test]
@@ -456,6 +513,7 @@ fn file_source_resumes_at_its_checkpointed_offsets() {
             Totals {
                 fail_at: 3 * EVENTS / 4,
                 armed: Arc::new(AtomicBool::new(true)),
+                after_checkpoint: None,
             },
         )
         .sink_named("out", FileSink::json_lines(dir.path().join("out")));
@@ -476,8 +534,12 @@ fn a_checkpoint_that_cannot_be_written_fails_the_job() {
     let running = std::thread::spawn(move || Job::new(&job_dir).run().map(|_| ()));
     // Once the job runs, the checkpoint directory turns into a file: every write fails.
     std::thread::sleep(Duration::from_millis(300));
-    std::fs::remove_dir_all(&root).unwrap();
-    std::fs::write(&root, b"not a directory").unwrap();
+    // The coordinator may be writing into it meanwhile: retry until the swap holds.
+    let swapped = (0..100).any(|_| {
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::write(&root, b"not a directory").is_ok() && root.is_file()
+    });
+    assert!(swapped, "could not replace {} by a file", root.display());
     let err = running.join().unwrap().unwrap_err().to_string();
     assert!(
         err.contains("checkpoint coordinator") && err.contains("could not be written"),

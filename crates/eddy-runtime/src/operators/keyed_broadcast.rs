@@ -18,14 +18,14 @@ use timely::dataflow::Scope;
 use crate::broadcast_function::{
     BroadcastContext, KeyedBroadcastProcessFunction, ReadOnlyBroadcastContext,
 };
-use crate::checkpoint::{BarrierTracker, Part, PartKind, FINAL_CHECKPOINT};
+use crate::checkpoint::{BarrierTracker, Part, PartKind};
 use crate::failure::catch_panic;
 use crate::function::{Collector, OpenContext};
 use crate::graph::{Built, StreamNode, WorkerContext};
 use crate::metrics::OperatorMetrics;
 use crate::operators::check_parallelism;
 use crate::operators::keyed_checkpoint::{
-    finish_keyed_restore, keyed_state_part, restore_keyed_state,
+    finish_keyed_restore, keyed_state_part, restore_keyed_state, PendingParts, SnapshotUploader,
 };
 use crate::operators::keyed_process::{key_group_route, keyed_backend};
 use crate::operators::source::restore_operator_state;
@@ -161,10 +161,11 @@ where
         let mut subtask = (worker.index < parallelism)
             .then(|| BroadcastSubtask::open(self, worker, parallelism))
             .and_then(|opened| opened.map_err(|error| worker.fail(&self.name, error)).ok());
-        let participant = subtask
+        let mut uploader = subtask
             .is_some()
             .then(|| worker.checkpoint_participant(&self.name, parallelism))
-            .flatten();
+            .flatten()
+            .map(|participant| SnapshotUploader::new(participant, worker, &self.name));
         let mut barriers = BarrierTracker::new(worker.barriers);
         let failures = worker.failures();
         let (job, name, index) = (worker.job_name.clone(), self.name.clone(), worker.index);
@@ -222,16 +223,14 @@ where
                                 break;
                             }
                             let passed = barriers.passed(hold + 1);
-                            let (Some((coordinator, participant)), Some(task)) =
-                                (participant.as_ref(), subtask.as_ref())
+                            let (Some(uploader), Some(task)) =
+                                (uploader.as_mut(), subtask.as_ref())
                             else {
                                 continue;
                             };
                             match catch_panic(|| task.snapshot()) {
                                 Ok(parts) => {
-                                    for id in passed {
-                                        coordinator.submit(participant, id, parts.clone());
-                                    }
+                                    uploader.submit(passed.collect(), parts);
                                 }
                                 Err(error) => {
                                     fail(error);
@@ -254,15 +253,8 @@ where
                                     }
                                     task.flush(&mut output.session(c));
                                     // A bounded job's final checkpoint: the state at the end.
-                                    if let Some((coordinator, participant)) = participant.as_ref() {
-                                        match catch_panic(|| task.snapshot()) {
-                                            Ok(parts) => coordinator.submit(
-                                                participant,
-                                                FINAL_CHECKPOINT,
-                                                parts,
-                                            ),
-                                            Err(error) => fail(error),
-                                        }
+                                    if let Some(uploader) = uploader.as_mut() {
+                                        uploader.submit_final(catch_panic(|| task.snapshot()));
                                     }
                                 }
                                 subtask = None;
@@ -517,18 +509,16 @@ where
     }
 
     /// This subtask's part of a checkpoint: its keyed state and its broadcast state.
-    fn snapshot(&self) -> Result<Vec<Part>> {
-        let mut parts = keyed_state_part(&self.backend)?;
+    fn snapshot(&self) -> Result<PendingParts> {
         let broadcast = self.operator_state.snapshot()?;
         let payload = postcard::to_stdvec(&broadcast)
             .map_err(|e| EddyError::Internal(format!("cannot encode the broadcast state: {e}")))?;
-        parts.push(Part {
+        Ok(keyed_state_part(&self.backend)?.with(Part {
             payload,
             kind: PartKind::Operator,
             key_groups: None,
             states: Vec::new(),
-        });
-        Ok(parts)
+        }))
     }
 
     fn close(&mut self) -> Result<()> {

@@ -6,12 +6,62 @@ use eddy_core::{EddyError, Key, KeyGroupRange, Result};
 use eddy_state::snapshot::old_subtasks_for;
 use eddy_state::{KeyedStateBackend, KeyedStateSnapshot};
 
-use crate::checkpoint::{Part, PartKind};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crate::checkpoint::{Coordinator, Part, PartKind, Participant, FINAL_CHECKPOINT};
+use crate::failure::{catch_panic, FailureState};
 use crate::graph::WorkerContext;
 
-/// The subtask's keyed state (every state and timer service) as its part of a checkpoint.
-pub(crate) fn keyed_state_part<K: Key>(backend: &KeyedStateBackend<K>) -> Result<Vec<Part>> {
-    let snapshot = backend.snapshot()?;
+/// A subtask's part of a checkpoint, possibly still to be completed off the worker thread.
+pub(crate) enum PendingParts {
+    /// Complete: the snapshot was taken in full on the worker thread.
+    Ready(Vec<Part>),
+    /// The synchronous part is done (the state as of the barrier is fixed); the rest may run
+    /// on another thread.
+    Later(Box<dyn FnOnce() -> Result<Vec<Part>> + Send>),
+}
+
+impl PendingParts {
+    /// These parts and `extra`.
+    pub(crate) fn with(self, extra: Part) -> PendingParts {
+        match self {
+            PendingParts::Ready(mut parts) => {
+                parts.push(extra);
+                PendingParts::Ready(parts)
+            }
+            PendingParts::Later(complete) => PendingParts::Later(Box::new(move || {
+                let mut parts = complete()?;
+                parts.push(extra);
+                Ok(parts)
+            })),
+        }
+    }
+
+    /// Completes the parts here, on this thread.
+    pub(crate) fn complete(self) -> Result<Vec<Part>> {
+        match self {
+            PendingParts::Ready(parts) => Ok(parts),
+            PendingParts::Later(complete) => complete(),
+        }
+    }
+}
+
+/// The subtask's keyed state (every state and timer service) as its part of a checkpoint:
+/// taken asynchronously where the backend can (RocksDB), see
+/// [`KeyedStateBackend::snapshot_pending`].
+pub(crate) fn keyed_state_part<K: Key>(backend: &KeyedStateBackend<K>) -> Result<PendingParts> {
+    let pending = backend.snapshot_pending()?;
+    if pending.is_ready() {
+        return Ok(PendingParts::Ready(parts_of(pending.complete()?)?));
+    }
+    Ok(PendingParts::Later(Box::new(move || {
+        parts_of(pending.complete()?)
+    })))
+}
+
+/// A finished keyed-state snapshot as the one part of a checkpoint it is.
+fn parts_of(snapshot: KeyedStateSnapshot) -> Result<Vec<Part>> {
     let states = snapshot
         .states()
         .iter()
@@ -83,4 +133,108 @@ pub(crate) fn finish_keyed_restore<K: Key>(
             unregistered.join(", ")
         ),
     ))
+}
+
+/// Completes a subtask's pending checkpoint parts on a background thread, one snapshot at a
+/// time, and hands them to the coordinator; a failure there fails the job like a failure of
+/// the operator itself.
+pub(crate) struct SnapshotUploader {
+    coordinator: Arc<Coordinator>,
+    participant: Participant,
+    failures: Arc<FailureState>,
+    job: String,
+    name: String,
+    subtask: usize,
+    running: Option<JoinHandle<()>>,
+}
+
+impl SnapshotUploader {
+    /// The uploader of `participant`'s parts (operator `name`, subtask `subtask` of `job`).
+    pub(crate) fn new(
+        (coordinator, participant): (Arc<Coordinator>, Participant),
+        worker: &WorkerContext,
+        name: &str,
+    ) -> Self {
+        SnapshotUploader {
+            coordinator,
+            participant,
+            failures: worker.failures(),
+            job: worker.job_name.clone(),
+            name: name.to_string(),
+            subtask: worker.index,
+            running: None,
+        }
+    }
+
+    /// Submits `parts` for every checkpoint in `ids` (a frontier may pass several at once).
+    /// Complete parts go now and come back, so an unchanged state can reuse them; pending
+    /// ones are completed on a background thread after the previous one has finished (which
+    /// bounds the disk space of RocksDB checkpoints in flight to one).
+    pub(crate) fn submit(&mut self, ids: Vec<u64>, parts: PendingParts) -> Option<Vec<Part>> {
+        match parts {
+            PendingParts::Ready(parts) => {
+                for id in ids {
+                    self.coordinator
+                        .submit(&self.participant, id, parts.clone());
+                }
+                Some(parts)
+            }
+            PendingParts::Later(complete) => {
+                self.wait();
+                let (coordinator, participant) =
+                    (Arc::clone(&self.coordinator), self.participant.clone());
+                let failures = Arc::clone(&self.failures);
+                let (job, name, subtask) = (self.job.clone(), self.name.clone(), self.subtask);
+                let upload = move || match catch_panic(complete) {
+                    Ok(parts) => {
+                        for id in ids {
+                            coordinator.submit(&participant, id, parts.clone());
+                        }
+                    }
+                    Err(error) => failures.fail(&job, &name, subtask, error),
+                };
+                let thread = std::thread::Builder::new()
+                    .name(format!("eddy-snapshot-{}-{}", self.name, self.subtask))
+                    .spawn(upload);
+                match thread {
+                    Ok(handle) => self.running = Some(handle),
+                    Err(error) => self.failures.fail(
+                        &self.job,
+                        &self.name,
+                        self.subtask,
+                        EddyError::Internal(format!("cannot start a snapshot thread: {error}")),
+                    ),
+                }
+                None
+            }
+        }
+    }
+
+    /// Submits the final checkpoint's parts, completed on this thread after any snapshot
+    /// still running.
+    pub(crate) fn submit_final(&mut self, parts: Result<PendingParts>) {
+        self.wait();
+        match parts.and_then(PendingParts::complete) {
+            Ok(parts) => self
+                .coordinator
+                .submit(&self.participant, FINAL_CHECKPOINT, parts),
+            Err(error) => self
+                .failures
+                .fail(&self.job, &self.name, self.subtask, error),
+        }
+    }
+
+    /// Waits for the snapshot running in the background, if any.
+    pub(crate) fn wait(&mut self) {
+        if let Some(handle) = self.running.take() {
+            // A panic there was caught and reported already.
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for SnapshotUploader {
+    fn drop(&mut self) {
+        self.wait();
+    }
 }

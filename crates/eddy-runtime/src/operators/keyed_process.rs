@@ -10,7 +10,6 @@ use eddy_core::{EddyError, Key, KeyGroup, KeyGroupRange, Result};
 use eddy_state::{KeyContext, KeyedStateBackend, PrefetchDepth, TimeDomain, Timer};
 use timely::dataflow::Scope;
 
-use crate::checkpoint::Part;
 use crate::config::StateBackendKind;
 use crate::failure::catch_panic;
 use crate::function::{Collector, Context, KeyedProcessFunction, OpenContext, TimerService};
@@ -18,7 +17,7 @@ use crate::graph::{Built, StreamNode, WorkerContext};
 use crate::metrics::OperatorMetrics;
 use crate::operators::keyed_shell::{build_keyed_node, KeyedTask};
 use crate::operators::{
-    check_parallelism, finish_keyed_restore, keyed_state_part, restore_keyed_state,
+    check_parallelism, finish_keyed_restore, keyed_state_part, restore_keyed_state, PendingParts,
 };
 use crate::time::{Stamped, WatermarkClock, MIN_WATERMARK, NO_TIMESTAMP};
 use crate::Epoch;
@@ -362,7 +361,7 @@ where
         self.timers.clock.now_ms()
     }
 
-    fn snapshot(&mut self) -> Result<Vec<Part>> {
+    fn snapshot(&mut self) -> Result<PendingParts> {
         keyed_state_part(&self.backend)
     }
 }

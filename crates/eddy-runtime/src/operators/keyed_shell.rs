@@ -14,11 +14,12 @@ use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Scope;
 
-use crate::checkpoint::{BarrierTracker, Part, FINAL_CHECKPOINT};
+use crate::checkpoint::{BarrierTracker, Part};
 use crate::failure::catch_panic;
 use crate::graph::{Built, StreamNode, WorkerContext};
 use crate::metrics::OperatorMetrics;
 use crate::operators::key_group_route;
+use crate::operators::keyed_checkpoint::{PendingParts, SnapshotUploader};
 use crate::time::{InputWatermarks, Stamped, WatermarkAdvance, WatermarkMessage, WatermarkStatus};
 use crate::Epoch;
 
@@ -49,8 +50,8 @@ pub(crate) trait KeyedTask: 'static {
     fn now(&self) -> u64;
 
     /// A consistent snapshot of the subtask's state, taken between two records: the part
-    /// this subtask contributes to a checkpoint.
-    fn snapshot(&mut self) -> Result<Vec<Part>>;
+    /// this subtask contributes to a checkpoint (possibly completed later, on another thread).
+    fn snapshot(&mut self) -> Result<PendingParts>;
 }
 
 /// How a keyed operator reaches its task and reports failures.
@@ -150,10 +151,11 @@ where
     let timer_poll = spec.timer_poll;
     let metrics = spec.metrics;
 
-    let participant = task
+    let mut uploader = task
         .is_some()
         .then(|| worker.checkpoint_participant(spec.name, spec.parallelism))
-        .flatten();
+        .flatten()
+        .map(|participant| SnapshotUploader::new(participant, worker, spec.name));
     let mut barriers = BarrierTracker::new(worker.barriers);
     let mut advances: VecDeque<WatermarkAdvance> = VecDeque::new();
     // The last snapshot and whether anything was applied since: a frontier that jumps over
@@ -218,18 +220,13 @@ where
                     break;
                 }
                 let passed = barriers.passed(hold + 1);
-                if let Some((coordinator, participant)) = participant.as_ref() {
+                if let Some(uploader) = uploader.as_mut() {
                     let parts = match last_snapshot.take() {
-                        Some(parts) => Ok(parts),
+                        Some(parts) => Ok(PendingParts::Ready(parts)),
                         None => take_snapshot(&mut task),
                     };
                     match parts {
-                        Ok(parts) => {
-                            for id in passed {
-                                coordinator.submit(participant, id, parts.clone());
-                            }
-                            last_snapshot = Some(parts);
-                        }
+                        Ok(parts) => last_snapshot = uploader.submit(passed.collect(), parts),
                         Err(error) => {
                             fail(error);
                             task = None;
@@ -260,11 +257,8 @@ where
                     run(&mut task, &fail, |t| t.close());
                     out.send(&mut task, &caps[0]);
                     // A bounded job's final checkpoint: the state after the end of input.
-                    if let Some((coordinator, participant)) = participant.as_ref() {
-                        match take_snapshot(&mut task) {
-                            Ok(parts) => coordinator.submit(participant, FINAL_CHECKPOINT, parts),
-                            Err(error) => fail(error),
-                        }
+                    if let Some(uploader) = uploader.as_mut() {
+                        uploader.submit_final(take_snapshot(&mut task));
                     }
                     task = None;
                     held = None;
@@ -356,7 +350,7 @@ fn pop_if(
 }
 
 /// The task's snapshot; a panic in it is an error like any other.
-fn take_snapshot<T: KeyedTask>(task: &mut Option<T>) -> Result<Vec<Part>> {
+fn take_snapshot<T: KeyedTask>(task: &mut Option<T>) -> Result<PendingParts> {
     match task.as_mut() {
         Some(t) => catch_panic(|| t.snapshot()),
         None => Err(EddyError::Internal(

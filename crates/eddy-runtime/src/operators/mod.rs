@@ -10,7 +10,9 @@ mod stateless;
 mod watermarks;
 
 pub use keyed_broadcast::{BroadcastStateSpec, KeyedBroadcastInputs, KeyedBroadcastNode};
-pub(crate) use keyed_checkpoint::{finish_keyed_restore, keyed_state_part, restore_keyed_state};
+pub(crate) use keyed_checkpoint::{
+    finish_keyed_restore, keyed_state_part, restore_keyed_state, PendingParts,
+};
 pub use keyed_process::KeyedProcessNode;
 pub(crate) use keyed_process::{key_group_route, keyed_backend};
 pub use sink::SinkOperatorNode;

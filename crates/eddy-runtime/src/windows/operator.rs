@@ -16,13 +16,13 @@ use eddy_state::{
 use serde::{Deserialize, Serialize};
 use timely::dataflow::Scope;
 
-use crate::checkpoint::Part;
 use crate::function::Collector;
 use crate::graph::{Built, StreamNode, WorkerContext};
 use crate::metrics::OperatorMetrics;
 use crate::operators::keyed_shell::{build_keyed_node, KeyedTask};
 use crate::operators::{
     check_parallelism, finish_keyed_restore, keyed_backend, keyed_state_part, restore_keyed_state,
+    PendingParts,
 };
 use crate::time::{ProcessingClock, Stamped, MIN_WATERMARK};
 use crate::windows::{MergingWindowSet, TimeWindow, WindowAssigner, WindowMerge};
@@ -648,7 +648,7 @@ where
         self.clock.now_ms()
     }
 
-    fn snapshot(&mut self) -> Result<Vec<Part>> {
+    fn snapshot(&mut self) -> Result<PendingParts> {
         keyed_state_part(&self.backend)
     }
 }

@@ -95,6 +95,7 @@ use self::core::{FailureSlot, StateCore};
 use self::db::Db;
 use self::list::{append_merge, ListShared, RocksList};
 use self::map::RocksMap;
+pub(crate) use self::snapshot::CheckpointScan;
 use self::ttl::{SharedClock, TtlFilterFactory, TtlLayout, TtlRules};
 use self::value::{RocksAggregating, RocksReducing, RocksValue};
 use crate::descriptor::{

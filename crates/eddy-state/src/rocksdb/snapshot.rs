@@ -7,11 +7,15 @@
 //! write batches.
 
 use eddy_core::{EddyError, Key, KeyGroup, Result};
-use rocksdb::{ReadOptions, SnapshotWithThreadMode, WriteBatch};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rocksdb::checkpoint::Checkpoint;
+use rocksdb::{ColumnFamilyDescriptor, Options, ReadOptions, WriteBatch};
 
 use super::codec::{ttl_timestamp, Elements};
 use super::db::{decode_error, rocks_error, Rdb};
-use super::list::append_chunks;
+use super::list::{append_chunks, append_merge};
 use super::ttl::now_ms;
 use super::{Registered, RocksDbKeyedStateBackend};
 use crate::descriptor::StateKind;
@@ -58,6 +62,77 @@ struct PendingList {
     elements: Vec<u8>,
 }
 
+/// What reading one state's column family into canonical blocks needs, detached from the
+/// backend (so that a background thread can read a RocksDB checkpoint of it).
+pub(crate) struct StateScan {
+    name: String,
+    index: u32,
+    cf_name: String,
+    kind: StateKind,
+    ttl: bool,
+    /// Where `cleanup_full_snapshot` cuts expired values off, fixed when the snapshot is taken.
+    cut: Option<TtlCut>,
+    split_key: fn(&[u8]) -> Option<(usize, usize)>,
+}
+
+/// A RocksDB checkpoint of the live instance (hard links to its SST files, taken at the
+/// barrier: the synchronous part of an asynchronous snapshot), read into canonical blocks
+/// later, on any thread. Its directory is deleted when it is dropped.
+pub(crate) struct CheckpointScan {
+    dir: CheckpointDir,
+    scans: Vec<StateScan>,
+}
+
+impl CheckpointScan {
+    /// Opens the checkpoint read-only and reads every state into canonical blocks.
+    pub(crate) fn read(self) -> Result<Vec<Vec<(KeyGroup, EntryBlock)>>> {
+        if self.scans.is_empty() {
+            return Ok(Vec::new());
+        }
+        let descriptors = self.scans.iter().map(|scan| {
+            let mut options = Options::default();
+            // Merge operands of lists may still be unmerged in the files.
+            if scan.kind == StateKind::List {
+                options.set_merge_operator_associative("eddy-list-append", append_merge);
+            }
+            ColumnFamilyDescriptor::new(scan.cf_name.clone(), options)
+        });
+        let rdb = Rdb::open_cf_descriptors_read_only(
+            &Options::default(),
+            &self.dir.0,
+            descriptors,
+            false,
+        )
+        .map_err(|e| {
+            EddyError::Internal(format!(
+                "cannot open the RocksDB checkpoint {}: {e}",
+                self.dir.0.display()
+            ))
+        })?;
+        let blocks = self
+            .scans
+            .iter()
+            .map(|scan| scan_state(&rdb, scan, ReadOptions::default()))
+            .collect();
+        drop(rdb); // closed before its directory goes
+        blocks
+    }
+}
+
+/// The directory of a RocksDB checkpoint, next to the instance's own; deleted when dropped.
+struct CheckpointDir(PathBuf);
+
+/// Distinguishes the checkpoint directories of one process.
+static CHECKPOINTS: AtomicU64 = AtomicU64::new(0);
+
+impl Drop for CheckpointDir {
+    fn drop(&mut self) {
+        // Best effort, as for the instance directory: leftover hard links cost disk space,
+        // never correctness.
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 impl<K: Key> RocksDbKeyedStateBackend<K> {
     /// The entries of `states` (registered states, in snapshot order), per non-empty key
     /// group, all read from one RocksDB snapshot so that they are consistent.
@@ -65,101 +140,154 @@ impl<K: Key> RocksDbKeyedStateBackend<K> {
         &self,
         states: &[StateMeta],
     ) -> Result<Vec<Vec<(KeyGroup, EntryBlock)>>> {
+        let scans = self.state_scans(states)?;
         let snapshot = self.db.rdb.snapshot();
-        states
+        scans
             .iter()
-            .zip(0u32..)
-            .map(|(meta, index)| self.snapshot_state(&meta.name, index, &snapshot))
+            .map(|scan| {
+                let mut read = ReadOptions::default();
+                read.set_snapshot(&snapshot);
+                scan_state(&self.db.rdb, scan, read)
+            })
             .collect()
     }
 
-    fn snapshot_state(
-        &self,
-        name: &str,
-        index: u32,
-        snapshot: &SnapshotWithThreadMode<'_, Rdb>,
-    ) -> Result<Vec<(KeyGroup, EntryBlock)>> {
-        let registered = self.registered(name)?;
-        let cut = registered.ttl.as_ref().and_then(|c| self.cut(name, c));
-        let ttl = registered.ttl.is_some();
-        let cf = self.db.cf(&registered.cf_name)?;
-        let mut read = ReadOptions::default();
-        read.set_snapshot(snapshot);
-        // A snapshot reads everything once: the block cache stays the job's.
-        read.fill_cache(false);
-        let mut iter = self.db.rdb.raw_iterator_cf_opt(&cf, read);
-        iter.seek_to_first();
-        let mut blocks = Blocks {
-            index,
-            kg: None,
-            writer: EntryWriter::new(),
-            done: Vec::new(),
+    /// The synchronous part of an asynchronous snapshot of `states`: a RocksDB checkpoint
+    /// (memtables flushed, SST files hard-linked into a new directory), consistent across
+    /// all states, which [`CheckpointScan::read`] turns into canonical blocks later while the
+    /// live instance goes on taking writes.
+    pub(crate) fn checkpoint_states(&self, states: &[StateMeta]) -> Result<CheckpointScan> {
+        let scans = self.state_scans(states)?;
+        let mut name = self.db.path().as_os_str().to_os_string();
+        name.push(format!(
+            "-checkpoint-{}",
+            CHECKPOINTS.fetch_add(1, Ordering::Relaxed)
+        ));
+        let dir = CheckpointDir(PathBuf::from(name));
+        let fail = |e: rocksdb::Error| {
+            EddyError::Internal(format!(
+                "cannot take a RocksDB checkpoint into {}: {e}",
+                dir.0.display()
+            ))
         };
-        let mut pending: Option<PendingList> = None;
-        while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
-            let kg = key.get(..2).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
-            let (key_end, ns_end) = (registered.split_key)(key)
-                .ok_or_else(|| decode_error(name, kg, "key", "not a key of this state's types"))?;
-            let fail = |e: SnapshotError| e.in_state(name, kg, "cannot snapshot");
-            match registered.kind {
-                StateKind::List => {
-                    let prefix = &key[..ns_end];
-                    let same = pending.as_ref().is_some_and(|p| p.prefix == prefix);
-                    if !same {
-                        if let Some(list) = pending.take() {
-                            write_list(&mut blocks, list, ttl, cut).map_err(&fail)?;
-                        }
-                        pending = Some(PendingList {
-                            prefix: prefix.to_vec(),
-                            key_end,
-                            elements: Vec::new(),
-                        });
-                    }
-                    if let Some(list) = pending.as_mut() {
-                        list.elements.extend_from_slice(value);
-                    }
-                }
-                kind => {
-                    let user_key = match kind {
-                        StateKind::Map => Some(&key[ns_end..]),
-                        _ if ns_end == key.len() => None,
-                        _ => {
-                            return Err(decode_error(name, kg, "key", "trailing bytes"));
-                        }
-                    };
-                    if ttl {
-                        let ts = ttl_timestamp(value).ok_or_else(|| {
-                            decode_error(name, kg, "value", "too short for its TTL header")
-                        })?;
-                        if TtlCut::drops(cut, ts) {
-                            iter.next();
-                            continue;
-                        }
-                    }
-                    blocks
-                        .at(kg)
-                        .entry(&key[2..key_end], &key[key_end..ns_end], user_key, |buf| {
-                            buf.extend_from_slice(value);
-                            Ok::<_, SnapshotError>(true)
-                        })
-                        .map_err(fail)?;
-                }
-            }
-            iter.next();
-        }
-        iter.status().map_err(|e| rocks_error(name, 0, e))?;
-        if let Some(list) = pending.take() {
-            let kg = list
-                .prefix
-                .get(..2)
-                .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
-            write_list(&mut blocks, list, ttl, cut)
-                .map_err(|e| e.in_state(name, kg, "cannot snapshot"))?;
-        }
-        blocks.flush();
-        Ok(blocks.done)
+        Checkpoint::new(&self.db.rdb)
+            .and_then(|checkpoint| checkpoint.create_checkpoint(&dir.0))
+            .map_err(fail)?;
+        Ok(CheckpointScan { dir, scans })
     }
 
+    /// How to read each of `states`, with TTL cuts taken now.
+    pub(crate) fn state_scans(&self, states: &[StateMeta]) -> Result<Vec<StateScan>> {
+        states
+            .iter()
+            .zip(0u32..)
+            .map(|(meta, index)| {
+                let registered = self.registered(&meta.name)?;
+                Ok(StateScan {
+                    name: meta.name.clone(),
+                    index,
+                    cf_name: registered.cf_name.clone(),
+                    kind: registered.kind,
+                    ttl: registered.ttl.is_some(),
+                    cut: registered
+                        .ttl
+                        .as_ref()
+                        .and_then(|c| self.cut(&meta.name, c)),
+                    split_key: registered.split_key,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Reads one state's column family of `rdb` (the live instance at a snapshot, or a RocksDB
+/// checkpoint of it) into one canonical block per non-empty key group.
+pub(crate) fn scan_state(
+    rdb: &Rdb,
+    scan: &StateScan,
+    mut read: ReadOptions,
+) -> Result<Vec<(KeyGroup, EntryBlock)>> {
+    let name = scan.name.as_str();
+    let cf = rdb.cf_handle(&scan.cf_name).ok_or_else(|| {
+        EddyError::Internal(format!("state \"{name}\" has no RocksDB column family"))
+    })?;
+    // A snapshot reads everything once: the block cache stays the job's.
+    read.fill_cache(false);
+    let mut iter = rdb.raw_iterator_cf_opt(&cf, read);
+    iter.seek_to_first();
+    let mut blocks = Blocks {
+        index: scan.index,
+        kg: None,
+        writer: EntryWriter::new(),
+        done: Vec::new(),
+    };
+    let (ttl, cut) = (scan.ttl, scan.cut);
+    let mut pending: Option<PendingList> = None;
+    while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+        let kg = key.get(..2).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+        let (key_end, ns_end) = (scan.split_key)(key)
+            .ok_or_else(|| decode_error(name, kg, "key", "not a key of this state's types"))?;
+        let fail = |e: SnapshotError| e.in_state(name, kg, "cannot snapshot");
+        match scan.kind {
+            StateKind::List => {
+                let prefix = &key[..ns_end];
+                let same = pending.as_ref().is_some_and(|p| p.prefix == prefix);
+                if !same {
+                    if let Some(list) = pending.take() {
+                        write_list(&mut blocks, list, ttl, cut).map_err(&fail)?;
+                    }
+                    pending = Some(PendingList {
+                        prefix: prefix.to_vec(),
+                        key_end,
+                        elements: Vec::new(),
+                    });
+                }
+                if let Some(list) = pending.as_mut() {
+                    list.elements.extend_from_slice(value);
+                }
+            }
+            kind => {
+                let user_key = match kind {
+                    StateKind::Map => Some(&key[ns_end..]),
+                    _ if ns_end == key.len() => None,
+                    _ => {
+                        return Err(decode_error(name, kg, "key", "trailing bytes"));
+                    }
+                };
+                if ttl {
+                    let ts = ttl_timestamp(value).ok_or_else(|| {
+                        decode_error(name, kg, "value", "too short for its TTL header")
+                    })?;
+                    if TtlCut::drops(cut, ts) {
+                        iter.next();
+                        continue;
+                    }
+                }
+                blocks
+                    .at(kg)
+                    .entry(&key[2..key_end], &key[key_end..ns_end], user_key, |buf| {
+                        buf.extend_from_slice(value);
+                        Ok::<_, SnapshotError>(true)
+                    })
+                    .map_err(fail)?;
+            }
+        }
+        iter.next();
+    }
+    iter.status().map_err(|e| rocks_error(name, 0, e))?;
+    if let Some(list) = pending.take() {
+        let kg = list
+            .prefix
+            .get(..2)
+            .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
+        write_list(&mut blocks, list, ttl, cut)
+            .map_err(|e| e.in_state(name, kg, "cannot snapshot"))?;
+    }
+    blocks.flush();
+    Ok(blocks.done)
+}
+
+impl<K: Key> RocksDbKeyedStateBackend<K> {
     /// Where a snapshot of a TTL state configured by `config` cuts expired values off, if it
     /// does (`cleanup_full_snapshot`): at the current time of the state's clock.
     fn cut(&self, name: &str, config: &StateTtlConfig) -> Option<TtlCut> {

@@ -954,3 +954,34 @@ pub(super) fn schema_evolution_migrates_value_list_and_map_state(
     );
     Ok(())
 }
+
+/// An asynchronous snapshot is the state at the moment its synchronous part ran: writes,
+/// clears and new timers after it are not in it, and it equals a synchronous snapshot taken
+/// at that moment (entries, timers and metadata), for every state type.
+pub(super) fn a_pending_snapshot_is_the_state_when_it_was_taken(
+    factory: Factory,
+) -> Result<(), EddyError> {
+    let mut b = full(factory);
+    let states = AllStates::register(&mut b)?;
+    states.fill(&b, KEYS)?;
+    let expected = b.snapshot()?;
+    let pending = b.snapshot_pending()?;
+    // The backend goes on: overwrite, clear and add after the barrier.
+    for k in KEYS {
+        b.set_current_key(k)?;
+        states.value.update("after".into())?;
+        states.list.add(12345)?;
+        states.map.clear()?;
+        states.ttl_value.clear()?;
+    }
+    states.fill(&b, 10_000..10_050)?;
+    // Completed on another thread, as the runtime does.
+    let completed = std::thread::spawn(move || pending.complete())
+        .join()
+        .map_err(|_| EddyError::Internal("the completion thread panicked".into()))??;
+    assert_eq!(completed.states(), expected.states());
+    assert_eq!(completed.timer_services(), expected.timer_services());
+    assert_eq!(canonical(&completed)?, canonical(&expected)?);
+    assert!(completed.entry_count() > 1000);
+    Ok(())
+}
