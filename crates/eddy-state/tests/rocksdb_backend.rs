@@ -398,3 +398,33 @@ fn a_list_larger_than_2_gib_with_bounded_memory() -> Result<(), EddyError> {
     assert!(grown < 1 << 30, "peak RSS grew by {grown} bytes");
     Ok(())
 }
+
+/// One memory budget per process: a second instance with the same budget shares the first
+/// one's block cache (memtables charged to it), one with another budget has its own.
+#[test]
+fn instances_with_one_budget_share_one_cache() -> Result<(), EddyError> {
+    // A budget no other test uses, so that their instances do not share this cache.
+    let config = RocksDbConfig::default().with_memory_budget(77 << 20);
+    let mut first = backend(&config);
+    let values = first.value_state(&ValueStateDescriptor::<String>::new("v"))?;
+    for key in 0..20_000u64 {
+        first.set_current_key(key)?;
+        values.update(format!("a value long enough to fill the memtable {key}"))?;
+    }
+    let used = rocks(&first).block_cache_usage();
+    assert!(
+        used > 1 << 20,
+        "the memtable is charged to the cache: {used}"
+    );
+    let second = backend(&config);
+    assert!(
+        rocks(&second).block_cache_usage() >= used,
+        "a new instance with the same budget sees the shared cache"
+    );
+    let other = backend(&RocksDbConfig::default().with_memory_budget(78 << 20));
+    assert!(
+        rocks(&other).block_cache_usage() < used,
+        "another budget has its own cache"
+    );
+    Ok(())
+}

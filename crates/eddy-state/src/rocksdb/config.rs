@@ -1,6 +1,8 @@
 //! [`RocksDbConfig`]: where a RocksDB backend keeps its files and how much memory it may use.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use rocksdb::{
     BlockBasedIndexType, BlockBasedOptions, Cache, DBCompressionType, Options, WriteBufferManager,
@@ -8,17 +10,29 @@ use rocksdb::{
 
 const MIB: usize = 1024 * 1024;
 
+/// The memory every RocksDB instance of a process with one budget shares.
+#[derive(Clone)]
+pub(crate) struct SharedMemory {
+    /// The block cache, which the memtables are charged to as well.
+    pub(crate) cache: Cache,
+    /// Flushes memtables once they use their share of the budget.
+    pub(crate) write_buffers: WriteBufferManager,
+}
+
 /// The configuration of an embedded RocksDB keyed state backend (one RocksDB instance per
 /// keyed operator subtask).
 ///
-/// Defaults follow Flink's managed memory for RocksDB: one memory budget per instance, split
-/// into a shared block cache that also accounts for the memtables (through a write-buffer
-/// manager charging the cache), the memtables taking up to half of it.
+/// Memory follows Flink's managed memory for RocksDB, with **one budget per process**: every
+/// instance of the process (each keyed operator subtask on each worker) shares one block
+/// cache that also accounts for the memtables (through one write-buffer manager charging the
+/// cache), the memtables taking up to half of it. So the memory RocksDB uses does not grow
+/// with the parallelism or the number of keyed operators; instances with another budget
+/// share their own.
 ///
 /// | setting | default |
 /// | --- | --- |
 /// | [`working_dir`](Self::working_dir) | the OS temp directory |
-/// | [`memory_budget`](Self::memory_budget) | 64 MiB |
+/// | [`memory_budget`](Self::memory_budget) | 128 MiB per process |
 /// | [`write_buffer_ratio`](Self::write_buffer_ratio) | 0.5 |
 /// | [`write_buffer_size`](Self::write_buffer_size) | 16 MiB per state |
 /// | [`max_write_buffer_number`](Self::max_write_buffer_number) | 2 |
@@ -41,8 +55,8 @@ pub struct RocksDbConfig {
     /// is a working copy; durability comes from checkpoints, as in Flink). `None`: the OS
     /// temp directory.
     pub working_dir: Option<PathBuf>,
-    /// Bytes of memory for the block cache, memtables included (Flink's managed memory share
-    /// of one slot).
+    /// Bytes of memory for the block cache, memtables included, shared by every RocksDB
+    /// instance of the process with this budget (Flink's managed memory).
     pub memory_budget: usize,
     /// The share of [`memory_budget`](Self::memory_budget) memtables may use before RocksDB
     /// flushes them (Flink's `state.backend.rocksdb.memory.write-buffer-ratio`).
@@ -67,7 +81,7 @@ impl Default for RocksDbConfig {
     fn default() -> Self {
         RocksDbConfig {
             working_dir: None,
-            memory_budget: 64 * MIB,
+            memory_budget: 128 * MIB,
             write_buffer_ratio: 0.5,
             write_buffer_size: 16 * MIB,
             max_write_buffer_number: 2,
@@ -124,24 +138,42 @@ impl RocksDbConfig {
         Ok(())
     }
 
-    /// The block cache of one instance: the whole budget (memtables are charged to it).
-    pub(crate) fn block_cache(&self) -> Cache {
-        Cache::new_lru_cache(self.memory_budget)
+    /// The block cache and write-buffer manager of this process's budget: created by the
+    /// first instance with this budget and shared by every later one, so that the memory of
+    /// all RocksDB instances of a process (every keyed operator subtask on every worker) is
+    /// bounded by one budget, whatever the parallelism.
+    pub(crate) fn shared_memory(&self) -> SharedMemory {
+        static SHARED: OnceLock<Mutex<HashMap<(usize, u64), SharedMemory>>> = OnceLock::new();
+        let key = (self.memory_budget, self.write_buffer_ratio.to_bits());
+        let mut shared = SHARED
+            .get_or_init(Mutex::default)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        shared
+            .entry(key)
+            .or_insert_with(|| {
+                let cache = Cache::new_lru_cache(self.memory_budget);
+                // `as` is exact enough here: a share of a byte count, rounded down.
+                let write_buffers = (self.memory_budget as f64 * self.write_buffer_ratio) as usize;
+                let write_buffers = WriteBufferManager::new_write_buffer_manager_with_cache(
+                    write_buffers,
+                    false,
+                    cache.clone(),
+                );
+                SharedMemory {
+                    cache,
+                    write_buffers,
+                }
+            })
+            .clone()
     }
 
-    /// The database-wide options: memtables charged to `cache` up to their share.
-    pub(crate) fn db_options(&self, cache: &Cache) -> Options {
+    /// The database-wide options: memtables charged to the shared cache up to their share.
+    pub(crate) fn db_options(&self, memory: &SharedMemory) -> Options {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
-        // `as` is exact enough here: a share of a byte count, rounded down.
-        let write_buffers = (self.memory_budget as f64 * self.write_buffer_ratio) as usize;
-        let manager = WriteBufferManager::new_write_buffer_manager_with_cache(
-            write_buffers,
-            false,
-            cache.clone(),
-        );
-        opts.set_write_buffer_manager(&manager);
+        opts.set_write_buffer_manager(&memory.write_buffers);
         // RocksDB's info log would otherwise grow for the life of the job in the instance
         // directory; one small file is enough for diagnosis.
         opts.set_keep_log_file_num(1);

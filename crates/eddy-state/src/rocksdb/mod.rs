@@ -66,7 +66,8 @@
 //!   dropped once all of its elements have expired; merge operands are only filtered once a
 //!   compaction has merged them into a value.
 //! * `state_len` and `keys` scan the state's column family: O(state size).
-//! * Memory: see [`RocksDbConfig`] (a block cache that also accounts for the memtables).
+//! * Memory: see [`RocksDbConfig`] (one block cache per process that also accounts for the
+//!   memtables of every instance).
 
 mod codec;
 mod config;
@@ -163,8 +164,9 @@ impl<K: Key> RocksDbKeyedStateBackend<K> {
     /// subtask whose current key lives in `context`.
     pub fn new(context: Rc<KeyContext<K>>, config: &RocksDbConfig) -> Result<Self> {
         config.validate()?;
-        let cache = config.block_cache();
-        let db = Db::open(config, config.db_options(&cache))?;
+        let memory = config.shared_memory();
+        let db = Db::open(config, config.db_options(&memory))?;
+        let cache = memory.cache;
         Ok(RocksDbKeyedStateBackend {
             context,
             db: Rc::new(db),
@@ -199,6 +201,12 @@ impl<K: Key> RocksDbKeyedStateBackend<K> {
     /// The column family of the state called `name`, if registered.
     pub fn column_family_name(&self, name: &str) -> Option<&str> {
         self.states.get(name).map(|r| r.cf_name.as_str())
+    }
+
+    /// Bytes in use in the block cache this instance shares with every instance of the
+    /// process that has the same memory budget (memtables included).
+    pub fn block_cache_usage(&self) -> usize {
+        self.cache.get_usage()
     }
 
     /// The value of a RocksDB statistics ticker (0 unless [`RocksDbConfig::statistics`]).
