@@ -15,6 +15,9 @@ use eddy::prelude::*;
 use eddy::StateBackendKind;
 use serde::{Deserialize, Serialize};
 
+mod exactly_once;
+use exactly_once::{newest_checkpoint, published, wait_for_checkpoint_after};
+
 const EVENTS: u64 = 20_000;
 const KEYS: u64 = 50;
 /// Keys `0..RULED_KEYS` get a rule; the others never do, so their events wait forever.
@@ -63,15 +66,6 @@ struct ThresholdAlerts {
     after_checkpoint: (String, Option<u64>),
 }
 
-/// The newest complete checkpoint in `location`.
-fn newest_checkpoint(location: &str) -> Option<u64> {
-    let latest = eddy_checkpoint::Checkpoints::open(location)
-        .ok()?
-        .latest()
-        .ok()??;
-    Some(latest.metadata.checkpoint_id)
-}
-
 impl KeyedBroadcastProcessFunction for ThresholdAlerts {
     type Key = u64;
     type In = (u64, u64, u64);
@@ -92,10 +86,7 @@ impl KeyedBroadcastProcessFunction for ThresholdAlerts {
     ) -> Result<()> {
         if index == self.fail_at && self.armed.swap(false, Ordering::SeqCst) {
             let (location, since) = &self.after_checkpoint;
-            let deadline = std::time::Instant::now() + Duration::from_secs(20);
-            while newest_checkpoint(location) <= *since && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
+            wait_for_checkpoint_after(location, *since);
             return Err(EddyError::user("injected failure"));
         }
         match ctx.broadcast_state(&thresholds())?.get(&key)? {
@@ -199,19 +190,6 @@ fn expected() -> Vec<Alert> {
     alerts
 }
 
-fn published(dir: &Path) -> Vec<Alert> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        if entry.path().is_file() {
-            for line in std::fs::read_to_string(entry.path()).unwrap().lines() {
-                out.push(serde_json::from_str(line).unwrap());
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 fn backends() -> [StateBackendKind; 2] {
     [
         StateBackendKind::Heap,
@@ -238,7 +216,7 @@ fn a_failed_broadcast_job_restarts_from_its_checkpoint_exactly_once() {
         .unwrap();
         assert_eq!(result.restarts, 1, "{backend:?}");
         assert!(!result.checkpoints.is_empty(), "{backend:?}");
-        let alerts = published(&dir.path().join("out"));
+        let alerts = published::<Alert>(&dir.path().join("out"));
         assert!(
             alerts.len() > 1000,
             "{backend:?}: the test should alert often"
@@ -271,7 +249,7 @@ fn broadcast_and_keyed_state_restore_at_other_parallelisms() {
             );
         }
         assert_eq!(
-            published(&dir.path().join("out")),
+            published::<Alert>(&dir.path().join("out")),
             expected(),
             "{backend:?}"
         );

@@ -16,6 +16,9 @@ use eddy::StateBackendKind;
 use eddy_checkpoint::Checkpoints;
 use serde::{Deserialize, Serialize};
 
+mod exactly_once;
+use exactly_once::{newest_checkpoint, published, wait_for_checkpoint_after};
+
 /// Running count and sum per customer; fails once at `fail_at` while `armed` is set.
 #[derive(Clone)]
 struct Totals {
@@ -26,23 +29,6 @@ struct Totals {
     /// failure has one to restore: snapshots complete a little after their barrier, and
     /// on a loaded machine the first one may not be done by the failure point.
     after_checkpoint: Option<(String, Option<u64>)>,
-}
-
-/// The newest complete checkpoint in `location`.
-fn newest_checkpoint(location: &str) -> Option<u64> {
-    let latest = Checkpoints::open(location).ok()?.latest().ok()??;
-    Some(latest.metadata.checkpoint_id)
-}
-
-/// Waits up to 20 s for a complete checkpoint newer than `since` in `location`.
-fn wait_for_checkpoint_after(location: &str, since: Option<u64>) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while std::time::Instant::now() < deadline {
-        if newest_checkpoint(location) > since {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -104,19 +90,6 @@ fn expected() -> Vec<Out> {
         t.count += 1;
         t.sum += tx.amount;
         out.push(*t);
-    }
-    out.sort_unstable();
-    out
-}
-
-fn published(dir: &Path) -> Vec<Out> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        if entry.path().is_file() {
-            for line in std::fs::read_to_string(entry.path()).unwrap().lines() {
-                out.push(serde_json::from_str(line).unwrap());
-            }
-        }
     }
     out.sort_unstable();
     out
@@ -220,7 +193,7 @@ fn bounded_job_ends_with_a_final_checkpoint_and_exactly_once_output() {
     let dir = tempfile::tempdir().unwrap();
     let result = Job::new(dir.path()).run().unwrap();
     assert!(!result.checkpoints.is_empty());
-    assert_eq!(published(&dir.path().join("out")), expected());
+    assert_eq!(published::<Out>(&dir.path().join("out")), expected());
     let latest = Checkpoints::open(&dir.path().join("ckpt").to_string_lossy())
         .unwrap()
         .latest()
@@ -263,7 +236,7 @@ fn restart_strategy_recovers_from_a_failure_exactly_once() {
         .unwrap();
         assert_eq!(result.restarts, 1, "{backend:?}");
         assert_eq!(
-            published(&dir.path().join("out")),
+            published::<Out>(&dir.path().join("out")),
             expected(),
             "{backend:?}"
         );
@@ -295,7 +268,7 @@ fn rescale_chain(backends: [StateBackendKind; 4]) {
             listing(&dir.path().join("ckpt"))
         );
     }
-    assert_eq!(published(&dir.path().join("out")), expected());
+    assert_eq!(published::<Out>(&dir.path().join("out")), expected());
 }
 
 /// The files under `dir`, for failure messages.
@@ -465,7 +438,7 @@ fn checkpoints_on_a_real_s3_server_recover_a_failed_job() {
     .run()
     .unwrap();
     assert_eq!(result.restarts, 1);
-    assert_eq!(published(&dir.path().join("out")), expected());
+    assert_eq!(published::<Out>(&dir.path().join("out")), expected());
     let latest = Checkpoints::open(&location).unwrap().latest().unwrap();
     assert!(latest.is_some_and(|l| l.location.starts_with("s3://")));
 }
@@ -519,7 +492,7 @@ fn file_source_resumes_at_its_checkpointed_offsets() {
         .sink_named("out", FileSink::json_lines(dir.path().join("out")));
     let result = env.execute("file-source-checkpoints").unwrap();
     assert_eq!(result.restarts, 1);
-    assert_eq!(published(&dir.path().join("out")), expected());
+    assert_eq!(published::<Out>(&dir.path().join("out")), expected());
     // Read again from scratch, the source would have read about 1.75 N records in all; from a
     // checkpoint taken past the first file's middle, well under 1.5 N.
     let read = result.operator("files").unwrap().records_out;
