@@ -13,6 +13,11 @@
 //! | W4 | `ValueState<Transaction>` with TTL 1 h (`OnCreateAndWrite`) | as W1: measures what TTL costs |
 //! | W5 | tumbling 1-minute event-time windows (aggregating state per window) | add `amount` to the customer's window; emit `(sum, count)` per window |
 //! | W6 | event-time session windows, gap 10 s (merging windows) | as W5 per session; timestamps `base + i / 100` ms so sessions form |
+//! | W2-value | `ValueState<Vec<Transaction>>` | as W2, but the list is read whole (`value()`), appended to and written back (`update`) on every event |
+//! | W3-value | `ValueState<HashMap<u64, u64>>` | as W3, but the map is read whole, changed and written back on every event |
+//!
+//! W2-value and W3-value emit exactly W2's and W3's records: they measure what the guide's
+//! advice ("prefer `ListState`/`MapState` over collections in a `ValueState`") saves.
 //!
 //! W5 and W6 stamp events with their `timestamp` field (W6 first rewrites it) under
 //! `for_monotonous_timestamps` (each source split is in timestamp order). W6's timestamps put
@@ -26,10 +31,14 @@
 //! This crate is used by the `eddy-bench` binary and by the `eddy` CLI; it must not be used
 //! by the engine crates.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
+use eddy::layers::state::KeyedStateSnapshot;
 use eddy::prelude::*;
+use eddy::{BackendFlag, JobFlags};
 
 /// The benchmark workloads.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +57,14 @@ pub enum Workload {
     W5,
     /// Event-time session windows (gap 10 s) summing `amount` per customer session.
     W6,
+    /// W2 with the list in a `ValueState<Vec<Transaction>>`: read whole, appended to and
+    /// written back on every event (the pattern the guide advises against).
+    #[value(name = "w2-value")]
+    W2Value,
+    /// W3 with the map in a `ValueState<HashMap<u64, u64>>`: read whole, changed and written
+    /// back on every event.
+    #[value(name = "w3-value")]
+    W3Value,
 }
 
 /// The workload parameters (the anchor's flags).
@@ -111,6 +128,18 @@ pub fn run(
     args: &WorkloadArgs,
     env: &StreamExecutionEnvironment,
 ) -> Result<Report> {
+    run_probed(workload, args, env, None, args.events)
+}
+
+/// [`run`], with the keyed function's `open()` reported to `probe`, checking that `expected`
+/// events were processed.
+fn run_probed(
+    workload: Workload,
+    args: &WorkloadArgs,
+    env: &StreamExecutionEnvironment,
+    probe: Option<OpenProbe>,
+    expected: u64,
+) -> Result<Report> {
     // The anchor's `--checkpoint-ms`: into --checkpoint-dir, or a fresh temporary directory.
     let interval = Duration::from_millis(args.checkpoint_ms);
     let _scratch = match (args.checkpoint_ms, env.config().checkpoint.location) {
@@ -144,12 +173,14 @@ pub fn run(
     let (sink_count, sink_checksum): (Counter, Counter) = match workload {
         Workload::W0 => {
             let sink = CountingSink::with_checksum(|tx: &Transaction| tx.transaction_id);
-            keyed.process_named("process", Forward).sink(sink.clone());
+            keyed
+                .process_named("process", Probed::new(Forward, &probe))
+                .sink(sink.clone());
             counters(sink)
         }
         Workload::W1 => {
             let sink = CountingSink::with_checksum(|tx: &Transaction| tx.transaction_id);
-            let stream = keyed.process_named("process", LatestTransaction);
+            let stream = keyed.process_named("process", Probed::new(LatestTransaction, &probe));
             match args.sink_rate {
                 Some(rate) => stream.sink(Throttled::new(sink.clone(), rate)),
                 None => stream.sink(sink.clone()),
@@ -161,9 +192,12 @@ pub fn run(
             keyed
                 .process_named(
                     "process",
-                    LatestTransactionWithTtl {
-                        ttl: Duration::from_secs(3600),
-                    },
+                    Probed::new(
+                        LatestTransactionWithTtl {
+                            ttl: Duration::from_secs(3600),
+                        },
+                        &probe,
+                    ),
                 )
                 .sink(sink.clone());
             counters(sink)
@@ -171,25 +205,51 @@ pub fn run(
         Workload::W2 => {
             let sink = CountingSink::with_checksum(|sum: &u64| *sum);
             keyed
-                .process_named("process", ListSum { emit_every: e })
+                .process_named("process", Probed::new(ListSum { emit_every: e }, &probe))
                 .sink(sink.clone());
             counters(sink)
         }
         Workload::W3 => {
             let sink = CountingSink::with_checksum(|value: &u64| *value);
             keyed
-                .process_named("process", MapSums { emit_every: e })
+                .process_named("process", Probed::new(MapSums { emit_every: e }, &probe))
                 .sink(sink.clone());
             counters(sink)
         }
-        Workload::W5 | Workload::W6 => window_workload(workload, keyed)?,
+        Workload::W2Value => {
+            let sink = CountingSink::with_checksum(|sum: &u64| *sum);
+            keyed
+                .process_named(
+                    "process",
+                    Probed::new(ListInValueSum { emit_every: e }, &probe),
+                )
+                .sink(sink.clone());
+            counters(sink)
+        }
+        Workload::W3Value => {
+            let sink = CountingSink::with_checksum(|value: &u64| *value);
+            keyed
+                .process_named(
+                    "process",
+                    Probed::new(MapInValueSums { emit_every: e }, &probe),
+                )
+                .sink(sink.clone());
+            counters(sink)
+        }
+        Workload::W5 | Workload::W6 => {
+            if probe.is_some() {
+                return Err(EddyError::Config(format!(
+                    "the restore measurement covers W0-W4 and W2-value/W3-value, not {workload:?}"
+                )));
+            }
+            window_workload(workload, keyed)?
+        }
     };
     let result = env.execute(&format!("bench-{workload:?}"))?;
     let processed = result.operator("process").map_or(0, |o| o.records_in);
-    if processed != args.events {
+    if processed != expected {
         return Err(EddyError::Internal(format!(
-            "processed {processed} events, expected {}",
-            args.events
+            "processed {processed} events, expected {expected}"
         )));
     }
     Ok(Report {
@@ -485,6 +545,307 @@ impl KeyedProcessFunction for MapSums {
     }
 }
 
+/// W2-value: W2 with the list in a `ValueState<Vec<Transaction>>`, read whole and written
+/// back on every event.
+#[derive(Clone)]
+pub struct ListInValueSum {
+    /// E.
+    pub emit_every: u64,
+}
+
+impl KeyedProcessFunction for ListInValueSum {
+    type Key = u64;
+    type In = Transaction;
+    type Out = u64;
+    type State = ValueState<Vec<Transaction>>;
+
+    fn open(&mut self, ctx: &mut OpenContext<'_, u64>) -> Result<Self::State> {
+        ctx.value_state(&ValueStateDescriptor::new("transactions"))
+    }
+
+    #[inline]
+    fn process_element(
+        &mut self,
+        list: &mut Self::State,
+        tx: Transaction,
+        _: &mut Context<'_, u64>,
+        out: &mut Collector<'_, u64>,
+    ) -> Result<()> {
+        let mut all = list.value()?.unwrap_or_default();
+        all.push(tx);
+        if tx.transaction_id % self.emit_every == 0 {
+            let sum = all.iter().fold(0u64, |sum, t| sum.wrapping_add(t.amount));
+            out.collect(sum);
+        }
+        list.update(all)
+    }
+}
+
+/// W3-value: W3 with the map in a `ValueState<HashMap<u64, u64>>`, read whole and written
+/// back on every event.
+#[derive(Clone)]
+pub struct MapInValueSums {
+    /// E.
+    pub emit_every: u64,
+}
+
+impl KeyedProcessFunction for MapInValueSums {
+    type Key = u64;
+    type In = Transaction;
+    type Out = u64;
+    type State = ValueState<HashMap<u64, u64>>;
+
+    fn open(&mut self, ctx: &mut OpenContext<'_, u64>) -> Result<Self::State> {
+        ctx.value_state(&ValueStateDescriptor::new("sums"))
+    }
+
+    #[inline]
+    fn process_element(
+        &mut self,
+        sums: &mut Self::State,
+        tx: Transaction,
+        _: &mut Context<'_, u64>,
+        out: &mut Collector<'_, u64>,
+    ) -> Result<()> {
+        let mut map = sums.value()?.unwrap_or_default();
+        let bucket = tx.transaction_id % 100;
+        let sum = map.get(&bucket).copied().unwrap_or(0) + tx.amount;
+        map.insert(bucket, sum);
+        if tx.transaction_id % self.emit_every == 0 {
+            out.collect(sum);
+        }
+        sums.update(map)
+    }
+}
+
+/// Records when each keyed subtask's `open()` returned: with a restore, its state is loaded
+/// by then (the backend loads each restored state when `open()` registers it).
+#[derive(Clone, Default)]
+pub struct OpenProbe {
+    opened: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl OpenProbe {
+    /// When the subtasks' `open()` calls returned, in the order they did.
+    pub fn opened(&self) -> Vec<Instant> {
+        self.opened
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// A keyed function that reports its `open()` to an [`OpenProbe`] (if any) and otherwise
+/// is `F`.
+#[derive(Clone)]
+pub struct Probed<F> {
+    inner: F,
+    probe: Option<OpenProbe>,
+}
+
+impl<F> Probed<F> {
+    /// `inner`, reporting to `probe`.
+    pub fn new(inner: F, probe: &Option<OpenProbe>) -> Self {
+        Probed {
+            inner,
+            probe: probe.clone(),
+        }
+    }
+}
+
+impl<F: KeyedProcessFunction> KeyedProcessFunction for Probed<F> {
+    type Key = F::Key;
+    type In = F::In;
+    type Out = F::Out;
+    type State = F::State;
+
+    fn open(&mut self, ctx: &mut OpenContext<'_, F::Key>) -> Result<F::State> {
+        let state = self.inner.open(ctx)?;
+        if let Some(probe) = &self.probe {
+            probe
+                .opened
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Instant::now());
+        }
+        Ok(state)
+    }
+
+    #[inline]
+    fn process_element(
+        &mut self,
+        state: &mut F::State,
+        input: F::In,
+        ctx: &mut Context<'_, F::Key>,
+        out: &mut Collector<'_, F::Out>,
+    ) -> Result<()> {
+        self.inner.process_element(state, input, ctx, out)
+    }
+
+    fn on_timer(
+        &mut self,
+        state: &mut F::State,
+        timestamp: u64,
+        ctx: &mut OnTimerContext<'_, F::Key>,
+        out: &mut Collector<'_, F::Out>,
+    ) -> Result<()> {
+        self.inner.on_timer(state, timestamp, ctx, out)
+    }
+
+    fn close(&mut self, state: &mut F::State, out: &mut Collector<'_, F::Out>) -> Result<()> {
+        self.inner.close(state, out)
+    }
+}
+
+/// The restore-time measurement's settings (`--measure-restore`).
+#[derive(Args, Clone, Debug)]
+pub struct RestoreArgs {
+    /// Measure restore time instead of throughput: run the workload once (at --parallelism,
+    /// on the given backend) ending in a savepoint, then restore that savepoint at each
+    /// --restore-parallelism into each --restore-backends, --restore-runs times each.
+    #[arg(long)]
+    pub measure_restore: bool,
+    /// The parallelisms to restore at.
+    #[arg(long, value_delimiter = ',', default_values_t = [2usize, 4])]
+    pub restore_parallelism: Vec<usize>,
+    /// The backends to restore into (the savepoint format is the same for both).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [BackendFlag::Heap, BackendFlag::RocksDb])]
+    pub restore_backends: Vec<BackendFlag>,
+    /// Restores per (parallelism, backend).
+    #[arg(long, default_value_t = 3)]
+    pub restore_runs: usize,
+}
+
+/// The savepoint a restore measurement restores.
+#[derive(Clone, Debug)]
+pub struct BenchSavepoint {
+    /// Its directory (path).
+    pub location: String,
+    /// The parallelism it was taken at.
+    pub parallelism: usize,
+    /// Its number of key groups.
+    pub max_parallelism: usize,
+    /// Keyed-state entries of the keyed operator (values, list elements' lists, map entries).
+    pub entries: u64,
+    /// Bytes of its keyed-state files.
+    pub keyed_bytes: u64,
+}
+
+/// One restore of a [`BenchSavepoint`].
+#[derive(Clone, Debug)]
+pub struct RestoreRun {
+    /// The parallelism restored at.
+    pub parallelism: usize,
+    /// The backend restored into.
+    pub backend: BackendFlag,
+    /// From `execute()` until the last keyed subtask's `open()` returned, i.e. until every
+    /// subtask's state was loaded: reading and checking every savepoint file, starting the
+    /// workers, decoding and filtering each subtask's key groups, loading them into the
+    /// backend.
+    pub restore_time: Duration,
+    /// The whole restored job (it has no input left), including teardown.
+    pub job_time: Duration,
+}
+
+/// Runs `workload` with `args` under `flags` (its parallelism and backend) once, ending in a
+/// savepoint under `dir`, and describes that savepoint.
+pub fn build_savepoint(
+    workload: Workload,
+    args: &WorkloadArgs,
+    flags: &JobFlags,
+    dir: &std::path::Path,
+) -> Result<(Report, BenchSavepoint)> {
+    let mut flags = flags.clone();
+    flags.checkpoint_dir = Some(dir.to_string_lossy().into_owned());
+    // Only the final checkpoint of the bounded job: one savepoint of the whole state.
+    flags.checkpoint_interval_ms = Some(3_600_000);
+    flags.savepoint_on_finish = Some("restore-bench".to_string());
+    flags.restore = None;
+    let env = StreamExecutionEnvironment::from_flags(&flags)?;
+    let args = WorkloadArgs {
+        checkpoint_ms: 0,
+        ..args.clone()
+    };
+    let report = run(workload, &args, &env)?;
+    let checkpoints = eddy_checkpoint::Checkpoints::open(&dir.to_string_lossy())?;
+    let point = checkpoints.resolve("savepoint-restore-bench")?;
+    let operator = point
+        .metadata
+        .operator("process")
+        .ok_or_else(|| EddyError::Internal("the savepoint holds no state of \"process\"".into()))?;
+    let (mut entries, mut keyed_bytes) = (0, 0);
+    for subtask in &operator.subtasks {
+        for file in &subtask.files {
+            if file.kind == eddy_checkpoint::FileKind::KeyedState {
+                let payload = point.read_part(&file.path, file.kind)?;
+                keyed_bytes += file.size;
+                entries += KeyedStateSnapshot::decode(&payload, &file.path)?.entry_count();
+            }
+        }
+    }
+    let savepoint = BenchSavepoint {
+        location: point.location(),
+        parallelism: report.parallelism,
+        max_parallelism: point.metadata.max_parallelism as usize,
+        entries,
+        keyed_bytes,
+    };
+    Ok((report, savepoint))
+}
+
+/// Restores `savepoint` (of `workload` with `args`) at `parallelism` into `backend` and
+/// measures how long until every keyed subtask has its state; the restored job has no
+/// input left and processes nothing (checked).
+pub fn restore_once(
+    workload: Workload,
+    args: &WorkloadArgs,
+    flags: &JobFlags,
+    savepoint: &BenchSavepoint,
+    parallelism: usize,
+    backend: BackendFlag,
+) -> Result<RestoreRun> {
+    let mut flags = flags.clone();
+    flags.parallelism = parallelism as u64;
+    flags.max_parallelism = Some(savepoint.max_parallelism as u64);
+    flags.state_backend = backend;
+    flags.checkpoint_dir = None;
+    flags.checkpoint_interval_ms = None;
+    flags.savepoint_on_finish = None;
+    flags.restore = Some(savepoint.location.clone());
+    let env = StreamExecutionEnvironment::from_flags(&flags)?;
+    let args = WorkloadArgs {
+        checkpoint_ms: 0,
+        sink_rate: None,
+        ..args.clone()
+    };
+    let probe = OpenProbe::default();
+    let started = Instant::now();
+    let report = run_probed(workload, &args, &env, Some(probe.clone()), 0)?;
+    let opened = probe.opened();
+    let last = match (opened.len() == parallelism, opened.iter().max()) {
+        (true, Some(last)) => *last,
+        _ => {
+            return Err(EddyError::Internal(format!(
+                "{} of {parallelism} keyed subtasks opened",
+                opened.len()
+            )))
+        }
+    };
+    Ok(RestoreRun {
+        parallelism,
+        backend,
+        restore_time: last.duration_since(started),
+        job_time: report.job_time,
+    })
+}
+
+/// The median of `values` (the lower middle one for an even count); `None` if empty.
+pub fn median(values: &[Duration]) -> Option<Duration> {
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    sorted.get(sorted.len().saturating_sub(1) / 2).copied()
+}
+
 /// The peak resident set size of this process in MiB (`VmHWM`), if the OS reports it.
 pub fn peak_rss_mb() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -496,6 +857,7 @@ pub fn peak_rss_mb() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use eddy::StateBackendKind;
 
     fn args(events: u64, customers: u64) -> WorkloadArgs {
         WorkloadArgs {
@@ -529,6 +891,71 @@ mod tests {
                 "{workload:?}: {} windows",
                 report.emitted
             );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn collections_in_value_state_give_list_and_map_state_results() -> Result<()> {
+        for backend in [
+            StateBackendKind::Heap,
+            StateBackendKind::RocksDb { working_dir: None },
+        ] {
+            // Parallelism 1: one source split, so each customer's events arrive in the same
+            // order in both runs (the emitted sums depend on it).
+            let env = || {
+                let env = StreamExecutionEnvironment::new(JobConfig::with_parallelism(1));
+                env.state_backend(backend.clone());
+                env
+            };
+            for (state, in_value) in [
+                (Workload::W2, Workload::W2Value),
+                (Workload::W3, Workload::W3Value),
+            ] {
+                let expected = run(state, &args(20_000, 500), &env())?;
+                let got = run(in_value, &args(20_000, 500), &env())?;
+                assert_eq!(got.processed, 20_000);
+                assert!(expected.emitted > 0);
+                assert_eq!(
+                    (got.emitted, got.checksum),
+                    (expected.emitted, expected.checksum),
+                    "{in_value:?} on {backend:?}"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_restore_loads_every_subtask_and_processes_nothing() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| EddyError::io("temp dir", e))?;
+        let flags = JobFlags {
+            parallelism: 2,
+            ..JobFlags::default()
+        };
+        let (report, savepoint) =
+            build_savepoint(Workload::W3, &args(20_000, 500), &flags, dir.path())?;
+        assert_eq!(report.processed, 20_000);
+        assert_eq!(savepoint.parallelism, 2);
+        // 500 customers, each with at most 100 buckets and at least one.
+        assert!(
+            (500..=50_000).contains(&savepoint.entries),
+            "{}",
+            savepoint.entries
+        );
+        for backend in [BackendFlag::Heap, BackendFlag::RocksDb] {
+            for parallelism in [2, 4] {
+                let run = restore_once(
+                    Workload::W3,
+                    &args(20_000, 500),
+                    &flags,
+                    &savepoint,
+                    parallelism,
+                    backend,
+                )?;
+                assert_eq!(run.parallelism, parallelism);
+                assert!(run.restore_time > Duration::ZERO);
+            }
         }
         Ok(())
     }

@@ -18,7 +18,7 @@ mod checkpoints;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
-use eddy::checkpoint::request_savepoint;
+use eddy::checkpoint::{request_savepoint, request_stop_with_savepoint};
 use eddy::{JobFlags, StreamExecutionEnvironment};
 use eddy_bench::{peak_rss_mb, Workload, WorkloadArgs};
 use eddy_checkpoint::Checkpoints;
@@ -61,6 +61,10 @@ enum Command {
         /// Give up waiting after this many seconds.
         #[arg(long, default_value_t = 120)]
         timeout_s: u64,
+        /// Stop the job once the savepoint is complete (Flink's `stop --savepointPath`):
+        /// nothing after the savepoint is published, and the job exits successfully.
+        #[arg(long)]
+        stop: bool,
     },
 }
 
@@ -122,14 +126,20 @@ fn main() -> anyhow::Result<()> {
             checkpoint_dir,
             name,
             timeout_s,
-        } => savepoint(&checkpoint_dir, &name, Duration::from_secs(timeout_s)),
+            stop,
+        } => savepoint(&checkpoint_dir, &name, stop, Duration::from_secs(timeout_s)),
     }
 }
 
-/// Requests a savepoint from the job checkpointing into `dir` and waits for it.
-fn savepoint(dir: &str, name: &str, timeout: Duration) -> anyhow::Result<()> {
+/// Requests a savepoint (and with `stop`, a stop after it) from the job checkpointing into
+/// `dir` and waits for it.
+fn savepoint(dir: &str, name: &str, stop: bool, timeout: Duration) -> anyhow::Result<()> {
     let checkpoints = Checkpoints::open_existing(dir)?;
-    request_savepoint(&checkpoints, name)?;
+    if stop {
+        request_stop_with_savepoint(&checkpoints, name)?;
+    } else {
+        request_savepoint(&checkpoints, name)?;
+    }
     let started = Instant::now();
     let wanted = format!("savepoint-{name}");
     loop {

@@ -127,3 +127,97 @@ fn savepoint_of_a_running_heap_job_restores_into_rocksdb() {
     }
     assert_eq!(published(&args.output), expected);
 }
+
+/// Where the savepoint `name`'s source was: the next transaction to read.
+fn savepoint_position(work: &Path, name: &str) -> u64 {
+    let checkpoints = Checkpoints::open(&work.join("checkpoints").to_string_lossy()).expect("open");
+    let point = checkpoints
+        .resolve(&format!("savepoint-{name}"))
+        .expect("the savepoint");
+    let source = point
+        .metadata
+        .operator("transactions")
+        .expect("source state");
+    let file = &source.subtasks[0].files[0];
+    let payload = point
+        .read_part(&file.path, FileKind::OperatorState)
+        .expect("read");
+    let state: OperatorStateSnapshot = postcard::from_bytes(&payload).expect("decode");
+    let splits = state.state("generator-splits").expect("positions");
+    let (next, _end): (u64, u64) = postcard::from_bytes(&splits.elements[0]).expect("range");
+    next
+}
+
+#[test]
+fn savepoint_stop_ends_the_job_and_a_restore_at_another_parallelism_finishes_it() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let args = CustomerTotalsArgs {
+        events: 40_000,
+        customers: 200,
+        seed: 42,
+        rate: Some(5_000),
+        output: work.path().join("out"),
+    };
+    let mut running = job(&args, work.path(), "heap", 2)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start the job");
+    // Once the job has published output, it is running and checkpointing.
+    let started = std::time::Instant::now();
+    while !args.output.exists() || published(&args.output).is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(60), "no output");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let requested = eddy()
+        .arg("savepoint")
+        .arg(work.path().join("checkpoints"))
+        .arg("stopped")
+        .arg("--stop")
+        .args(["--timeout-s", "30"])
+        .output()
+        .expect("eddy savepoint --stop");
+    assert!(
+        requested.status.success(),
+        "{}",
+        String::from_utf8_lossy(&requested.stderr)
+    );
+    // The job stops by itself, successfully, having published exactly what the savepoint
+    // covers.
+    let waited = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = running.try_wait().expect("wait") {
+            break status;
+        }
+        if waited.elapsed() > Duration::from_secs(30) {
+            running.kill().expect("kill");
+            panic!("the job did not stop after its savepoint");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    let next = savepoint_position(work.path(), "stopped");
+    assert!(next > 0 && next < args.events, "savepoint at {next}");
+    let prefix = CustomerTotalsArgs {
+        events: next,
+        ..args.clone()
+    };
+    assert_eq!(
+        published(&args.output),
+        eddy_examples::customer_totals::expected_output(&prefix)
+    );
+
+    // Continue from the savepoint on RocksDB at p = 3, into the same output directory.
+    let status = job(&args, work.path(), "rocksdb", 3)
+        .arg("--restore")
+        .arg(work.path().join("checkpoints").join("savepoint-stopped"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("restored run");
+    assert!(status.success());
+    assert_eq!(
+        published(&args.output),
+        eddy_examples::customer_totals::expected_output(&args)
+    );
+}

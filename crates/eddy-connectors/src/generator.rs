@@ -92,10 +92,11 @@ impl<G: Generator> Source for GeneratorSource<G> {
         state: &mut OperatorStateStore,
     ) -> Result<GeneratorReader<G>> {
         let positions = state.list_state(&ListStateDescriptor::<(u64, u64)>::new(SPLITS_STATE))?;
-        // Finished splits stay in the state as empty ranges, so an empty list means "not
-        // restored", never "all done".
+        // Finished splits stay in the state as empty ranges. An empty list in a restored
+        // subtask means its splits went to others (restored at a parallelism above the
+        // number of splits): it reads nothing.
         let restored: Vec<(u64, u64)> = positions.get()?.collect();
-        let ranges = if restored.is_empty() {
+        let ranges = if restored.is_empty() && !state.is_restored() {
             vec![self.split(ctx.subtask, ctx.parallelism)]
         } else {
             restored

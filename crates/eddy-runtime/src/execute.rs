@@ -38,6 +38,9 @@ pub struct JobResult {
     pub checkpoints: Vec<CheckpointStats>,
     /// How often the job restarted after a failure.
     pub restarts: u32,
+    /// The job was stopped with a savepoint (`request_stop_with_savepoint`) before its input
+    /// ended: where that savepoint is. `None` for a job that ran to its end.
+    pub stopped_with_savepoint: Option<String>,
 }
 
 impl JobResult {
@@ -176,6 +179,10 @@ fn run_attempt(
                     let job = job_name.to_string();
                     move |error| failures.fail(&job, "checkpoint coordinator", 0, error)
                 },
+                {
+                    let failures = Arc::clone(&failures);
+                    move |savepoint| failures.stop(savepoint)
+                },
             )?;
             (Some(coordinator), Some(stats))
         }
@@ -254,5 +261,6 @@ fn run_attempt(
             .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).clone())
             .unwrap_or_default(),
         restarts: 0,
+        stopped_with_savepoint: failures.stopped_with(),
     })
 }

@@ -31,10 +31,13 @@ pub(crate) fn catch_panic<R>(f: impl FnOnce() -> Result<R>) -> Result<R> {
 pub struct FailureState {
     aborted: AtomicBool,
     failures: Mutex<Vec<JobFailure>>,
+    /// Where the savepoint of a stop-with-savepoint was written, once the job was stopped.
+    stopped: Mutex<Option<String>>,
 }
 
 impl FailureState {
-    /// Whether any worker has failed.
+    /// Whether any worker has failed, or the job was stopped with a savepoint: either way
+    /// every worker drops its dataflow.
     #[inline]
     pub fn is_aborted(&self) -> bool {
         self.aborted.load(Ordering::Acquire)
@@ -52,6 +55,22 @@ impl FailureState {
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         failures.push(failure);
         self.aborted.store(true, Ordering::Release);
+    }
+
+    /// Stops the job without a failure: its savepoint is complete at `savepoint`, and every
+    /// worker drops its dataflow as on a failure (nothing after the savepoint is published).
+    pub fn stop(&self, savepoint: String) {
+        let mut stopped = self.stopped.lock().unwrap_or_else(|p| p.into_inner());
+        stopped.get_or_insert(savepoint);
+        self.aborted.store(true, Ordering::Release);
+    }
+
+    /// The savepoint the job was stopped with, if it was.
+    pub fn stopped_with(&self) -> Option<String> {
+        self.stopped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The first recorded failure, if any.

@@ -160,12 +160,22 @@ pub struct OperatorStateStore {
     states: BTreeMap<String, Registered>,
     /// Restored states not registered again yet; kept as bytes until their type is known.
     restored: BTreeMap<String, NamedOperatorState>,
+    /// Whether [`restore`](Self::restore) was called (Flink's `isRestored()`).
+    is_restored: bool,
 }
 
 impl OperatorStateStore {
     /// An empty store.
     pub fn new() -> Self {
         OperatorStateStore::default()
+    }
+
+    /// Whether this subtask's state was restored from a checkpoint (Flink's
+    /// `isRestored()`): true even when the restore gave it no elements (an even-split list
+    /// spread over more subtasks than it has elements), so a source can tell "nothing left
+    /// for me" from "a fresh start".
+    pub fn is_restored(&self) -> bool {
+        self.is_restored
     }
 
     /// Creates (or re-opens) the even-split list state described by `desc` (Flink's
@@ -262,6 +272,7 @@ impl OperatorStateStore {
                 "operator state can only be restored into a fresh store".into(),
             ));
         }
+        self.is_restored = true;
         for state in snapshot.states {
             if self.restored.contains_key(&state.name) {
                 return Err(EddyError::state(

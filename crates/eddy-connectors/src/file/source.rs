@@ -171,7 +171,9 @@ impl<T: Data> Source for FileSource<T> {
     ) -> Result<FileReader<T>> {
         let positions = state.list_state(&ListStateDescriptor::new(POSITIONS_STATE))?;
         let restored: Vec<FilePosition> = positions.get()?.collect();
-        if restored.is_empty() {
+        // A restored subtask with no positions has no files of its own (restored at a
+        // parallelism above the number of files): it reads nothing.
+        if restored.is_empty() && !state.is_restored() {
             let mut reader = self.create_reader(ctx)?;
             reader.positions = Some(positions);
             return Ok(reader);

@@ -185,6 +185,11 @@ struct Writer {
     /// Copy the final checkpoint of a bounded job to `savepoint-<name>`.
     savepoint_on_finish: Option<String>,
     stats: SharedStats,
+    /// Called once with the savepoint's location when a stop-with-savepoint completes.
+    on_stop: Box<dyn Fn(String) + Send>,
+    /// A stop-with-savepoint completed: every later part and checkpoint is dropped, so
+    /// nothing after the savepoint is written or published.
+    stopped: bool,
 }
 
 struct WrittenPart {
@@ -196,11 +201,15 @@ struct WrittenPart {
 impl Coordinator {
     /// A coordinator writing to `storage` for the job run `run` describes.
     /// A failure to write a checkpoint is reported to `on_error` at once (the runtime fails
-    /// the job with it) and returned again by [`finish`](Self::finish).
+    /// the job with it) and returned again by [`finish`](Self::finish). When a checkpoint
+    /// completes a stop-with-savepoint ([`request_stop_with_savepoint`]), `on_stop` is called
+    /// with the savepoint's location (the runtime stops the job) and later checkpoints are
+    /// dropped.
     pub fn start(
         storage: Checkpoints,
         run: CoordinatorSettings,
         on_error: impl Fn(EddyError) + Send + 'static,
+        on_stop: impl Fn(String) + Send + 'static,
     ) -> Result<(Arc<Self>, SharedStats)> {
         let CoordinatorSettings {
             job,
@@ -223,6 +232,8 @@ impl Coordinator {
             written: BTreeMap::new(),
             savepoint_on_finish,
             stats: Arc::clone(&stats),
+            on_stop: Box::new(on_stop),
+            stopped: false,
         };
         let handle = std::thread::Builder::new()
             .name("eddy-checkpoint-writer".into())
@@ -433,6 +444,10 @@ impl Coordinator {
 
 impl Writer {
     fn handle(&mut self, work: Work) -> Result<()> {
+        if self.stopped {
+            // Stopped with a savepoint: what the workers did after it is never published.
+            return Ok(());
+        }
         match work {
             Work::Write {
                 id,
@@ -533,44 +548,63 @@ impl Writer {
             }
         }
         self.storage.retain(self.retained)?;
-        let mut names = self.requested_savepoints()?;
+        let (mut names, stops) = self.requested_savepoints()?;
         if epoch == u64::MAX {
             names.extend(self.savepoint_on_finish.clone());
         }
         for name in names {
             self.write_savepoint(&metadata, &name)?;
         }
-        let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
-        stats.push(CheckpointStats {
-            id,
-            duration: started.elapsed(),
-            size,
-        });
+        let mut stop_at = None;
+        for name in stops {
+            stop_at = Some(self.write_savepoint(&metadata, &name)?);
+        }
+        self.stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(CheckpointStats {
+                id,
+                duration: started.elapsed(),
+                size,
+            });
+        if let Some(location) = stop_at {
+            self.stopped = true;
+            eprintln!(
+                "eddy: job \"{}\" stopped with savepoint {location}",
+                self.job
+            );
+            (self.on_stop)(location);
+        }
         Ok(())
     }
 }
 
 impl Writer {
-    /// Savepoints asked for with [`request_savepoint`] since the last checkpoint; their
-    /// requests are consumed.
-    fn requested_savepoints(&self) -> Result<Vec<String>> {
+    /// Savepoints asked for with [`request_savepoint`] and with
+    /// [`request_stop_with_savepoint`] since the last checkpoint; their requests are consumed.
+    fn requested_savepoints(&self) -> Result<(Vec<String>, Vec<String>)> {
         let storage = self.storage.storage();
-        let mut names = Vec::new();
+        let (mut names, mut stops) = (Vec::new(), Vec::new());
         for object in storage.list("")? {
-            let Some(name) = object.path.strip_prefix(SAVEPOINT_REQUEST) else {
+            let (list, name) = if let Some(name) = object.path.strip_prefix(SAVEPOINT_REQUEST) {
+                (&mut names, name)
+            } else if let Some(name) = object.path.strip_prefix(STOP_REQUEST) {
+                (&mut stops, name)
+            } else {
                 continue;
             };
             if !name.contains('/') {
-                names.push(name.to_string());
+                list.push(name.to_string());
                 storage.delete(&object.path)?;
             }
         }
-        Ok(names)
+        Ok((names, stops))
     }
 
     /// Copies the completed checkpoint `metadata` describes to `savepoint-<name>/`: the same
-    /// canonical, backend-independent files, never deleted by retention.
-    fn write_savepoint(&self, metadata: &CheckpointMetadata, name: &str) -> Result<()> {
+    /// canonical, backend-independent files, never deleted by retention. Returns the
+    /// savepoint's location.
+    fn write_savepoint(&self, metadata: &CheckpointMetadata, name: &str) -> Result<String> {
         let source = CheckpointRef::Checkpoint(metadata.checkpoint_id);
         let target = CheckpointRef::savepoint(name)?;
         let mut savepoint = metadata.clone();
@@ -591,11 +625,9 @@ impl Writer {
             }
         }
         self.storage.commit(&savepoint)?;
-        eprintln!(
-            "eddy: savepoint written to {}",
-            self.storage.location_of(&target)
-        );
-        Ok(())
+        let location = self.storage.location_of(&target);
+        eprintln!("eddy: savepoint written to {location}");
+        Ok(location)
     }
 }
 
@@ -611,6 +643,21 @@ pub fn request_savepoint(checkpoints: &Checkpoints, name: &str) -> Result<()> {
     checkpoints
         .storage()
         .put(&format!("{SAVEPOINT_REQUEST}{name}"), Vec::new())
+}
+
+/// The name prefix of stop-with-savepoint requests at the root of a checkpoint directory.
+const STOP_REQUEST: &str = "_stop-with-savepoint-";
+
+/// Asks the job checkpointing into `checkpoints` to write its next completed checkpoint as the
+/// savepoint `name` and then to stop (Flink's `stop --savepointPath`): the job's
+/// `execute` returns `Ok` with [`JobResult::stopped_with_savepoint`](crate::JobResult) set, and
+/// nothing the job did after that checkpoint is written or published, so a restore from the
+/// savepoint continues exactly where the stopped run ended.
+pub fn request_stop_with_savepoint(checkpoints: &Checkpoints, name: &str) -> Result<()> {
+    CheckpointRef::savepoint(name)?;
+    checkpoints
+        .storage()
+        .put(&format!("{STOP_REQUEST}{name}"), Vec::new())
 }
 
 /// Encodes a sink's committables as a part payload.

@@ -22,8 +22,8 @@ mod restore;
 use std::time::Duration;
 
 pub use coordinator::{
-    decode_committables, encode_committables, request_savepoint, CheckpointStats, Committer,
-    Coordinator, CoordinatorSettings, Part, PartKind, Participant,
+    decode_committables, encode_committables, request_savepoint, request_stop_with_savepoint,
+    CheckpointStats, Committer, Coordinator, CoordinatorSettings, Part, PartKind, Participant,
 };
 pub use restore::{OperatorRestore, RestoredCheckpoint};
 

@@ -380,16 +380,14 @@ pub(crate) fn restore_operator_state(
         .values()
         .map(decode)
         .collect::<Result<_>>()?;
-    if old.is_empty() {
-        return Ok(());
-    }
-    let mine = if restored.parallelism == parallelism && old.len() == parallelism {
+    // Every subtask of an operator with state in the checkpoint is restored, even with no
+    // elements of its own (more subtasks than split elements), so it knows it was.
+    let mine = if old.is_empty() {
+        None
+    } else if restored.parallelism == parallelism && old.len() == parallelism {
         old.into_iter().nth(worker.index)
     } else {
         redistribute(old, parallelism).into_iter().nth(worker.index)
     };
-    match mine {
-        Some(snapshot) => store.restore(snapshot),
-        None => Ok(()),
-    }
+    store.restore(mine.unwrap_or_default())
 }
