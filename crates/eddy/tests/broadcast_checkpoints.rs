@@ -6,8 +6,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use eddy::checkpoint::{CheckpointConfig, RestartStrategy};
@@ -16,7 +14,7 @@ use eddy::StateBackendKind;
 use serde::{Deserialize, Serialize};
 
 mod exactly_once;
-use exactly_once::{newest_checkpoint, published, wait_for_checkpoint_after};
+use exactly_once::{published, InjectedFailure};
 
 const EVENTS: u64 = 20_000;
 const KEYS: u64 = 50;
@@ -58,12 +56,7 @@ fn thresholds() -> MapStateDescriptor<u64, u64> {
 /// the keyed list state "pending" until it does. Fails once at event `fail_at` while armed.
 #[derive(Clone)]
 struct ThresholdAlerts {
-    fail_at: u64,
-    armed: Arc<AtomicBool>,
-    /// Before failing, wait (a bounded time) for a checkpoint newer than the one the run
-    /// started from, so the next run has one to restore (snapshots complete after their
-    /// barrier; on a loaded machine the first may not be done by the failure point).
-    after_checkpoint: (String, Option<u64>),
+    failure: InjectedFailure,
 }
 
 impl KeyedBroadcastProcessFunction for ThresholdAlerts {
@@ -84,9 +77,7 @@ impl KeyedBroadcastProcessFunction for ThresholdAlerts {
         ctx: &mut ReadOnlyBroadcastContext<'_, u64>,
         out: &mut Collector<'_, Alert>,
     ) -> Result<()> {
-        if index == self.fail_at && self.armed.swap(false, Ordering::SeqCst) {
-            let (location, since) = &self.after_checkpoint;
-            wait_for_checkpoint_after(location, *since);
+        if self.failure.fires(index) {
             return Err(EddyError::user("injected failure"));
         }
         match ctx.broadcast_state(&thresholds())?.get(&key)? {
@@ -168,9 +159,7 @@ impl Job<'_> {
         .process_named(
             "alerts",
             ThresholdAlerts {
-                fail_at: self.fail_at.unwrap_or(u64::MAX),
-                armed: Arc::new(AtomicBool::new(self.fail_at.is_some())),
-                after_checkpoint: (location.clone(), newest_checkpoint(&location)),
+                failure: InjectedFailure::new(self.fail_at, &location),
             },
         )
         .uid("alerts")

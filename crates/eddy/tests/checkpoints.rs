@@ -6,8 +6,6 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use eddy::checkpoint::{CheckpointConfig, RestartStrategy};
@@ -17,18 +15,12 @@ use eddy_checkpoint::Checkpoints;
 use serde::{Deserialize, Serialize};
 
 mod exactly_once;
-use exactly_once::{newest_checkpoint, published, wait_for_checkpoint_after};
+use exactly_once::{published, InjectedFailure};
 
 /// Running count and sum per customer; fails once at `fail_at` while `armed` is set.
 #[derive(Clone)]
 struct Totals {
-    fail_at: u64,
-    armed: Arc<AtomicBool>,
-    /// Before failing, wait (a bounded time) until a checkpoint newer than this one (the
-    /// location and the newest id at the start) is complete, so that the run after the
-    /// failure has one to restore: snapshots complete a little after their barrier, and
-    /// on a loaded machine the first one may not be done by the failure point.
-    after_checkpoint: Option<(String, Option<u64>)>,
+    failure: InjectedFailure,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -58,10 +50,7 @@ impl KeyedProcessFunction for Totals {
         _ctx: &mut Context<'_, u64>,
         out: &mut Collector<'_, Out>,
     ) -> Result<()> {
-        if tx.transaction_id == self.fail_at && self.armed.swap(false, Ordering::SeqCst) {
-            if let Some((location, since)) = &self.after_checkpoint {
-                wait_for_checkpoint_after(location, *since);
-            }
+        if self.failure.fires(tx.transaction_id) {
             return Err(EddyError::user("injected failure"));
         }
         let bucket = tx.amount / 10_000;
@@ -162,9 +151,7 @@ impl<'a> Job<'a> {
                 .process_named(
                     "other",
                     Totals {
-                        fail_at: u64::MAX,
-                        armed: Arc::new(AtomicBool::new(false)),
-                        after_checkpoint: None,
+                        failure: InjectedFailure::new(None, &location),
                     },
                 )
                 .uid("other")
@@ -175,9 +162,7 @@ impl<'a> Job<'a> {
                 .process_named(
                     "totals",
                     Totals {
-                        fail_at: self.fail_at.unwrap_or(u64::MAX),
-                        armed: Arc::new(AtomicBool::new(self.fail_at.is_some())),
-                        after_checkpoint: Some((location.clone(), newest_checkpoint(&location))),
+                        failure: InjectedFailure::new(self.fail_at, &location),
                     },
                 )
                 .uid("totals")
@@ -260,6 +245,11 @@ fn rescale_chain(backends: [StateBackendKind; 4]) {
             ..Job::new(dir.path())
         }
         .run();
+        eprintln!(
+            "step {step} (p = {parallelism}): {:?}; stored: {:?}",
+            result.as_ref().map(|r| r.checkpoints.len()),
+            listing(&dir.path().join("ckpt"))
+        );
         assert_eq!(
             result.is_ok(),
             last,
@@ -457,11 +447,12 @@ fn file_source_resumes_at_its_checkpointed_offsets() {
             .unwrap();
         std::fs::write(input.join(file), lines.join("\n") + "\n").unwrap();
     }
+    let ckpt = dir.path().join("ckpt").to_string_lossy().into_owned();
     let config = JobConfig {
         parallelism: 2,
         checkpoint: CheckpointConfig {
             interval: Some(Duration::from_millis(50)),
-            location: Some(dir.path().join("ckpt").to_string_lossy().into_owned()),
+            location: Some(ckpt.clone()),
             restart: RestartStrategy::FixedDelay {
                 attempts: 1,
                 delay: Duration::from_millis(10),
@@ -484,9 +475,7 @@ fn file_source_resumes_at_its_checkpointed_offsets() {
         .process_named(
             "totals",
             Totals {
-                fail_at: 3 * EVENTS / 4,
-                armed: Arc::new(AtomicBool::new(true)),
-                after_checkpoint: None,
+                failure: InjectedFailure::new(Some(3 * EVENTS / 4), &ckpt),
             },
         )
         .sink_named("out", FileSink::json_lines(dir.path().join("out")));
