@@ -5,6 +5,9 @@
 //! eddy run w1 --n 20000000 --k 1000000 --parallelism 2
 //! eddy run w4 --n 20000000 --k 1000000 --parallelism 2
 //! eddy jobs
+//! eddy cluster local -n 3 --workers-per-process 2 -- run customer-totals --output out \
+//!     --checkpoint-dir /tmp/chk --checkpoint-interval-ms 200
+//! eddy run w1 --processes 2 --process-id 0 --addresses host0:2101,host1:2101
 //! eddy checkpoints ls /var/eddy/checkpoints
 //! eddy checkpoints show s3://bucket/jobs/fraud/chk-0000000042
 //! eddy checkpoints show /var/eddy/checkpoints savepoint-before-upgrade
@@ -14,6 +17,7 @@
 //! `--state-backend`, ...) as any program built on Eddy, through [`eddy::JobFlags`].
 
 mod checkpoints;
+mod cluster;
 
 use std::time::{Duration, Instant};
 
@@ -46,6 +50,11 @@ enum Command {
     },
     /// Lists the built-in jobs.
     Jobs,
+    /// Runs a built-in job as several processes (timely's cluster mode).
+    Cluster {
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
+    },
     /// Inspects the checkpoints and savepoints of a checkpoint directory.
     Checkpoints {
         #[command(subcommand)]
@@ -118,6 +127,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Run { job } => run(job),
         Command::Checkpoints { command } => checkpoints::run(command),
+        Command::Cluster { command } => cluster::run(command),
         Command::Savepoint {
             checkpoint_dir,
             name,

@@ -22,6 +22,7 @@
 
 mod broadcast_function;
 pub mod checkpoint;
+mod cluster;
 mod config;
 mod execute;
 mod failure;
@@ -37,7 +38,7 @@ pub mod windows;
 pub use broadcast_function::{
     BroadcastContext, KeyedBroadcastProcessFunction, ReadOnlyBroadcastContext,
 };
-pub use config::{JobConfig, StateBackendKind};
+pub use config::{ClusterConfig, JobConfig, StateBackendKind};
 pub use execute::{execute, JobResult};
 pub use function::{
     Collector, Context, KeyedProcessFunction, OnTimerContext, OpenContext, TimerService,

@@ -85,10 +85,10 @@ pub use flags::{BackendFlag, JobFlags};
 pub use stream::{DataStream, DataStreamSink, KeyedStream};
 pub use window::{LateDataWindowedStream, WindowedStream};
 
-pub use eddy_core::{EddyError, Key, Result};
+pub use eddy_core::{ClusterError, EddyError, Key, Result};
 pub use eddy_runtime::{BroadcastContext, KeyedBroadcastProcessFunction, ReadOnlyBroadcastContext};
 pub use eddy_runtime::{
-    Collector, Context, JobConfig, JobResult, KeyedProcessFunction, OnTimerContext, OpenContext,
+    ClusterConfig, Collector, Context, JobConfig, JobResult, KeyedProcessFunction, OnTimerContext, OpenContext,
     OperatorSummary, ProcessingClock, Sink, SinkContext, Source, SourceContext, SourceReader,
     SourceStatus, StateBackendKind, TimerService, WatermarkStrategy, MAX_WATERMARK, MIN_WATERMARK,
 };
