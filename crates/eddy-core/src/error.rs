@@ -254,6 +254,13 @@ pub enum ClusterError {
         reason: String,
     },
 
+    /// The connection to a peer broke while the job ran: the peer died or the network failed.
+    #[error("process {process_id} lost its connection to a peer process (it exited, was killed, or the network failed); the processes of a cluster job fail together: restart all of them from the latest checkpoint (`eddy cluster local` does)")]
+    PeerLost {
+        /// This process.
+        process_id: usize,
+    },
+
     /// Timely could not set up its communication threads.
     #[error("process {process_id}: cannot start timely's networking: {reason}")]
     Network {

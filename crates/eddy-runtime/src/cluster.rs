@@ -9,6 +9,9 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use eddy_core::ClusterError;
@@ -25,6 +28,7 @@ const RETRY: Duration = Duration::from_millis(50);
 /// local worker, plus the guard that keeps timely's network threads alive.
 pub(crate) fn start_networking(
     cluster: &ClusterConfig,
+    lost: Arc<AtomicBool>,
 ) -> Result<(Vec<AllocatorBuilder>, Box<dyn std::any::Any + Send>), ClusterError> {
     let sockets = connect(cluster)?;
     let threads = cluster.workers_per_process;
@@ -45,7 +49,28 @@ pub(crate) fn start_networking(
         reason: e.to_string(),
     })?;
     let builders = builders.into_iter().map(AllocatorBuilder::Tcp).collect();
+    let guard = NetworkGuard {
+        guard: Some(Box::new(guard)),
+        lost,
+    };
     Ok((builders, Box::new(guard)))
+}
+
+/// Keeps timely's network threads alive; when dropped, joins them. Timely's own guard panics
+/// if a network thread panicked (a peer's connection broke); this one records that instead,
+/// so that the job ends with [`ClusterError::PeerLost`] rather than a panic in `main`.
+struct NetworkGuard {
+    guard: Option<Box<dyn std::any::Any + Send>>,
+    lost: Arc<AtomicBool>,
+}
+
+impl Drop for NetworkGuard {
+    fn drop(&mut self) {
+        let guard = self.guard.take();
+        if catch_unwind(AssertUnwindSafe(move || drop(guard))).is_err() {
+            self.lost.store(true, Ordering::Release);
+        }
+    }
 }
 
 /// One socket per peer, in process order, `None` at this process's own position.

@@ -239,11 +239,12 @@ fn run_attempt(
             worker.step_or_park(Some(PARK_TIMEOUT));
         }
     };
+    let network_lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let guards = match &config.cluster {
         None => timely::execute(timely::Config::process(config.parallelism), work),
         Some(cluster) => {
             // Blocks until every peer has connected (or names the one that did not).
-            let started = crate::cluster::start_networking(cluster);
+            let started = crate::cluster::start_networking(cluster, Arc::clone(&network_lost));
             let (allocators, network) = match started {
                 Ok(started) => started,
                 Err(error) => {
@@ -259,8 +260,22 @@ fn run_attempt(
     }
     .map_err(|e| EddyError::Config(format!("cannot start timely workers: {e}")))?;
 
+    // Also joins timely's network threads (in a cluster).
     let joined = guards.join();
     let failed = failures.is_aborted() || joined.iter().any(Result::is_err);
+    if let (Some(cluster), true) = (&config.cluster, failed) {
+        if network_lost.load(std::sync::atomic::Ordering::Acquire) {
+            if let Some(coordinator) = &checkpoints {
+                coordinator.cancel();
+                // Its error is a consequence of the lost peer.
+                let _ = coordinator.finish();
+            }
+            return Err(eddy_core::ClusterError::PeerLost {
+                process_id: cluster.process_id,
+            }
+            .into());
+        }
+    }
     if let (Some(coordinator), true) = (&checkpoints, failed) {
         // A coordinator waiting for other processes' parts would wait for a job that is over.
         coordinator.cancel();
