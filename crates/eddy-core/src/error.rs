@@ -73,11 +73,18 @@ pub enum EddyError {
 
     /// The processes of a cluster job are misconfigured or cannot reach each other.
     #[error("cluster: {0}")]
-    Cluster(#[from] ClusterError),
+    Cluster(Box<ClusterError>),
 
     /// A bug in Eddy.
     #[error("internal error (a bug in Eddy, please report it): {0}")]
     Internal(String),
+}
+
+impl From<ClusterError> for EddyError {
+    fn from(error: ClusterError) -> Self {
+        // Boxed: keeps every `Result<T, EddyError>` small.
+        EddyError::Cluster(Box::new(error))
+    }
 }
 
 impl EddyError {
