@@ -90,10 +90,15 @@ fn local(args: &LocalArgs) -> anyhow::Result<()> {
         let mut children = Vec::with_capacity(processes);
         for process in 0..processes {
             let mut command = Command::new(&exe);
-            command.arg("run").args(with_restore(&run_args, restore.as_deref()));
+            command
+                .arg("run")
+                .args(with_restore(&run_args, restore.as_deref()));
             command
                 .args(["--processes", &processes.to_string()])
-                .args(["--workers-per-process", &args.workers_per_process.to_string()])
+                .args([
+                    "--workers-per-process",
+                    &args.workers_per_process.to_string(),
+                ])
                 .args(["--process-id", &process.to_string()])
                 .args(["--addresses", &addresses.join(",")]);
             let child = match command.spawn() {

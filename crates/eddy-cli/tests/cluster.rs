@@ -154,7 +154,11 @@ impl Supervisor {
             if let Some(pid) = found {
                 return pid;
             }
-            assert!(Instant::now() < deadline, "no pid reported: {:?}", self.seen);
+            assert!(
+                Instant::now() < deadline,
+                "no pid reported: {:?}",
+                self.seen
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -173,7 +177,10 @@ impl Supervisor {
             if Instant::now() > deadline {
                 let _ = self.child.kill();
                 self.drain();
-                panic!("the supervisor did not finish in {timeout:?}: {:?}", self.seen);
+                panic!(
+                    "the supervisor did not finish in {timeout:?}: {:?}",
+                    self.seen
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -214,9 +221,14 @@ fn three_processes_of_two_workers_publish_what_one_process_does() {
 
     let three = args_in(work.path(), "out-3", None);
     let checkpoints = work.path().join("chk-3");
-    let output = cluster_local(3, 2, &["--max-restarts", "0"], &job_args(&three, &checkpoints))
-        .output()
-        .expect("run on 3 processes");
+    let output = cluster_local(
+        3,
+        2,
+        &["--max-restarts", "0"],
+        &job_args(&three, &checkpoints),
+    )
+    .output()
+    .expect("run on 3 processes");
     assert_success(&output, "the 3-process run");
     let stdout = String::from_utf8_lossy(&output.stdout);
     // Every process reports the job at parallelism 6.
@@ -225,14 +237,23 @@ fn three_processes_of_two_workers_publish_what_one_process_does() {
     let expected = expected_output(&one);
     assert_eq!(published(&one.output), expected, "one process");
     let got = published(&three.output);
-    assert_eq!(got.len(), expected.len(), "records published by 3 processes");
-    assert!(got == expected, "3 processes published other records than 1");
+    assert_eq!(
+        got.len(),
+        expected.len(),
+        "records published by 3 processes"
+    );
+    assert!(
+        got == expected,
+        "3 processes published other records than 1"
+    );
     // The final checkpoint describes all 6 keyed subtasks, written by three processes.
     let (_, parallelism) = latest_checkpoint(&checkpoints).expect("a final checkpoint");
     assert_eq!(parallelism, 6);
     for process in 1..3 {
         assert!(
-            checkpoints.join(format!("_cluster/final-{process}")).exists(),
+            checkpoints
+                .join(format!("_cluster/final-{process}"))
+                .exists(),
             "process {process} handed its final parts to process 0"
         );
     }
@@ -258,7 +279,8 @@ fn kill_9_of_one_process_restarts_all_from_the_latest_checkpoint_exactly_once() 
     let (status, stderr) = supervisor.wait(Duration::from_secs(180));
     assert!(status.success(), "{stderr}");
     assert!(
-        stderr.contains("process 1 failed (signal: 9") && stderr.contains("restart 1 of 2 from checkpoint"),
+        stderr.contains("process 1 failed (signal: 9")
+            && stderr.contains("restart 1 of 2 from checkpoint"),
         "{stderr}"
     );
     assert!(stderr.contains("attempt 2: process 2 of 3"), "{stderr}");
@@ -266,7 +288,10 @@ fn kill_9_of_one_process_restarts_all_from_the_latest_checkpoint_exactly_once() 
     let expected = expected_output(&args);
     let got = published(&args.output);
     assert_eq!(got.len(), expected.len(), "records published");
-    assert!(got == expected, "published records differ from a run without failures");
+    assert!(
+        got == expected,
+        "published records differ from a run without failures"
+    );
 }
 
 #[test]
@@ -275,8 +300,7 @@ fn a_three_process_checkpoint_restores_on_two_processes() {
     let args = args_in(work.path(), "out", Some(6_000));
     let checkpoints = work.path().join("chk");
     let job = job_args(&args, &checkpoints);
-    let mut supervisor =
-        Supervisor::spawn(cluster_local(3, 2, &["--max-restarts", "0"], &job));
+    let mut supervisor = Supervisor::spawn(cluster_local(3, 2, &["--max-restarts", "0"], &job));
     let victim = supervisor.pid_of(1, 2, Duration::from_secs(30));
     let first = await_checkpoint(&checkpoints, 0, Duration::from_secs(60));
     await_checkpoint(&checkpoints, first + 2, Duration::from_secs(60));
@@ -301,7 +325,10 @@ fn a_three_process_checkpoint_restores_on_two_processes() {
     let expected = expected_output(&args);
     let got = published(&args.output);
     assert_eq!(got.len(), expected.len(), "records published");
-    assert!(got == expected, "published records differ from a run without failures");
+    assert!(
+        got == expected,
+        "published records differ from a run without failures"
+    );
 }
 
 fn stderr_of(args: &[&str]) -> String {
@@ -320,11 +347,27 @@ fn bad_cluster_flags_and_missing_peers_are_clear_errors() {
         stderr_of(&args)
     };
     let stderr = run(&["--processes", "3", "--addresses", "127.0.0.1:1,127.0.0.1:2"]);
-    assert!(stderr.contains("lists 2 address(es) but --processes is 3"), "{stderr}");
-    let stderr = run(&["--processes", "2", "--process-id", "5", "--addresses", "h:1,h:2"]);
-    assert!(stderr.contains("--process-id 5 is out of range"), "{stderr}");
+    assert!(
+        stderr.contains("lists 2 address(es) but --processes is 3"),
+        "{stderr}"
+    );
+    let stderr = run(&[
+        "--processes",
+        "2",
+        "--process-id",
+        "5",
+        "--addresses",
+        "h:1,h:2",
+    ]);
+    assert!(
+        stderr.contains("--process-id 5 is out of range"),
+        "{stderr}"
+    );
     let stderr = run(&["--processes", "2", "--addresses", "h:1,h"]);
-    assert!(stderr.contains("bad address \"h\" for process 1"), "{stderr}");
+    assert!(
+        stderr.contains("bad address \"h\" for process 1"),
+        "{stderr}"
+    );
 
     // Process 0 of 2 waits for process 1, which never starts.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -360,5 +403,8 @@ fn bad_cluster_flags_and_missing_peers_are_clear_errors() {
         "--parallelism",
         "4",
     ]);
-    assert!(stderr.contains("--parallelism is set by `eddy cluster local`"), "{stderr}");
+    assert!(
+        stderr.contains("--parallelism is set by `eddy cluster local`"),
+        "{stderr}"
+    );
 }

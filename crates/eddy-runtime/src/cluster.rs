@@ -282,15 +282,21 @@ mod tests {
             .map(|_| format!("127.0.0.1:{}", free_port()))
             .collect();
         // Process 0 waits for process 1, which never starts.
-        let error = connect(&config(0, &addresses, 300)).err().map(|e| e.to_string());
+        let error = connect(&config(0, &addresses, 300))
+            .err()
+            .map(|e| e.to_string());
         assert!(
-            error.as_deref().is_some_and(|e| e.contains("peer process 1")
-                && e.contains(&addresses[1])
-                && e.contains("never connected")),
+            error
+                .as_deref()
+                .is_some_and(|e| e.contains("peer process 1")
+                    && e.contains(&addresses[1])
+                    && e.contains("never connected")),
             "{error:?}"
         );
         // Process 1 cannot reach process 0, which never starts.
-        let error = connect(&config(1, &addresses, 300)).err().map(|e| e.to_string());
+        let error = connect(&config(1, &addresses, 300))
+            .err()
+            .map(|e| e.to_string());
         assert!(
             error
                 .as_deref()

@@ -247,12 +247,24 @@ mod tests {
         assert!(ok.validate().is_ok());
         assert_eq!(ok.parallelism(), 4);
         let cases: &[(ClusterConfig, &str)] = &[
-            (cluster(2, 2, &["a:1", "b:1"]), "--process-id 2 is out of range"),
-            (cluster(3, 0, &["a:1", "b:1"]), "lists 2 address(es) but --processes is 3"),
-            (cluster(2, 0, &["a:1", "b"]), "bad address \"b\" for process 1: no port"),
+            (
+                cluster(2, 2, &["a:1", "b:1"]),
+                "--process-id 2 is out of range",
+            ),
+            (
+                cluster(3, 0, &["a:1", "b:1"]),
+                "lists 2 address(es) but --processes is 3",
+            ),
+            (
+                cluster(2, 0, &["a:1", "b"]),
+                "bad address \"b\" for process 1: no port",
+            ),
             (cluster(2, 0, &["a:1", "b:x"]), "not a number"),
             (cluster(2, 0, &["a:1", ":7"]), "no host"),
-            (cluster(2, 0, &["a:1", "a:1"]), "processes 0 and 1 both have the address a:1"),
+            (
+                cluster(2, 0, &["a:1", "a:1"]),
+                "processes 0 and 1 both have the address a:1",
+            ),
             (cluster(0, 0, &[]), "--processes must be at least 1"),
         ];
         for (config, expected) in cases {
@@ -273,7 +285,9 @@ mod tests {
         };
         let message = config.validate().err().map(|e| e.to_string());
         assert!(
-            message.as_deref().is_some_and(|m| m.contains("parallelism 3 is not --processes 2")),
+            message
+                .as_deref()
+                .is_some_and(|m| m.contains("parallelism 3 is not --processes 2")),
             "{message:?}"
         );
     }

@@ -255,7 +255,12 @@ fn run_attempt(
                     return Err(error.into());
                 }
             };
-            timely::execute::execute_from(allocators, network, timely::WorkerConfig::default(), work)
+            timely::execute::execute_from(
+                allocators,
+                network,
+                timely::WorkerConfig::default(),
+                work,
+            )
         }
     }
     .map_err(|e| EddyError::Config(format!("cannot start timely workers: {e}")))?;

@@ -99,7 +99,12 @@ pub struct JobFlags {
     pub process_id: u64,
 
     /// host:port of every process of a cluster job, comma-separated, in process-id order.
-    #[arg(long, value_name = "HOST:PORT,...", value_delimiter = ',', conflicts_with = "hostfile")]
+    #[arg(
+        long,
+        value_name = "HOST:PORT,...",
+        value_delimiter = ',',
+        conflicts_with = "hostfile"
+    )]
     pub addresses: Vec<String>,
 
     /// A file with one host:port per line, in process-id order (instead of --addresses;
@@ -195,7 +200,11 @@ impl JobFlags {
     fn cluster_config(&self) -> Result<Option<ClusterConfig>> {
         let addresses = match &self.hostfile {
             Some(path) => read_hostfile(path)?,
-            None => self.addresses.iter().map(|a| a.trim().to_string()).collect(),
+            None => self
+                .addresses
+                .iter()
+                .map(|a| a.trim().to_string())
+                .collect(),
         };
         let clustered = self.processes.is_some()
             || self.workers_per_process.is_some()
@@ -290,7 +299,10 @@ mod tests {
             Some(vec!["a:1".to_string(), "b:2".into(), "c:3".into()])
         );
         // No cluster flags: one process, as before.
-        assert!(parse(&[]).ok().and_then(|f| f.to_config().ok()).is_some_and(|c| c.cluster.is_none()));
+        assert!(parse(&[])
+            .ok()
+            .and_then(|f| f.to_config().ok())
+            .is_some_and(|c| c.cluster.is_none()));
     }
 
     #[test]
@@ -298,17 +310,43 @@ mod tests {
         let error = |args: &[&str]| -> String {
             match parse(args) {
                 Err(e) => e.to_string(),
-                Ok(flags) => flags.to_config().err().map(|e| e.to_string()).unwrap_or_default(),
+                Ok(flags) => flags
+                    .to_config()
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default(),
             }
         };
         let cases: &[(&[&str], &str)] = &[
-            (&["--processes", "2", "--addresses", "a:1"], "lists 1 address(es) but --processes is 2"),
-            (&["--processes", "2", "--process-id", "2", "--addresses", "a:1,b:1"], "--process-id 2 is out of range"),
-            (&["--processes", "2", "--addresses", "a:1,nope"], "bad address \"nope\""),
-            (&["--processes", "2", "--addresses", "a:1,a:1"], "both have the address a:1"),
+            (
+                &["--processes", "2", "--addresses", "a:1"],
+                "lists 1 address(es) but --processes is 2",
+            ),
+            (
+                &[
+                    "--processes",
+                    "2",
+                    "--process-id",
+                    "2",
+                    "--addresses",
+                    "a:1,b:1",
+                ],
+                "--process-id 2 is out of range",
+            ),
+            (
+                &["--processes", "2", "--addresses", "a:1,nope"],
+                "bad address \"nope\"",
+            ),
+            (
+                &["--processes", "2", "--addresses", "a:1,a:1"],
+                "both have the address a:1",
+            ),
             (&["--addresses", "a:1,b:1"], "--processes is required"),
             (&["--processes", "2", "--parallelism", "4"], "--parallelism"),
-            (&["--processes", "2", "--hostfile", "/nonexistent/hosts"], "/nonexistent/hosts"),
+            (
+                &["--processes", "2", "--hostfile", "/nonexistent/hosts"],
+                "/nonexistent/hosts",
+            ),
         ];
         for (args, expected) in cases {
             let message = error(args);
@@ -324,7 +362,9 @@ mod tests {
             .as_ref()
             .is_some_and(|p| std::fs::write(p, "# eddy\nh0:2101\n\nh1:2101\n").is_ok());
         assert!(written);
-        let path = path.map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+        let path = path
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let config = parse(&["--processes", "2", "--hostfile", &path])
             .ok()
             .and_then(|f| f.to_config().ok());

@@ -102,7 +102,10 @@ impl Role {
     }
 
     fn manifest_path(id: u64, process: usize) -> String {
-        format!("{}/_process-{process}", CheckpointRef::Checkpoint(id).dir_name())
+        format!(
+            "{}/_process-{process}",
+            CheckpointRef::Checkpoint(id).dir_name()
+        )
     }
 
     fn progress_path(process: usize) -> String {
@@ -111,9 +114,10 @@ impl Role {
 
     /// Records that this process's writer is done with checkpoint `id`.
     fn record_progress(&self, storage: &Checkpoints, id: u64) -> Result<()> {
-        storage
-            .storage()
-            .put(&Self::progress_path(self.process), id.to_string().into_bytes())
+        storage.storage().put(
+            &Self::progress_path(self.process),
+            id.to_string().into_bytes(),
+        )
     }
 
     /// The last checkpoint `process`'s writer is done with, if any.
@@ -142,7 +146,10 @@ impl Role {
             if self.cancelled.load(Ordering::Acquire) {
                 return Err(EddyError::checkpoint(
                     storage.location(),
-                    format!("the job stopped while process {} waited for {what}", self.process),
+                    format!(
+                        "the job stopped while process {} waited for {what}",
+                        self.process
+                    ),
                 ));
             }
             if started.elapsed() > CHECKPOINT_TIMEOUT {
@@ -281,7 +288,10 @@ impl Role {
     }
 
     /// Process 0: every other process's final parts.
-    pub(crate) fn await_final_manifests(&self, storage: &Checkpoints) -> Result<Vec<FinalManifest>> {
+    pub(crate) fn await_final_manifests(
+        &self,
+        storage: &Checkpoints,
+    ) -> Result<Vec<FinalManifest>> {
         // The others may wait for a periodic checkpoint this process will never complete.
         self.record_progress(storage, u64::MAX)?;
         let mut manifests = Vec::new();
@@ -304,12 +314,16 @@ impl Role {
     /// Process `p > 0`: waits for process 0 to complete the final checkpoint; its id.
     pub(crate) fn await_final(&self, storage: &Checkpoints) -> Result<u64> {
         let path = Self::final_done_path();
-        self.wait(storage, "process 0 to complete the final checkpoint", || {
-            Ok(storage
-                .storage()
-                .get_opt(&path)?
-                .and_then(|bytes| String::from_utf8(bytes).ok())
-                .and_then(|text| text.trim().parse().ok()))
-        })
+        self.wait(
+            storage,
+            "process 0 to complete the final checkpoint",
+            || {
+                Ok(storage
+                    .storage()
+                    .get_opt(&path)?
+                    .and_then(|bytes| String::from_utf8(bytes).ok())
+                    .and_then(|text| text.trim().parse().ok()))
+            },
+        )
     }
 }
