@@ -82,11 +82,7 @@ pub(crate) fn connect(cluster: &ClusterConfig) -> Result<Vec<Option<TcpStream>>,
     // still connecting to lower ones.
     let own = cluster.addresses[me].trim();
     let listener = if me + 1 < cluster.processes {
-        let listener = TcpListener::bind(own).map_err(|source| ClusterError::Bind {
-            process_id: me,
-            address: own.to_string(),
-            source,
-        })?;
+        let listener = bind(me, own, deadline)?;
         listener
             .set_nonblocking(true)
             .map_err(|source| ClusterError::Bind {
@@ -106,6 +102,25 @@ pub(crate) fn connect(cluster: &ClusterConfig) -> Result<Vec<Option<TcpStream>>,
         accept_from_higher(cluster, &listener, &mut sockets, deadline)?;
     }
     Ok(sockets)
+}
+
+/// Listens on this process's own address, retrying until `deadline`: in Kubernetes a pod's
+/// own DNS name may resolve only a moment after it starts, and a restarted process's port may
+/// still be held by its predecessor for a moment.
+fn bind(me: usize, address: &str, deadline: Instant) -> Result<TcpListener, ClusterError> {
+    loop {
+        match TcpListener::bind(address) {
+            Ok(listener) => return Ok(listener),
+            Err(source) if Instant::now() >= deadline => {
+                return Err(ClusterError::Bind {
+                    process_id: me,
+                    address: address.to_string(),
+                    source,
+                })
+            }
+            Err(_) => std::thread::sleep(RETRY),
+        }
+    }
 }
 
 /// Connects to the lower `peer`, retrying until `deadline`, and introduces this process.
@@ -273,6 +288,21 @@ mod tests {
                 Some(vec![true, false, true]),
                 Some(vec![true, true, false]),
             ]
+        );
+    }
+
+    #[test]
+    fn an_address_this_process_cannot_listen_on_is_named() {
+        // 192.0.2.0/24 is TEST-NET-1: never an address of this machine.
+        let addresses = vec!["192.0.2.1:2101".to_string(), "127.0.0.1:9".to_string()];
+        let error = connect(&config(0, &addresses, 200))
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            error
+                .as_deref()
+                .is_some_and(|e| e.contains("process 0 cannot listen on 192.0.2.1:2101")),
+            "{error:?}"
         );
     }
 
