@@ -90,6 +90,7 @@ fn local(args: &LocalArgs) -> anyhow::Result<()> {
         let mut children = Vec::with_capacity(processes);
         for process in 0..processes {
             let mut command = Command::new(&exe);
+            command.env(SUPERVISOR_PID, std::process::id().to_string());
             command
                 .arg("run")
                 .args(with_restore(&run_args, restore.as_deref()));
@@ -145,6 +146,33 @@ fn local(args: &LocalArgs) -> anyhow::Result<()> {
                 std::thread::sleep(Duration::from_millis(args.restart_delay_ms));
             }
         }
+    }
+}
+
+/// The environment variable through which `eddy cluster local` tells its processes its pid.
+const SUPERVISOR_PID: &str = "EDDY_SUPERVISOR_PID";
+
+/// In a process started by `eddy cluster local`: exits as soon as the supervisor is gone (its
+/// parent changes), so that killing the supervisor never leaves its processes running on.
+/// Polling the parent pid needs no `unsafe` (unlike `PR_SET_PDEATHSIG`).
+pub fn exit_with_supervisor() {
+    let Some(supervisor) = std::env::var(SUPERVISOR_PID)
+        .ok()
+        .and_then(|pid| pid.parse::<u32>().ok())
+    else {
+        return;
+    };
+    let spawned = std::thread::Builder::new()
+        .name("eddy-supervisor-watch".into())
+        .spawn(move || loop {
+            if std::os::unix::process::parent_id() != supervisor {
+                eprintln!("eddy: the supervisor (pid {supervisor}) is gone; exiting");
+                std::process::exit(1);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        });
+    if let Err(e) = spawned {
+        eprintln!("eddy: warning: cannot watch the supervisor: {e}");
     }
 }
 

@@ -126,7 +126,10 @@ fn main() -> anyhow::Result<()> {
             println!("customer-totals     running totals per customer, exactly-once file output");
             Ok(())
         }
-        Command::Run { job } => run(*job),
+        Command::Run { job } => {
+            cluster::exit_with_supervisor();
+            run(*job)
+        }
         Command::Checkpoints { command } => checkpoints::run(command),
         Command::Cluster { command } => cluster::run(command),
         Command::Savepoint {
