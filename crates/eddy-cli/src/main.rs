@@ -188,6 +188,13 @@ fn run(job: Job) -> anyhow::Result<()> {
         report.checksum,
         peak_rss_mb().map_or_else(|| "?".into(), |mb| mb.to_string()),
     );
+    if let Some((process, processes)) = report.cluster {
+        println!(
+            "  (process {process} of {processes}: processed {} of the {} events here; emitted and \
+             checksum are this process's share)",
+            report.processed, report.events
+        );
+    }
     Ok(())
 }
 

@@ -224,7 +224,7 @@ pub enum ClusterError {
     },
 
     /// This process cannot listen on its own address.
-    #[error("process {process_id} cannot listen on {address}: {source}")]
+    #[error("process {process_id} cannot listen on {address}: {source} (is it this machine's address? is another process, perhaps one with the same --process-id, using it?)")]
     Bind {
         /// This process.
         process_id: usize,
