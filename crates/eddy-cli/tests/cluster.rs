@@ -260,6 +260,24 @@ fn three_processes_of_two_workers_publish_what_one_process_does() {
 }
 
 #[test]
+fn two_processes_on_rocksdb_publish_the_model_output() {
+    let work = tempfile::tempdir().expect("temp dir");
+    let args = args_in(work.path(), "out", None);
+    let mut job = job_args(&args, &work.path().join("chk"));
+    job.extend([
+        "--state-backend".into(),
+        "rocksdb".into(),
+        "--state-dir".into(),
+    ]);
+    job.push(work.path().join("state").to_string_lossy().into_owned());
+    let output = cluster_local(2, 2, &["--max-restarts", "0"], &job)
+        .output()
+        .expect("run on 2 processes");
+    assert_success(&output, "the 2-process RocksDB run");
+    assert!(published(&args.output) == expected_output(&args));
+}
+
+#[test]
 fn kill_9_of_one_process_restarts_all_from_the_latest_checkpoint_exactly_once() {
     let work = tempfile::tempdir().expect("temp dir");
     // One source subtask at 6,000 events/s: 5 s of work.
