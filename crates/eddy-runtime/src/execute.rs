@@ -194,6 +194,7 @@ fn run_attempt(
     // so the processes' epoch clocks start within milliseconds of each other, however long
     // the slowest process took to start.
     let attempt_start = Arc::new(std::sync::OnceLock::<Instant>::new());
+    let workers_started = Arc::clone(&attempt_start);
 
     let worker_graph = Arc::clone(graph);
     let worker_failures = Arc::clone(&failures);
@@ -285,7 +286,12 @@ fn run_attempt(
         // A coordinator waiting for other processes' parts would wait for a job that is over.
         coordinator.cancel();
     }
-    let duration = start.elapsed();
+    // A cluster process may wait a while for its peers: its job time starts once they are
+    // all connected (it never restarts in-process, so nothing else is left out).
+    let duration = match (&config.cluster, workers_started.get()) {
+        (Some(_), Some(started)) => started.elapsed(),
+        _ => start.elapsed(),
+    };
     // The final checkpoint (and the sinks' last commit) is written before the job returns.
     let checkpoint_result = match &checkpoints {
         Some(coordinator) => coordinator.finish(),
