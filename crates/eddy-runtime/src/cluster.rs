@@ -307,6 +307,37 @@ mod tests {
     }
 
     #[test]
+    fn two_processes_with_the_same_id_are_refused() {
+        let addresses: Vec<String> = (0..3)
+            .map(|_| format!("127.0.0.1:{}", free_port()))
+            .collect();
+        let process_0 = config(0, &addresses, 5_000);
+        let waiting = std::thread::spawn(move || connect(&process_0).err().map(|e| e.to_string()));
+        // Two processes both say they are process 1 (timely's handshake: a big-endian u64).
+        let mut impostors = Vec::new();
+        for _ in 0..2 {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let stream = loop {
+                match TcpStream::connect(addresses[0].as_str()) {
+                    Ok(stream) => break stream,
+                    Err(e) if Instant::now() > deadline => panic!("cannot connect: {e}"),
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            };
+            let mut stream = stream;
+            assert!(stream.write_all(&1u64.to_be_bytes()).is_ok());
+            impostors.push(stream);
+        }
+        let error = waiting.join().ok().flatten();
+        assert!(
+            error
+                .as_deref()
+                .is_some_and(|e| e.contains("process 1 connected twice")),
+            "{error:?}"
+        );
+    }
+
+    #[test]
     fn a_peer_that_never_connects_is_named() {
         let addresses: Vec<String> = (0..2)
             .map(|_| format!("127.0.0.1:{}", free_port()))

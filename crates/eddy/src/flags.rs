@@ -347,6 +347,17 @@ mod tests {
                 &["--processes", "2", "--hostfile", "/nonexistent/hosts"],
                 "/nonexistent/hosts",
             ),
+            (
+                &[
+                    "--processes",
+                    "2",
+                    "--addresses",
+                    "a:1,b:1",
+                    "--restart-attempts",
+                    "3",
+                ],
+                "restart together",
+            ),
         ];
         for (args, expected) in cases {
             let message = error(args);
