@@ -5,6 +5,9 @@
 //! eddy run w1 --n 20000000 --k 1000000 --parallelism 2
 //! eddy run w4 --n 20000000 --k 1000000 --parallelism 2
 //! eddy jobs
+//! eddy cluster local -n 3 --workers-per-process 2 -- run customer-totals --output out \
+//!     --checkpoint-dir /tmp/chk --checkpoint-interval-ms 200
+//! eddy run w1 --processes 2 --process-id 0 --addresses host0:2101,host1:2101
 //! eddy checkpoints ls /var/eddy/checkpoints
 //! eddy checkpoints show s3://bucket/jobs/fraud/chk-0000000042
 //! eddy checkpoints show /var/eddy/checkpoints savepoint-before-upgrade
@@ -14,6 +17,7 @@
 //! `--state-backend`, ...) as any program built on Eddy, through [`eddy::JobFlags`].
 
 mod checkpoints;
+mod cluster;
 
 use std::time::{Duration, Instant};
 
@@ -41,11 +45,17 @@ struct Cli {
 enum Command {
     /// Runs a built-in job to completion, embedded in this process.
     Run {
+        /// Boxed: the job flags make this variant much larger than the others.
         #[command(subcommand)]
-        job: Job,
+        job: Box<Job>,
     },
     /// Lists the built-in jobs.
     Jobs,
+    /// Runs a built-in job as several processes (timely's cluster mode).
+    Cluster {
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
+    },
     /// Inspects the checkpoints and savepoints of a checkpoint directory.
     Checkpoints {
         #[command(subcommand)]
@@ -120,8 +130,12 @@ fn main() -> anyhow::Result<()> {
             println!("customer-totals     running totals per customer, exactly-once file output");
             Ok(())
         }
-        Command::Run { job } => run(job),
+        Command::Run { job } => {
+            cluster::exit_with_supervisor();
+            run(*job)
+        }
         Command::Checkpoints { command } => checkpoints::run(command),
+        Command::Cluster { command } => cluster::run(command),
         Command::Savepoint {
             checkpoint_dir,
             name,
@@ -184,6 +198,13 @@ fn run(job: Job) -> anyhow::Result<()> {
         report.checksum,
         peak_rss_mb().map_or_else(|| "?".into(), |mb| mb.to_string()),
     );
+    if let Some((process, processes)) = report.cluster {
+        println!(
+            "  (process {process} of {processes}: processed {} of the {} events here; emitted and \
+             checksum are this process's share)",
+            report.processed, report.events
+        );
+    }
     Ok(())
 }
 

@@ -16,6 +16,8 @@ pub type Result<T, E = EddyError> = std::result::Result<T, E>;
 /// * [`Checkpoint`](EddyError::Checkpoint): a checkpoint or savepoint cannot be written, read
 ///   or restored (corrupt, truncated, foreign, newer format, incompatible); names the file.
 /// * [`Job`](EddyError::Job): a job failed; wraps the first error with the operator and subtask.
+/// * [`Cluster`](EddyError::Cluster): the processes of a multi-process job are misconfigured
+///   or cannot connect; names the process, the peer and the address.
 /// * [`Internal`](EddyError::Internal): a bug in Eddy; please report it.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -73,9 +75,20 @@ pub enum EddyError {
     #[error("{0}")]
     Job(Box<JobFailure>),
 
+    /// The processes of a cluster job are misconfigured or cannot reach each other.
+    #[error("cluster: {0}")]
+    Cluster(Box<ClusterError>),
+
     /// A bug in Eddy.
     #[error("internal error (a bug in Eddy, please report it): {0}")]
     Internal(String),
+}
+
+impl From<ClusterError> for EddyError {
+    fn from(error: ClusterError) -> Self {
+        // Boxed: keeps every `Result<T, EddyError>` small.
+        EddyError::Cluster(Box::new(error))
+    }
 }
 
 impl EddyError {
@@ -174,4 +187,124 @@ mod tests {
         // Errors travel through every `?` on the hot path; keep them two words at most plus tag.
         assert!(std::mem::size_of::<EddyError>() <= 56);
     }
+}
+
+/// Why the processes of a multi-process (cluster) job cannot run together.
+///
+/// Every variant names what to fix: the flag, the process id, the peer or the address.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClusterError {
+    /// A cluster needs at least one process.
+    #[error("--processes must be at least 1")]
+    NoProcesses,
+
+    /// Each process needs at least one worker thread.
+    #[error("--workers-per-process must be at least 1")]
+    NoWorkers,
+
+    /// The process id is not one of `0..processes`.
+    #[error("--process-id {process_id} is out of range: with --processes {processes} it must be 0..={}", processes.saturating_sub(1))]
+    ProcessIdOutOfRange {
+        /// The id given.
+        process_id: usize,
+        /// The number of processes.
+        processes: usize,
+    },
+
+    /// The address list does not have one address per process.
+    #[error("--addresses lists {addresses} address(es) but --processes is {processes}: give exactly one host:port per process, in process-id order")]
+    AddressCount {
+        /// Addresses given.
+        addresses: usize,
+        /// Processes configured.
+        processes: usize,
+    },
+
+    /// An address is not `host:port`.
+    #[error("bad address \"{address}\" for process {process_id}: {reason} (expected host:port, e.g. 10.0.0.7:2101)")]
+    BadAddress {
+        /// The process the address belongs to.
+        process_id: usize,
+        /// The address as given.
+        address: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// Two processes were given the same address.
+    #[error("processes {first} and {second} both have the address {address}: every process needs its own host:port")]
+    DuplicateAddress {
+        /// The address.
+        address: String,
+        /// The first process with it.
+        first: usize,
+        /// The second process with it.
+        second: usize,
+    },
+
+    /// The job's parallelism is not processes x workers per process.
+    #[error("parallelism {parallelism} is not --processes {processes} x --workers-per-process {workers_per_process}")]
+    ParallelismMismatch {
+        /// The job's parallelism.
+        parallelism: usize,
+        /// Processes.
+        processes: usize,
+        /// Worker threads per process.
+        workers_per_process: usize,
+    },
+
+    /// This process cannot listen on its own address.
+    #[error("process {process_id} cannot listen on {address}: {source} (is it this machine's address? is another process, perhaps one with the same --process-id, using it?)")]
+    Bind {
+        /// This process.
+        process_id: usize,
+        /// Its address.
+        address: String,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A peer did not connect (or could not be connected to) in time.
+    #[error("process {process_id} gave up after {timeout:?}: peer process {peer} at {address} never connected ({detail})")]
+    PeerTimeout {
+        /// This process.
+        process_id: usize,
+        /// The peer that is missing.
+        peer: usize,
+        /// The peer's address.
+        address: String,
+        /// The connect timeout.
+        timeout: std::time::Duration,
+        /// The last error seen, or what was awaited.
+        detail: String,
+    },
+
+    /// A connection did not speak timely's handshake (a stray client, or another job).
+    #[error("process {process_id}: bad handshake from {remote}: {reason}")]
+    Handshake {
+        /// This process.
+        process_id: usize,
+        /// The remote socket address.
+        remote: String,
+        /// What was wrong.
+        reason: String,
+    },
+
+    /// The connection to a peer broke while the job ran: the peer died or the network failed.
+    #[error("process {process_id} lost its connection to a peer process (it exited, was killed, or the network failed); the processes of a cluster job fail together: restart all of them from the latest checkpoint (`eddy cluster local` does)")]
+    PeerLost {
+        /// This process.
+        process_id: usize,
+    },
+
+    /// Timely could not set up its communication threads.
+    #[error("process {process_id}: cannot start timely's networking: {reason}")]
+    Network {
+        /// This process.
+        process_id: usize,
+        /// Timely's error.
+        reason: String,
+    },
 }

@@ -94,7 +94,7 @@ pub fn validate_parallelism(parallelism: usize, max_parallelism: usize) -> Resul
 }
 
 /// A contiguous, inclusive range of key groups: the key groups one subtask owns.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct KeyGroupRange {
     start: usize,
     /// One past the last key group (so an empty range is representable).

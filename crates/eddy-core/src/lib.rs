@@ -31,6 +31,6 @@ pub mod error;
 pub mod key;
 pub mod key_group;
 
-pub use error::{EddyError, JobFailure, Result, SchemaMismatch};
+pub use error::{ClusterError, EddyError, JobFailure, Result, SchemaMismatch};
 pub use key::{java_string_hash, Data, Key, StateValue};
 pub use key_group::{KeyGroup, KeyGroupRange, MAX_MAX_PARALLELISM};

@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use eddy_core::key_group::{default_max_parallelism, validate_parallelism};
-use eddy_core::Result;
+use eddy_core::{ClusterError, Result};
 
-use crate::checkpoint::CheckpointConfig;
+use crate::checkpoint::{CheckpointConfig, RestartStrategy};
 use crate::time::ProcessingClock;
 
 /// Which keyed-state backend a job's keyed operators use.
@@ -44,6 +44,99 @@ pub struct JobConfig {
     pub clock: ProcessingClock,
     /// Checkpoints, restore and restarts.
     pub checkpoint: CheckpointConfig,
+    /// Run as one process of a multi-process job (timely's cluster mode); `None`: every
+    /// worker in this process (the default).
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// This process's place in a job that runs as several processes (timely's `Config::Cluster`).
+///
+/// Every process runs the same job with the same flags except `process_id`. The job's
+/// parallelism is `processes * workers_per_process`; the worker `w` of process `p` is subtask
+/// `p * workers_per_process + w` (timely's global worker index), so key groups, checkpoint
+/// parts and restores are laid out exactly as for one process of the same parallelism.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Number of processes.
+    pub processes: usize,
+    /// This process's id, `0..processes`. Process 0 completes checkpoints (writes `_metadata`).
+    pub process_id: usize,
+    /// Worker threads in each process.
+    pub workers_per_process: usize,
+    /// `host:port` of every process, in process-id order; this process listens on its own.
+    pub addresses: Vec<String>,
+    /// How long to wait for every peer to connect before failing with the missing peer named.
+    pub connect_timeout: Duration,
+}
+
+impl ClusterConfig {
+    /// The default time to wait for peers.
+    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
+    /// The job's parallelism: every worker of every process.
+    pub fn parallelism(&self) -> usize {
+        self.processes.saturating_mul(self.workers_per_process)
+    }
+
+    /// Checks the process id, the address list and the worker count.
+    pub fn validate(&self) -> std::result::Result<(), ClusterError> {
+        if self.processes == 0 {
+            return Err(ClusterError::NoProcesses);
+        }
+        if self.workers_per_process == 0 {
+            return Err(ClusterError::NoWorkers);
+        }
+        if self.process_id >= self.processes {
+            return Err(ClusterError::ProcessIdOutOfRange {
+                process_id: self.process_id,
+                processes: self.processes,
+            });
+        }
+        if self.addresses.len() != self.processes {
+            return Err(ClusterError::AddressCount {
+                addresses: self.addresses.len(),
+                processes: self.processes,
+            });
+        }
+        for (process_id, address) in self.addresses.iter().enumerate() {
+            check_address(process_id, address)?;
+            if let Some(first) = self.addresses[..process_id]
+                .iter()
+                .position(|a| a.trim() == address.trim())
+            {
+                return Err(ClusterError::DuplicateAddress {
+                    address: address.clone(),
+                    first,
+                    second: process_id,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks that `address` is `host:port` (the host is resolved only when connecting: in
+/// Kubernetes a peer's DNS name may appear after this process starts).
+fn check_address(process_id: usize, address: &str) -> std::result::Result<(), ClusterError> {
+    let bad = |reason: &str| ClusterError::BadAddress {
+        process_id,
+        address: address.to_string(),
+        reason: reason.to_string(),
+    };
+    let Some((host, port)) = address.trim().rsplit_once(':') else {
+        return Err(bad("no port"));
+    };
+    if host.is_empty() {
+        return Err(bad("no host"));
+    }
+    if host.chars().any(char::is_whitespace) {
+        return Err(bad("whitespace in the host"));
+    }
+    match port.parse::<u16>() {
+        Ok(0) => Err(bad("port 0 cannot be connected to")),
+        Ok(_) => Ok(()),
+        Err(_) => Err(bad("the port is not a number from 1 to 65535")),
+    }
 }
 
 impl Default for JobConfig {
@@ -56,6 +149,7 @@ impl Default for JobConfig {
             max_epochs_in_flight: 4,
             clock: ProcessingClock::default(),
             checkpoint: CheckpointConfig::default(),
+            cluster: None,
         }
     }
 }
@@ -105,11 +199,96 @@ impl JobConfig {
                 )));
             }
         }
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
+            if cluster.parallelism() != self.parallelism {
+                return Err(ClusterError::ParallelismMismatch {
+                    parallelism: self.parallelism,
+                    processes: cluster.processes,
+                    workers_per_process: cluster.workers_per_process,
+                }
+                .into());
+            }
+            if cluster.processes > 1 && checkpoint.restart != RestartStrategy::None {
+                return Err(eddy_core::EddyError::Config(
+                    "--restart-attempts restarts the workers of one process; the processes of \
+                     a cluster fail and restart together, by their supervisor (`eddy cluster \
+                     local --max-restarts`, systemd or Kubernetes)"
+                        .into(),
+                ));
+            }
+        }
         if self.max_epochs_in_flight == 0 {
             return Err(eddy_core::EddyError::Config(
                 "max_epochs_in_flight must be at least 1".into(),
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(processes: usize, process_id: usize, addresses: &[&str]) -> ClusterConfig {
+        ClusterConfig {
+            processes,
+            process_id,
+            workers_per_process: 2,
+            addresses: addresses.iter().map(|a| a.to_string()).collect(),
+            connect_timeout: ClusterConfig::DEFAULT_CONNECT_TIMEOUT,
+        }
+    }
+
+    #[test]
+    fn cluster_configs_are_checked_with_named_errors() {
+        let ok = cluster(2, 1, &["localhost:2101", "10.0.0.2:2101"]);
+        assert!(ok.validate().is_ok());
+        assert_eq!(ok.parallelism(), 4);
+        let cases: &[(ClusterConfig, &str)] = &[
+            (
+                cluster(2, 2, &["a:1", "b:1"]),
+                "--process-id 2 is out of range",
+            ),
+            (
+                cluster(3, 0, &["a:1", "b:1"]),
+                "lists 2 address(es) but --processes is 3",
+            ),
+            (
+                cluster(2, 0, &["a:1", "b"]),
+                "bad address \"b\" for process 1: no port",
+            ),
+            (cluster(2, 0, &["a:1", "b:x"]), "not a number"),
+            (cluster(2, 0, &["a:1", ":7"]), "no host"),
+            (
+                cluster(2, 0, &["a:1", "a:1"]),
+                "processes 0 and 1 both have the address a:1",
+            ),
+            (cluster(0, 0, &[]), "--processes must be at least 1"),
+        ];
+        for (config, expected) in cases {
+            let message = config.validate().err().map(|e| e.to_string());
+            assert!(
+                message.as_deref().is_some_and(|m| m.contains(expected)),
+                "{config:?}: {message:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn job_parallelism_must_match_the_cluster() {
+        let config = JobConfig {
+            parallelism: 3,
+            cluster: Some(cluster(2, 0, &["a:1", "b:1"])),
+            ..JobConfig::default()
+        };
+        let message = config.validate().err().map(|e| e.to_string());
+        assert!(
+            message
+                .as_deref()
+                .is_some_and(|m| m.contains("parallelism 3 is not --processes 2")),
+            "{message:?}"
+        );
     }
 }

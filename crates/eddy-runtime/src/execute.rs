@@ -87,6 +87,11 @@ pub fn execute(job_name: &str, graph: JobGraph, config: &JobConfig) -> Result<Jo
                 else {
                     return Err(error);
                 };
+                // The processes of a cluster fail together; their supervisor restarts them all
+                // (`JobConfig::validate` refuses in-process restarts there).
+                if config.cluster.as_ref().is_some_and(|c| c.processes > 1) {
+                    return Err(error);
+                }
                 if restarts >= attempts || config.checkpoint.location.is_none() {
                     return Err(error);
                 }
@@ -166,7 +171,11 @@ fn run_attempt(
                 checkpoints,
                 CoordinatorSettings {
                     job: job_name.to_string(),
-                    workers: config.parallelism,
+                    workers: config
+                        .cluster
+                        .as_ref()
+                        .map_or(config.parallelism, |c| c.workers_per_process),
+                    cluster: config.cluster.as_ref().map(|c| (c.process_id, c.processes)),
                     max_parallelism,
                     retained: config.checkpoint.retained,
                     barriers,
@@ -188,7 +197,11 @@ fn run_attempt(
         }
         _ => (None, None),
     };
-    let attempt_start = Instant::now();
+    // Set by the first worker to start: in a cluster that is after every peer has connected,
+    // so the processes' epoch clocks start within milliseconds of each other, however long
+    // the slowest process took to start.
+    let attempt_start = Arc::new(std::sync::OnceLock::<Instant>::new());
+    let workers_started = Arc::clone(&attempt_start);
 
     let worker_graph = Arc::clone(graph);
     let worker_failures = Arc::clone(&failures);
@@ -196,8 +209,7 @@ fn run_attempt(
     let worker_checkpoints = checkpoints.clone();
     let uids = Arc::new(graph.uids().clone());
     let job = job_name.to_string();
-    let timely_config = timely::Config::process(config.parallelism);
-    let guards = timely::execute(timely_config, move |worker| {
+    let work = move |worker: &mut timely::worker::Worker| {
         let _abort_on_panic = AbortOnPanic {
             failures: Arc::clone(&worker_failures),
             job: job.clone(),
@@ -209,7 +221,7 @@ fn run_attempt(
             max_parallelism,
             config: worker_config.clone(),
             job_name: job.clone(),
-            job_start: attempt_start,
+            job_start: *attempt_start.get_or_init(Instant::now),
             probe: ProbeHandle::<Epoch>::new(),
             failures: Arc::clone(&worker_failures),
             barriers,
@@ -234,11 +246,59 @@ fn run_attempt(
             }
             worker.step_or_park(Some(PARK_TIMEOUT));
         }
-    })
+    };
+    let network_lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let guards = match &config.cluster {
+        None => timely::execute(timely::Config::process(config.parallelism), work),
+        Some(cluster) => {
+            // Blocks until every peer has connected (or names the one that did not).
+            let started = crate::cluster::start_networking(cluster, Arc::clone(&network_lost));
+            let (allocators, network) = match started {
+                Ok(started) => started,
+                Err(error) => {
+                    if let Some(coordinator) = &checkpoints {
+                        coordinator.cancel();
+                        let _ = coordinator.finish();
+                    }
+                    return Err(error.into());
+                }
+            };
+            timely::execute::execute_from(
+                allocators,
+                network,
+                timely::WorkerConfig::default(),
+                work,
+            )
+        }
+    }
     .map_err(|e| EddyError::Config(format!("cannot start timely workers: {e}")))?;
 
+    // Also joins timely's network threads (in a cluster).
     let joined = guards.join();
-    let duration = start.elapsed();
+    let failed = failures.is_aborted() || joined.iter().any(Result::is_err);
+    if let (Some(cluster), true) = (&config.cluster, failed) {
+        if network_lost.load(std::sync::atomic::Ordering::Acquire) {
+            if let Some(coordinator) = &checkpoints {
+                coordinator.cancel();
+                // Its error is a consequence of the lost peer.
+                let _ = coordinator.finish();
+            }
+            return Err(eddy_core::ClusterError::PeerLost {
+                process_id: cluster.process_id,
+            }
+            .into());
+        }
+    }
+    if let (Some(coordinator), true) = (&checkpoints, failed) {
+        // A coordinator waiting for other processes' parts would wait for a job that is over.
+        coordinator.cancel();
+    }
+    // A cluster process may wait a while for its peers: its job time starts once they are
+    // all connected (it never restarts in-process, so nothing else is left out).
+    let duration = match (&config.cluster, workers_started.get()) {
+        (Some(_), Some(started)) => started.elapsed(),
+        _ => start.elapsed(),
+    };
     // The final checkpoint (and the sinks' last commit) is written before the job returns.
     let checkpoint_result = match &checkpoints {
         Some(coordinator) => coordinator.finish(),

@@ -15,6 +15,12 @@
 //!   has no flow control, so this is what bounds the memory held in channels.
 //! * **Failure is all-or-nothing**, as in timely: the first error (or panic) of any operator
 //!   stops every worker, and [`execute`] returns it with the operator and subtask named.
+//! * **Several processes** ([`ClusterConfig`]): the same job runs as `N` processes of `W`
+//!   workers each on timely's TCP allocator; worker `w` of process `p` is subtask `p * W + w`,
+//!   records crossing processes are serialized with serde, and checkpoints are completed
+//!   across processes through the shared checkpoint storage (process 0 writes `_metadata`).
+//!   A process whose peer dies fails with [`eddy_core::ClusterError::PeerLost`]; its
+//!   supervisor restarts all processes from the latest checkpoint.
 //!
 //! It depends on `eddy-core`, `eddy-state` and `timely`, never on the user-facing API or on
 //! connectors: those are built on the [`Source`], [`Sink`] and [`KeyedProcessFunction`] traits
@@ -22,6 +28,7 @@
 
 mod broadcast_function;
 pub mod checkpoint;
+mod cluster;
 mod config;
 mod execute;
 mod failure;
@@ -37,7 +44,7 @@ pub mod windows;
 pub use broadcast_function::{
     BroadcastContext, KeyedBroadcastProcessFunction, ReadOnlyBroadcastContext,
 };
-pub use config::{JobConfig, StateBackendKind};
+pub use config::{ClusterConfig, JobConfig, StateBackendKind};
 pub use execute::{execute, JobResult};
 pub use function::{
     Collector, Context, KeyedProcessFunction, OnTimerContext, OpenContext, TimerService,

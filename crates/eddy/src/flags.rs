@@ -1,11 +1,11 @@
 //! The standard job flags every Eddy job program accepts, through one `clap` parser.
 
 use clap::{Args, Parser, ValueEnum};
-use eddy_core::Result;
+use eddy_core::{EddyError, Result};
 use std::time::Duration;
 
 use eddy_runtime::checkpoint::{CheckpointConfig, RestartStrategy};
-use eddy_runtime::{JobConfig, StateBackendKind};
+use eddy_runtime::{ClusterConfig, JobConfig, StateBackendKind};
 
 /// The flags of every Eddy job (`--parallelism`, `--max-parallelism`, `--state-backend`, ...).
 ///
@@ -84,6 +84,37 @@ pub struct JobFlags {
     /// When a bounded job ends, also write its final checkpoint as savepoint-NAME.
     #[arg(long, value_name = "NAME")]
     pub savepoint_on_finish: Option<String>,
+
+    /// Run as one of N processes of a cluster job (timely's cluster mode); the job's
+    /// parallelism is then N x --workers-per-process. Needs --addresses or --hostfile.
+    #[arg(long, value_name = "N", conflicts_with = "parallelism", value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub processes: Option<u64>,
+
+    /// Worker threads in each process of a cluster job [default: 1].
+    #[arg(long, value_name = "W", conflicts_with = "parallelism", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub workers_per_process: Option<u64>,
+
+    /// This process's id in a cluster job, 0..N (process 0 completes checkpoints).
+    #[arg(long, value_name = "ID", default_value_t = 0)]
+    pub process_id: u64,
+
+    /// host:port of every process of a cluster job, comma-separated, in process-id order.
+    #[arg(
+        long,
+        value_name = "HOST:PORT,...",
+        value_delimiter = ',',
+        conflicts_with = "hostfile"
+    )]
+    pub addresses: Vec<String>,
+
+    /// A file with one host:port per line, in process-id order (instead of --addresses;
+    /// empty lines and lines starting with `#` are skipped).
+    #[arg(long, value_name = "PATH")]
+    pub hostfile: Option<std::path::PathBuf>,
+
+    /// How long a cluster process waits for its peers to connect before failing, in ms.
+    #[arg(long, value_name = "MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+    pub connect_timeout_ms: u64,
 }
 
 /// The values of `--state-backend`.
@@ -112,6 +143,12 @@ impl Default for JobFlags {
             restart_attempts: 0,
             restart_delay_ms: 1000,
             savepoint_on_finish: None,
+            processes: None,
+            workers_per_process: None,
+            process_id: 0,
+            addresses: Vec::new(),
+            hostfile: None,
+            connect_timeout_ms: 60_000,
         }
     }
 }
@@ -124,8 +161,12 @@ fn default_parallelism() -> u64 {
 impl JobFlags {
     /// The job configuration these flags describe; every error names the flag.
     pub fn to_config(&self) -> Result<JobConfig> {
+        let cluster = self.cluster_config()?;
         let config = JobConfig {
-            parallelism: self.parallelism as usize,
+            parallelism: cluster
+                .as_ref()
+                .map_or(self.parallelism as usize, ClusterConfig::parallelism),
+            cluster,
             max_parallelism: self.max_parallelism.map(|m| m as usize),
             state_backend: match self.state_backend {
                 BackendFlag::Heap => StateBackendKind::Heap,
@@ -154,6 +195,52 @@ impl JobFlags {
         config.validate()?;
         Ok(config)
     }
+
+    /// The cluster flags as a [`ClusterConfig`]; `None` when the job runs in one process.
+    fn cluster_config(&self) -> Result<Option<ClusterConfig>> {
+        let addresses = match &self.hostfile {
+            Some(path) => read_hostfile(path)?,
+            None => self
+                .addresses
+                .iter()
+                .map(|a| a.trim().to_string())
+                .collect(),
+        };
+        let clustered = self.processes.is_some()
+            || self.workers_per_process.is_some()
+            || !addresses.is_empty()
+            || self.process_id != 0;
+        if !clustered {
+            return Ok(None);
+        }
+        let Some(processes) = self.processes else {
+            return Err(EddyError::Config(
+                "--processes is required with --workers-per-process, --process-id, \
+                 --addresses or --hostfile"
+                    .into(),
+            ));
+        };
+        let cluster = ClusterConfig {
+            processes: processes as usize,
+            process_id: usize::try_from(self.process_id).unwrap_or(usize::MAX),
+            workers_per_process: self.workers_per_process.unwrap_or(1) as usize,
+            addresses,
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+        };
+        cluster.validate()?;
+        Ok(Some(cluster))
+    }
+}
+
+/// The addresses of a hosts file: one `host:port` per line, in process-id order.
+fn read_hostfile(path: &std::path::Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).map_err(|e| EddyError::io(path, e))?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(str::to_string)
+        .collect())
 }
 
 /// A command line of job flags only.
@@ -187,6 +274,114 @@ mod tests {
             Some(StateBackendKind::RocksDb {
                 working_dir: Some("/tmp/x".into())
             })
+        );
+    }
+
+    #[test]
+    fn cluster_flags_make_a_cluster_config() {
+        let flags = parse(&[
+            "--processes",
+            "3",
+            "--workers-per-process",
+            "2",
+            "--process-id",
+            "1",
+            "--addresses",
+            "a:1,b:2,c:3",
+        ])
+        .ok();
+        let config = flags.and_then(|f| f.to_config().ok());
+        assert_eq!(config.as_ref().map(|c| c.parallelism), Some(6));
+        let cluster = config.and_then(|c| c.cluster);
+        assert_eq!(cluster.as_ref().map(|c| c.process_id), Some(1));
+        assert_eq!(
+            cluster.map(|c| c.addresses),
+            Some(vec!["a:1".to_string(), "b:2".into(), "c:3".into()])
+        );
+        // No cluster flags: one process, as before.
+        assert!(parse(&[])
+            .ok()
+            .and_then(|f| f.to_config().ok())
+            .is_some_and(|c| c.cluster.is_none()));
+    }
+
+    #[test]
+    fn bad_cluster_flags_are_clear_errors() {
+        let error = |args: &[&str]| -> String {
+            match parse(args) {
+                Err(e) => e.to_string(),
+                Ok(flags) => flags
+                    .to_config()
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default(),
+            }
+        };
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &["--processes", "2", "--addresses", "a:1"],
+                "lists 1 address(es) but --processes is 2",
+            ),
+            (
+                &[
+                    "--processes",
+                    "2",
+                    "--process-id",
+                    "2",
+                    "--addresses",
+                    "a:1,b:1",
+                ],
+                "--process-id 2 is out of range",
+            ),
+            (
+                &["--processes", "2", "--addresses", "a:1,nope"],
+                "bad address \"nope\"",
+            ),
+            (
+                &["--processes", "2", "--addresses", "a:1,a:1"],
+                "both have the address a:1",
+            ),
+            (&["--addresses", "a:1,b:1"], "--processes is required"),
+            (&["--processes", "2", "--parallelism", "4"], "--parallelism"),
+            (
+                &["--processes", "2", "--hostfile", "/nonexistent/hosts"],
+                "/nonexistent/hosts",
+            ),
+            (
+                &[
+                    "--processes",
+                    "2",
+                    "--addresses",
+                    "a:1,b:1",
+                    "--restart-attempts",
+                    "3",
+                ],
+                "restart together",
+            ),
+        ];
+        for (args, expected) in cases {
+            let message = error(args);
+            assert!(message.contains(expected), "{args:?}: {message}");
+        }
+    }
+
+    #[test]
+    fn a_hostfile_lists_one_address_per_line() {
+        let dir = tempfile::tempdir().ok();
+        let path = dir.as_ref().map(|d| d.path().join("hosts"));
+        let written = path
+            .as_ref()
+            .is_some_and(|p| std::fs::write(p, "# eddy\nh0:2101\n\nh1:2101\n").is_ok());
+        assert!(written);
+        let path = path
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let config = parse(&["--processes", "2", "--hostfile", &path])
+            .ok()
+            .and_then(|f| f.to_config().ok());
+        assert_eq!(
+            config.and_then(|c| c.cluster).map(|c| c.addresses),
+            Some(vec!["h0:2101".to_string(), "h1:2101".into()])
         );
     }
 

@@ -85,12 +85,13 @@ pub use flags::{BackendFlag, JobFlags};
 pub use stream::{DataStream, DataStreamSink, KeyedStream};
 pub use window::{LateDataWindowedStream, WindowedStream};
 
-pub use eddy_core::{EddyError, Key, Result};
+pub use eddy_core::{ClusterError, EddyError, Key, Result};
 pub use eddy_runtime::{BroadcastContext, KeyedBroadcastProcessFunction, ReadOnlyBroadcastContext};
 pub use eddy_runtime::{
-    Collector, Context, JobConfig, JobResult, KeyedProcessFunction, OnTimerContext, OpenContext,
-    OperatorSummary, ProcessingClock, Sink, SinkContext, Source, SourceContext, SourceReader,
-    SourceStatus, StateBackendKind, TimerService, WatermarkStrategy, MAX_WATERMARK, MIN_WATERMARK,
+    ClusterConfig, Collector, Context, JobConfig, JobResult, KeyedProcessFunction, OnTimerContext,
+    OpenContext, OperatorSummary, ProcessingClock, Sink, SinkContext, Source, SourceContext,
+    SourceReader, SourceStatus, StateBackendKind, TimerService, WatermarkStrategy, MAX_WATERMARK,
+    MIN_WATERMARK,
 };
 pub use eddy_state::TimeDomain;
 pub use eddy_state::{

@@ -2,6 +2,7 @@
 //! parts on a background thread, and completes the checkpoint by writing its metadata last.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -12,11 +13,12 @@ use eddy_checkpoint::{
     OperatorMetadata, StateInfo, SubtaskMetadata,
 };
 use eddy_core::{EddyError, KeyGroupRange, Result};
+use serde::{Deserialize, Serialize};
 
 use super::{Barriers, FINAL_CHECKPOINT};
 
 /// What a part holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PartKind {
     /// A keyed operator subtask's keyed state (`eddy_state::snapshot::KeyedStateSnapshot`).
     Keyed,
@@ -44,7 +46,7 @@ impl PartKind {
 }
 
 /// One subtask's contribution to one checkpoint.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Part {
     /// The encoded payload (framed by the storage layer).
     pub payload: Vec<u8>,
@@ -57,7 +59,7 @@ pub struct Part {
 }
 
 /// A registered contributor: one subtask of one stateful operator.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Participant {
     index: usize,
     uid: String,
@@ -109,6 +111,9 @@ pub struct CoordinatorSettings {
     pub savepoint_on_finish: Option<String>,
     /// The uids the job set with `uid(..)` (others get a warning).
     pub explicit_uids: BTreeSet<String>,
+    /// `(process_id, processes)` when this process is one of several of a cluster job; `None`
+    /// for a job in one process. `workers` are then this process's workers only.
+    pub cluster: Option<(usize, usize)>,
 }
 
 /// The job's checkpoint coordinator (one per job run, shared by all workers).
@@ -122,6 +127,9 @@ pub struct Coordinator {
     id_base: u64,
     /// The uids the job set with `uid(..)`.
     explicit_uids: BTreeSet<String>,
+    /// Set when the job run is over after a failure: the writer stops waiting for other
+    /// processes' parts.
+    cancelled: Arc<AtomicBool>,
 }
 
 /// Flink's warning: state of an operator without a uid is keyed by a derived id (here its
@@ -165,7 +173,11 @@ enum Work {
         id: u64,
         participant: Participant,
         parts: Vec<Part>,
+        /// Part of the final checkpoint of a bounded job.
+        is_final: bool,
     },
+    /// Checkpoint `id` can never complete here (a participant skipped it).
+    Abandon { id: u64 },
     Complete {
         id: u64,
         epoch: u64,
@@ -190,12 +202,27 @@ struct Writer {
     /// A stop-with-savepoint completed: every later part and checkpoint is dropped, so
     /// nothing after the savepoint is written or published.
     stopped: bool,
+    /// This process's role when the job runs as several processes.
+    cluster: Option<super::cluster::Role>,
+    /// In a cluster, the parts of the final checkpoint, held until its id is agreed.
+    held_final: Vec<(Participant, Vec<Part>)>,
 }
 
 struct WrittenPart {
     participant: Participant,
     subtask: SubtaskMetadata,
     committables: Vec<String>,
+}
+
+impl WrittenPart {
+    fn manifest_entry(&self) -> super::cluster::ManifestEntry {
+        super::cluster::ManifestEntry {
+            uid: self.participant.uid.clone(),
+            name: self.participant.name.clone(),
+            parallelism: self.participant.parallelism,
+            subtask: self.subtask.clone(),
+        }
+    }
 }
 
 impl Coordinator {
@@ -220,8 +247,19 @@ impl Coordinator {
             id_base,
             savepoint_on_finish,
             explicit_uids,
+            cluster,
         } = run;
         let job = job.as_str();
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let cluster = cluster.map(|(process, processes)| super::cluster::Role {
+            process,
+            processes,
+            workers_per_process: workers,
+            cancelled: Arc::clone(&cancelled),
+        });
+        if let Some(role) = &cluster {
+            role.prepare(&storage)?;
+        }
         let (sender, receiver) = mpsc::channel::<Work>();
         let stats = Arc::new(Mutex::new(Vec::new()));
         let mut writer = Writer {
@@ -234,6 +272,8 @@ impl Coordinator {
             stats: Arc::clone(&stats),
             on_stop: Box::new(on_stop),
             stopped: false,
+            cluster,
+            held_final: Vec::new(),
         };
         let handle = std::thread::Builder::new()
             .name("eddy-checkpoint-writer".into())
@@ -267,6 +307,7 @@ impl Coordinator {
             barriers,
             id_base,
             explicit_uids,
+            cancelled,
         };
         Ok((Arc::new(coordinator), stats))
     }
@@ -274,6 +315,12 @@ impl Coordinator {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A poisoned lock means a worker panicked mid-update; the job is failing anyway.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The job run is over after a failure: stop waiting for other processes' parts (a
+    /// checkpoint in progress then fails instead of completing).
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::Release);
     }
 
     /// The barriers every participant follows.
@@ -379,8 +426,14 @@ impl Coordinator {
         }
         // Older checkpoints some participant skipped can never complete now.
         let abandoned: Vec<u64> = inner.pending.range(..id).map(|(k, _)| *k).collect();
+        let mut work = Vec::new();
         for old in abandoned {
             inner.pending.remove(&old);
+            if old != FINAL_CHECKPOINT {
+                work.push(Work::Abandon {
+                    id: self.id_base + old,
+                });
+            }
         }
         let final_id = self.id_base
             + if id == FINAL_CHECKPOINT {
@@ -398,13 +451,13 @@ impl Coordinator {
             .iter()
             .map(|(uid, c)| (uid.clone(), Arc::clone(c)))
             .collect();
-        let mut work = Vec::new();
         for (index, parts) in pending.received {
             if let Some(participant) = inner.participants.get(index) {
                 work.push(Work::Write {
                     id: final_id,
                     participant: participant.clone(),
                     parts,
+                    is_final: id == FINAL_CHECKPOINT,
                 });
             }
         }
@@ -453,7 +506,21 @@ impl Writer {
                 id,
                 participant,
                 parts,
-            } => self.write(id, participant, parts),
+                is_final,
+            } => {
+                if is_final && self.cluster.is_some() {
+                    // The final checkpoint's id depends on every process's last periodic
+                    // checkpoint: process 0 writes these parts once it knows it.
+                    self.held_final.push((participant, parts));
+                    Ok(())
+                } else {
+                    self.write(id, participant, parts)
+                }
+            }
+            Work::Abandon { id } => match &self.cluster {
+                Some(role) => role.abandon(&self.storage, id),
+                None => Ok(()),
+            },
             Work::Complete {
                 id,
                 epoch,
@@ -504,7 +571,128 @@ impl Writer {
         started: Instant,
         committers: &[(String, Arc<Committer>)],
     ) -> Result<()> {
+        let Some(role) = self.cluster.clone() else {
+            let parts = self.written.remove(&id).unwrap_or_default();
+            return self.publish(id, epoch, started, committers, parts, Vec::new());
+        };
+        if epoch == u64::MAX {
+            return self.complete_final_in_cluster(&role, id, started, committers);
+        }
         let parts = self.written.remove(&id).unwrap_or_default();
+        if role.process == 0 {
+            // Complete only once every other process's parts are durable too.
+            match role.await_manifests(&self.storage, id)? {
+                Some(remote) => self.publish(id, epoch, started, committers, parts, remote),
+                None => role.abandon(&self.storage, id),
+            }
+        } else {
+            let entries = parts.iter().map(WrittenPart::manifest_entry).collect();
+            role.write_manifest(&self.storage, id, entries)?;
+            if role.await_completion(&self.storage, id)? {
+                Self::commit_local(committers, &parts)?;
+                self.push_stats(id, started, 0);
+            }
+            Ok(())
+        }
+    }
+
+    /// The final checkpoint of a bounded job in a cluster: every process's last periodic
+    /// checkpoint may differ (each saw the end of its inputs at its own point), so processes
+    /// other than 0 hand their final parts to process 0 in a manifest, and process 0 numbers
+    /// the final checkpoint after the highest of them and writes every part.
+    fn complete_final_in_cluster(
+        &mut self,
+        role: &super::cluster::Role,
+        id: u64,
+        started: Instant,
+        committers: &[(String, Arc<Committer>)],
+    ) -> Result<()> {
+        let held = std::mem::take(&mut self.held_final);
+        if role.process != 0 {
+            let committables = held
+                .iter()
+                .map(|(participant, parts)| {
+                    let mut committables = Vec::new();
+                    for part in parts.iter().filter(|p| p.kind == PartKind::Committables) {
+                        committables.extend(decode_committables(&part.payload, &participant.uid)?);
+                    }
+                    Ok((participant.uid.clone(), committables))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            role.write_final_manifest(&self.storage, id, held)?;
+            let final_id = role.await_final(&self.storage)?;
+            Self::commit_committables(committers, committables)?;
+            self.push_stats(final_id, started, 0);
+            return Ok(());
+        }
+        let remote = role.await_final_manifests(&self.storage)?;
+        let final_id = remote.iter().map(|m| m.local_final_id).fold(id, u64::max);
+        for (participant, parts) in held {
+            self.write(final_id, participant, parts)?;
+        }
+        for manifest in remote {
+            for (participant, parts) in manifest.parts {
+                self.write(final_id, participant, parts)?;
+            }
+        }
+        let parts = self.written.remove(&final_id).unwrap_or_default();
+        // Other processes' committables are in `parts` too, but each process publishes its
+        // own (they may be handles only that process can use).
+        let (local, remote): (Vec<WrittenPart>, Vec<WrittenPart>) = parts
+            .into_iter()
+            .partition(|p| role.is_local(p.participant.subtask));
+        let remote = remote.iter().map(WrittenPart::manifest_entry).collect();
+        self.publish(final_id, u64::MAX, started, committers, local, remote)?;
+        role.announce_final(&self.storage, final_id)
+    }
+
+    fn commit_local(committers: &[(String, Arc<Committer>)], parts: &[WrittenPart]) -> Result<()> {
+        Self::commit_committables(
+            committers,
+            parts
+                .iter()
+                .map(|p| (p.participant.uid.clone(), p.committables.clone()))
+                .collect(),
+        )
+    }
+
+    fn commit_committables(
+        committers: &[(String, Arc<Committer>)],
+        committables: Vec<(String, Vec<String>)>,
+    ) -> Result<()> {
+        let mut by_uid: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (uid, list) in committables {
+            by_uid.entry(uid).or_default().extend(list);
+        }
+        for (uid, committer) in committers {
+            if let Some(list) = by_uid.get(uid).filter(|l| !l.is_empty()) {
+                committer(list)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn push_stats(&self, id: u64, started: Instant, size: u64) {
+        let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        stats.push(CheckpointStats {
+            id,
+            duration: started.elapsed(),
+            size,
+        });
+    }
+
+    /// Writes the metadata of checkpoint `id` (this process's `parts` and other processes'
+    /// `remote` subtasks), then publishes this process's committables, applies retention and
+    /// writes requested savepoints.
+    fn publish(
+        &mut self,
+        id: u64,
+        epoch: u64,
+        started: Instant,
+        committers: &[(String, Arc<Committer>)],
+        parts: Vec<WrittenPart>,
+        remote: Vec<super::cluster::ManifestEntry>,
+    ) -> Result<()> {
         let mut metadata = CheckpointMetadata::new(
             self.job.clone(),
             id,
@@ -535,6 +723,23 @@ impl Writer {
             };
             operator.subtasks.push(part.subtask);
         }
+        for entry in remote {
+            let position = metadata.operators.iter().position(|o| o.uid == entry.uid);
+            let operator = match position {
+                Some(i) => &mut metadata.operators[i],
+                None => {
+                    metadata.operators.push(OperatorMetadata {
+                        uid: entry.uid,
+                        name: entry.name,
+                        parallelism: entry.parallelism as u32,
+                        subtasks: Vec::new(),
+                    });
+                    let last = metadata.operators.len() - 1;
+                    &mut metadata.operators[last]
+                }
+            };
+            operator.subtasks.push(entry.subtask);
+        }
         for operator in &mut metadata.operators {
             operator.subtasks.sort_by_key(|s| s.index);
         }
@@ -559,14 +764,7 @@ impl Writer {
         for name in stops {
             stop_at = Some(self.write_savepoint(&metadata, &name)?);
         }
-        self.stats
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(CheckpointStats {
-                id,
-                duration: started.elapsed(),
-                size,
-            });
+        self.push_stats(id, started, size);
         if let Some(location) = stop_at {
             self.stopped = true;
             eprintln!(

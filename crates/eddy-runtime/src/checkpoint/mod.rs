@@ -16,6 +16,7 @@
 //! thread; a checkpoint is complete once every part is durable and the metadata is written
 //! last. See `docs/checkpoints.md` for the formats.
 
+mod cluster;
 mod coordinator;
 mod restore;
 

@@ -61,7 +61,9 @@ impl<T: Data, S: Sink<T>> SinkNode for SinkOperatorNode<T, S> {
         let parallelism = self.parallelism.unwrap_or(worker.peers);
         let mut sink = (worker.index < parallelism).then(|| self.sink.clone());
         let checkpoints = worker.checkpoints.as_ref();
-        if let (Some(coordinator), true) = (checkpoints, worker.index == 0) {
+        // Every process needs the committer: in a cluster, each process publishes its own
+        // subtasks' output (the first registration per process wins, the rest are ignored).
+        if let Some(coordinator) = checkpoints {
             let committer = self.sink.clone();
             coordinator.register_committer(
                 worker.uid_of(&self.name),
