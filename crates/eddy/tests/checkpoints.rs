@@ -4,7 +4,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -12,77 +11,9 @@ use eddy::checkpoint::{CheckpointConfig, RestartStrategy};
 use eddy::prelude::*;
 use eddy::StateBackendKind;
 use eddy_checkpoint::Checkpoints;
-use serde::{Deserialize, Serialize};
 
 mod exactly_once;
-use exactly_once::{published, InjectedFailure};
-
-/// Running count and sum per customer; fails once at `fail_at` while `armed` is set.
-#[derive(Clone)]
-struct Totals {
-    failure: InjectedFailure,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-struct Out {
-    customer: u64,
-    count: u64,
-    sum: u64,
-}
-
-impl KeyedProcessFunction for Totals {
-    type Key = u64;
-    type In = Transaction;
-    type Out = Out;
-    type State = (ValueState<Out>, MapState<u64, u64>);
-
-    fn open(&mut self, ctx: &mut OpenContext<'_, u64>) -> Result<Self::State> {
-        Ok((
-            ctx.value_state(&ValueStateDescriptor::new("totals"))?,
-            ctx.map_state(&MapStateDescriptor::new("per-bucket"))?,
-        ))
-    }
-
-    fn process_element(
-        &mut self,
-        (totals, buckets): &mut Self::State,
-        tx: Transaction,
-        _ctx: &mut Context<'_, u64>,
-        out: &mut Collector<'_, Out>,
-    ) -> Result<()> {
-        if self.failure.fires(tx.transaction_id) {
-            return Err(EddyError::user("injected failure"));
-        }
-        let bucket = tx.amount / 10_000;
-        buckets.put(bucket, buckets.get(&bucket)?.unwrap_or(0) + 1)?;
-        let mut t = totals.value()?.unwrap_or_default();
-        t.customer = tx.customer_id;
-        t.count += 1;
-        t.sum += tx.amount;
-        totals.update(t)?;
-        out.collect(t);
-        Ok(())
-    }
-}
-
-const EVENTS: u64 = 40_000;
-const CUSTOMERS: u64 = 300;
-
-fn expected() -> Vec<Out> {
-    let generator = TransactionGenerator::new(CUSTOMERS, 5);
-    let mut totals: HashMap<u64, Out> = HashMap::new();
-    let mut out = Vec::new();
-    for i in 0..EVENTS {
-        let tx = eddy::connectors::Generator::generate(&generator, i);
-        let t = totals.entry(tx.customer_id).or_default();
-        t.customer = tx.customer_id;
-        t.count += 1;
-        t.sum += tx.amount;
-        out.push(*t);
-    }
-    out.sort_unstable();
-    out
-}
+use exactly_once::{expected, published, InjectedFailure, Out, Totals, CUSTOMERS, EVENTS};
 
 struct Job<'a> {
     dir: &'a Path,
@@ -148,12 +79,7 @@ impl<'a> Job<'a> {
         let keyed = source.key_by(|tx: &Transaction| tx.customer_id);
         if self.without_totals {
             keyed
-                .process_named(
-                    "other",
-                    Totals {
-                        failure: InjectedFailure::new(None, &location),
-                    },
-                )
+                .process_named("other", Totals { failure: None })
                 .uid("other")
                 .sink_named("out", FileSink::json_lines(self.dir.join("out")))
                 .uid("out");
@@ -162,7 +88,7 @@ impl<'a> Job<'a> {
                 .process_named(
                     "totals",
                     Totals {
-                        failure: InjectedFailure::new(self.fail_at, &location),
+                        failure: Some(InjectedFailure::new(self.fail_at, &location)),
                     },
                 )
                 .uid("totals")
@@ -475,7 +401,7 @@ fn file_source_resumes_at_its_checkpointed_offsets() {
         .process_named(
             "totals",
             Totals {
-                failure: InjectedFailure::new(Some(3 * EVENTS / 4), &ckpt),
+                failure: Some(InjectedFailure::new(Some(3 * EVENTS / 4), &ckpt)),
             },
         )
         .sink_named("out", FileSink::json_lines(dir.path().join("out")));

@@ -19,57 +19,13 @@ use eddy::layers::state::KeyedStateSnapshot;
 use eddy::prelude::*;
 use eddy::StateBackendKind;
 use eddy_checkpoint::{Checkpoints, FileKind};
-use serde::{Deserialize, Serialize};
 
-const EVENTS: u64 = 40_000;
-const CUSTOMERS: u64 = 300;
+mod exactly_once;
+use exactly_once::{published, Out, Totals, CUSTOMERS, EVENTS};
+
 /// Events per second: a run over the whole input takes 4 s, so each stage is stopped well
 /// (at least 1.6 s of input) before its input ends.
 const RATE: u64 = 10_000;
-
-/// Running count and sum per customer (a value state), and per customer a count per amount
-/// bucket (a map state).
-#[derive(Clone)]
-struct Totals;
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-struct Out {
-    customer: u64,
-    count: u64,
-    sum: u64,
-}
-
-impl KeyedProcessFunction for Totals {
-    type Key = u64;
-    type In = Transaction;
-    type Out = Out;
-    type State = (ValueState<Out>, MapState<u64, u64>);
-
-    fn open(&mut self, ctx: &mut OpenContext<'_, u64>) -> Result<Self::State> {
-        Ok((
-            ctx.value_state(&ValueStateDescriptor::new("totals"))?,
-            ctx.map_state(&MapStateDescriptor::new("per-bucket"))?,
-        ))
-    }
-
-    fn process_element(
-        &mut self,
-        (totals, buckets): &mut Self::State,
-        tx: Transaction,
-        _ctx: &mut Context<'_, u64>,
-        out: &mut Collector<'_, Out>,
-    ) -> Result<()> {
-        let bucket = tx.amount / 10_000;
-        buckets.put(bucket, buckets.get(&bucket)?.unwrap_or(0) + 1)?;
-        let mut t = totals.value()?.unwrap_or_default();
-        t.customer = tx.customer_id;
-        t.count += 1;
-        t.sum += tx.amount;
-        totals.update(t)?;
-        out.collect(t);
-        Ok(())
-    }
-}
 
 fn rocksdb() -> StateBackendKind {
     StateBackendKind::RocksDb { working_dir: None }
@@ -117,28 +73,11 @@ fn run_job(
     .set_parallelism(source_parallelism)
     .uid("transactions")
     .key_by(|tx: &Transaction| tx.customer_id)
-    .process_named("totals", Totals)
+    .process_named("totals", Totals { failure: None })
     .uid("totals")
     .sink_named("out", FileSink::json_lines(dir.join("out")))
     .uid("out");
     env.execute("savepoint-chain")
-}
-
-/// The records published under `dir` (pending files excluded), sorted.
-fn published(dir: &Path) -> Vec<Out> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for entry in entries.flatten() {
-        if entry.path().is_file() {
-            for line in std::fs::read_to_string(entry.path()).unwrap().lines() {
-                out.push(serde_json::from_str(line).unwrap());
-            }
-        }
-    }
-    out.sort_unstable();
-    out
 }
 
 /// Every keyed-state entry of the operator "totals" in the checkpoint or savepoint `what`
@@ -204,7 +143,7 @@ fn reference() -> (Vec<Out>, Entries) {
     let dir = tempfile::tempdir().unwrap();
     let result = run(dir.path(), 1, StateBackendKind::Heap, None).unwrap();
     assert_eq!(result.stopped_with_savepoint, None);
-    let out = published(&dir.path().join("out"));
+    let out = published::<Out>(&dir.path().join("out"));
     assert_eq!(out.len() as u64, EVENTS);
     (out, keyed_state(&dir.path().join("ckpt"), "latest"))
 }
@@ -250,7 +189,7 @@ fn savepoint_chain(backends: [StateBackendKind; 4]) {
                 .resolve(&location)
                 .unwrap();
             savepoint_epochs.push(point.metadata.epoch);
-            let now = published(&out);
+            let now = published::<Out>(&out);
             assert!(
                 now.len() < EVENTS as usize,
                 "step {step}: stopped at the end"
@@ -271,7 +210,7 @@ fn savepoint_chain(backends: [StateBackendKind; 4]) {
         savepoint_epochs.iter().all(|&e| e != u64::MAX),
         "{savepoint_epochs:?}"
     );
-    assert_eq!(published(&out), expected_out);
+    assert_eq!(published::<Out>(&out), expected_out);
     assert_eq!(keyed_state(&ckpt, "latest"), expected_state);
 }
 
@@ -330,7 +269,7 @@ fn stop_with_savepoint_publishes_nothing_after_the_savepoint() {
     let splits = state.state("generator-splits").expect("positions");
     let next = split_next(&splits.elements[0]);
     assert!(next > 0 && next < EVENTS, "savepoint at {next}");
-    assert_eq!(published(&out).len() as u64, next);
+    assert_eq!(published::<Out>(&out).len() as u64, next);
 }
 
 fn postcard_decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> T {
@@ -368,7 +307,7 @@ fn sources_restored_at_more_subtasks_than_splits_read_nothing_twice() {
     // Two splits read in parallel interleave each customer's events in another order than
     // the reference's single split, so the running totals differ; what may not differ: one
     // record per event, each customer's counts exactly 1..=n, and the final state.
-    let records = published(&out);
+    let records = published::<Out>(&out);
     assert_eq!(
         records.len() as u64,
         EVENTS,
