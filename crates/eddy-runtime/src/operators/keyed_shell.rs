@@ -220,7 +220,8 @@ where
                     break;
                 }
                 let passed = barriers.passed(hold + 1);
-                if let Some(uploader) = uploader.as_mut() {
+                // A task that has ended (failed, or the job is stopping) has nothing to give.
+                if let (Some(uploader), true) = (uploader.as_mut(), task.is_some()) {
                     let parts = match last_snapshot.take() {
                         Some(parts) => Ok(PendingParts::Ready(parts)),
                         None => take_snapshot(&mut task),
@@ -257,7 +258,7 @@ where
                     run(&mut task, &fail, |t| t.close());
                     out.send(&mut task, &caps[0]);
                     // A bounded job's final checkpoint: the state after the end of input.
-                    if let Some(uploader) = uploader.as_mut() {
+                    if let (Some(uploader), true) = (uploader.as_mut(), task.is_some()) {
                         uploader.submit_final(take_snapshot(&mut task));
                     }
                     task = None;
