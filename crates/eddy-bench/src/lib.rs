@@ -911,10 +911,7 @@ mod tests {
 
     #[test]
     fn collections_in_value_state_give_list_and_map_state_results() -> Result<()> {
-        for backend in [
-            StateBackendKind::Heap,
-            StateBackendKind::RocksDb { working_dir: None },
-        ] {
+        for backend in [StateBackendKind::Heap, StateBackendKind::rocksdb()] {
             // Parallelism 1: one source split, so each customer's events arrive in the same
             // order in both runs (the emitted sums depend on it).
             let env = || {

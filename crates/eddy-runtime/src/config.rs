@@ -20,7 +20,21 @@ pub enum StateBackendKind {
         /// The directory under which every subtask's instance gets a directory of its own,
         /// deleted when the job ends; `None`: the OS temp directory.
         working_dir: Option<std::path::PathBuf>,
+        /// The most entries of each state's write-back object cache per subtask
+        /// ([`eddy_state::RocksDbConfig::object_cache_entries`]); 0: no cache.
+        object_cache_entries: usize,
     },
+}
+
+impl StateBackendKind {
+    /// The RocksDB backend with its defaults: the OS temp directory, the default object
+    /// cache ([`eddy_state::RocksDbConfig`]).
+    pub fn rocksdb() -> Self {
+        StateBackendKind::RocksDb {
+            working_dir: None,
+            object_cache_entries: eddy_state::RocksDbConfig::default().object_cache_entries,
+        }
+    }
 }
 
 /// How a job runs: its parallelism, key groups and flow-control bounds.

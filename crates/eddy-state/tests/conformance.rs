@@ -154,11 +154,35 @@ macro_rules! conformance_suite {
 conformance_suite!(heap, KeyedStateBackend::heap);
 #[cfg(feature = "rocksdb")]
 conformance_suite!(rocksdb, rocksdb_backend);
+// The write-back object cache must never change a result: the same suite with a cache that
+// holds everything, and with one that evicts (writing back) on almost every access.
+#[cfg(feature = "rocksdb")]
+conformance_suite!(rocksdb_cached, rocksdb_cached_backend);
+#[cfg(feature = "rocksdb")]
+conformance_suite!(rocksdb_tiny_cache, rocksdb_tiny_cache_backend);
 
-/// A RocksDB backend in a fresh directory.
+/// A RocksDB backend in a fresh directory, with the default configuration.
 #[cfg(feature = "rocksdb")]
 fn rocksdb_backend(range: KeyGroupRange, max: usize) -> KeyedStateBackend<u64> {
-    KeyedStateBackend::rocksdb(range, max, &eddy_state::RocksDbConfig::default())
+    rocksdb_with_cache(range, max, 0)
+}
+
+/// A RocksDB backend whose object cache holds two million entries per state.
+#[cfg(feature = "rocksdb")]
+fn rocksdb_cached_backend(range: KeyGroupRange, max: usize) -> KeyedStateBackend<u64> {
+    rocksdb_with_cache(range, max, 2_000_000)
+}
+
+/// A RocksDB backend whose object cache holds two entries per state.
+#[cfg(feature = "rocksdb")]
+fn rocksdb_tiny_cache_backend(range: KeyGroupRange, max: usize) -> KeyedStateBackend<u64> {
+    rocksdb_with_cache(range, max, 2)
+}
+
+#[cfg(feature = "rocksdb")]
+fn rocksdb_with_cache(range: KeyGroupRange, max: usize, entries: usize) -> KeyedStateBackend<u64> {
+    let config = eddy_state::RocksDbConfig::default().with_object_cache_entries(entries);
+    KeyedStateBackend::rocksdb(range, max, &config)
         .unwrap_or_else(|e| panic!("RocksDB does not open: {e}"))
 }
 

@@ -428,3 +428,144 @@ fn instances_with_one_budget_share_one_cache() -> Result<(), EddyError> {
     );
     Ok(())
 }
+
+/// A backend whose states have an object cache of `entries` entries.
+fn cached_backend(entries: usize) -> KeyedStateBackend<u64> {
+    backend(
+        &RocksDbConfig::default()
+            .with_object_cache_entries(entries)
+            .with_statistics(true),
+    )
+}
+
+#[test]
+fn cached_writes_reach_rocksdb_when_a_snapshot_is_taken() -> Result<(), EddyError> {
+    let mut b = cached_backend(10_000);
+    let value = b.value_state(&ValueStateDescriptor::<u64>::new("v"))?;
+    let map = b.map_state(&MapStateDescriptor::<u32, String>::new("m"))?;
+    for key in 0..100u64 {
+        b.set_current_key(key)?;
+        value.update(key * 10)?;
+        map.put(1, format!("one of {key}"))?;
+        map.put(2, format!("two of {key}"))?;
+    }
+    // Write-back: nothing has reached RocksDB yet, and reads see the cached objects.
+    assert!(raw_entries(&b, "v").is_empty());
+    assert!(raw_entries(&b, "m").is_empty());
+    b.set_current_key(7)?;
+    assert_eq!(value.value()?, Some(70));
+    assert_eq!(map.get(&2)?, Some("two of 7".to_string()));
+
+    let snapshot = b.snapshot()?;
+    assert_eq!(raw_entries(&b, "v").len(), 100);
+    assert_eq!(raw_entries(&b, "m").len(), 200);
+    assert_eq!(raw_entries(&b, "v")[0].0, stored_key(raw_key_of_first(&b)));
+
+    // The snapshot holds what the cache held: restored into the heap, every value is there.
+    let mut heap = KeyedStateBackend::<u64>::heap(KeyGroupRange::new(0, 127), 128);
+    heap.restore("op", vec![snapshot])?;
+    let restored_value = heap.value_state(&ValueStateDescriptor::<u64>::new("v"))?;
+    let restored_map = heap.map_state(&MapStateDescriptor::<u32, String>::new("m"))?;
+    heap.finish_restore()?;
+    for key in 0..100u64 {
+        heap.set_current_key(key)?;
+        assert_eq!(restored_value.value()?, Some(key * 10));
+        assert_eq!(restored_map.get(&1)?, Some(format!("one of {key}")));
+    }
+    Ok(())
+}
+
+/// The key of the first stored entry of state "v" (its stored key decoded back).
+fn raw_key_of_first(b: &KeyedStateBackend<u64>) -> u64 {
+    let (key, _) = &raw_entries(b, "v")[0];
+    postcard::from_bytes(&key[2..]).expect("a u64 key")
+}
+
+#[test]
+fn a_hot_key_is_read_from_rocksdb_once() -> Result<(), EddyError> {
+    let mut b = cached_backend(1_000);
+    let value = b.value_state(&ValueStateDescriptor::<u64>::new("v"))?;
+    let map = b.map_state(&MapStateDescriptor::<u32, u64>::new("m"))?;
+    b.set_current_key(42)?;
+    for i in 0..1_000u64 {
+        // Absent at first: the absence is cached too.
+        let current = value.value()?.unwrap_or(0);
+        value.update(current + i)?;
+        let entry = map.get(&3)?.unwrap_or(0);
+        map.put(3, entry + 1)?;
+    }
+    assert_eq!(value.value()?, Some((0..1_000).sum()));
+    assert_eq!(map.get(&3)?, Some(1_000));
+    assert_eq!(
+        rocks(&b).ticker(Ticker::NumberKeysRead),
+        2,
+        "one read per state"
+    );
+    Ok(())
+}
+
+#[test]
+fn eviction_writes_back_and_bounds_the_cache() -> Result<(), EddyError> {
+    let mut b = cached_backend(64);
+    let value = b.value_state(&ValueStateDescriptor::<u64>::new("v"))?;
+    for key in 0..10_000u64 {
+        b.set_current_key(key)?;
+        value.update(key + 1)?;
+        assert!(rocks(&b).object_cache_len("v") <= 64);
+    }
+    // Everything evicted is in RocksDB; the rest is still only cached.
+    let stored = raw_entries(&b, "v").len();
+    assert!((10_000 - 64..10_000).contains(&stored), "{stored} stored");
+    for key in 0..10_000u64 {
+        b.set_current_key(key)?;
+        assert_eq!(value.value()?, Some(key + 1));
+    }
+    rocks(&b).flush_object_caches()?;
+    assert_eq!(raw_entries(&b, "v").len(), 10_000);
+    Ok(())
+}
+
+#[test]
+fn map_clear_and_remove_through_the_cache() -> Result<(), EddyError> {
+    let mut b = cached_backend(1_000);
+    let map = b.map_state(&MapStateDescriptor::<u32, u32>::new("m"))?;
+    b.set_current_key(1)?;
+    map.put_all((0..10).map(|i| (i, i * i)).collect())?;
+    rocks(&b).flush_object_caches()?;
+    assert_eq!(raw_entries(&b, "m").len(), 10);
+    // Cached removals and writes are seen by iteration, which writes them back first.
+    map.remove(&0)?;
+    map.put(10, 100)?;
+    let mut keys: Vec<u32> = map.keys()?.collect();
+    keys.sort_unstable();
+    assert_eq!(keys, (1..=10).collect::<Vec<_>>());
+    assert_eq!(raw_entries(&b, "m").len(), 10);
+    // A clear drops the cached entries along with the stored ones.
+    map.clear()?;
+    assert!(map.is_empty()?);
+    assert_eq!(map.get(&5)?, None);
+    rocks(&b).flush_object_caches()?;
+    assert!(raw_entries(&b, "m").is_empty());
+    // A value written and removed before it ever reached RocksDB writes nothing at all.
+    b.set_current_key(2)?;
+    map.put(1, 1)?;
+    map.remove(&1)?;
+    rocks(&b).flush_object_caches()?;
+    assert!(raw_entries(&b, "m").is_empty());
+    Ok(())
+}
+
+#[test]
+fn ttl_and_list_states_are_not_cached() -> Result<(), EddyError> {
+    let mut b = cached_backend(1_000);
+    let ttl = StateTtlConfig::new(Duration::from_secs(60));
+    let value = b.value_state(&ValueStateDescriptor::<u64>::new("ttl").enable_ttl(ttl))?;
+    let list = b.list_state(&ListStateDescriptor::<u64>::new("l"))?;
+    b.set_current_key(1)?;
+    value.update(1)?;
+    list.add(1)?;
+    assert_eq!(rocks(&b).object_cache_len("ttl"), 0);
+    assert_eq!(rocks(&b).object_cache_len("l"), 0);
+    assert_eq!(raw_entries(&b, "ttl").len(), 1);
+    Ok(())
+}

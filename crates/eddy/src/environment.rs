@@ -89,8 +89,8 @@ impl StreamExecutionEnvironment {
     /// use eddy::{JobConfig, StateBackendKind, StreamExecutionEnvironment};
     ///
     /// let env = StreamExecutionEnvironment::new(JobConfig::default());
-    /// env.state_backend(StateBackendKind::RocksDb { working_dir: None });
-    /// assert_eq!(env.config().state_backend, StateBackendKind::RocksDb { working_dir: None });
+    /// env.state_backend(StateBackendKind::rocksdb());
+    /// assert_eq!(env.config().state_backend, StateBackendKind::rocksdb());
     /// ```
     pub fn state_backend(&self, backend: StateBackendKind) -> &Self {
         self.inner.borrow_mut().config.state_backend = backend;

@@ -48,6 +48,11 @@ pub struct JobFlags {
     #[arg(long, value_name = "PATH")]
     pub state_dir: Option<std::path::PathBuf>,
 
+    /// RocksDB backend: the most entries of each state's write-back object cache per subtask
+    /// (deserialized hot values in front of RocksDB; 0 turns it off).
+    #[arg(long, value_name = "N", default_value_t = eddy_state::RocksDbConfig::default().object_cache_entries)]
+    pub rocksdb_object_cache_entries: usize,
+
     /// Length of an epoch (a timely timestamp; checkpoints happen at epoch boundaries), in ms.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub epoch_interval_ms: u64,
@@ -134,6 +139,7 @@ impl Default for JobFlags {
             max_parallelism: None,
             state_backend: BackendFlag::Heap,
             state_dir: None,
+            rocksdb_object_cache_entries: eddy_state::RocksDbConfig::default().object_cache_entries,
             epoch_interval_ms: 10,
             checkpoint_dir: None,
             checkpoint_interval_ms: None,
@@ -172,6 +178,7 @@ impl JobFlags {
                 BackendFlag::Heap => StateBackendKind::Heap,
                 BackendFlag::RocksDb => StateBackendKind::RocksDb {
                     working_dir: self.state_dir.clone(),
+                    object_cache_entries: self.rocksdb_object_cache_entries,
                 },
             },
             epoch_interval: std::time::Duration::from_millis(self.epoch_interval_ms),
@@ -266,13 +273,22 @@ mod tests {
         let flags = parse(&["--parallelism", "4", "--max-parallelism", "256"]).ok();
         assert_eq!(flags.as_ref().map(|f| f.parallelism), Some(4));
         assert_eq!(flags.and_then(|f| f.max_parallelism), Some(256));
-        let rocksdb = parse(&["--state-backend", "rocksdb", "--state-dir", "/tmp/x"]).ok();
+        let rocksdb = parse(&[
+            "--state-backend",
+            "rocksdb",
+            "--state-dir",
+            "/tmp/x",
+            "--rocksdb-object-cache-entries",
+            "1000",
+        ])
+        .ok();
         assert_eq!(
             rocksdb
                 .and_then(|f| f.to_config().ok())
                 .map(|c| c.state_backend),
             Some(StateBackendKind::RocksDb {
-                working_dir: Some("/tmp/x".into())
+                working_dir: Some("/tmp/x".into()),
+                object_cache_entries: 1000,
             })
         );
     }

@@ -180,10 +180,7 @@ fn expected() -> Vec<Alert> {
 }
 
 fn backends() -> [StateBackendKind; 2] {
-    [
-        StateBackendKind::Heap,
-        StateBackendKind::RocksDb { working_dir: None },
-    ]
+    [StateBackendKind::Heap, StateBackendKind::rocksdb()]
 }
 
 #[test]

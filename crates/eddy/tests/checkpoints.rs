@@ -129,10 +129,7 @@ fn bounded_job_ends_with_a_final_checkpoint_and_exactly_once_output() {
 
 #[test]
 fn restart_strategy_recovers_from_a_failure_exactly_once() {
-    for backend in [
-        StateBackendKind::Heap,
-        StateBackendKind::RocksDb { working_dir: None },
-    ] {
+    for backend in [StateBackendKind::Heap, StateBackendKind::rocksdb()] {
         let dir = tempfile::tempdir().unwrap();
         let result = Job {
             backend: backend.clone(),
@@ -213,7 +210,7 @@ fn listing(dir: &Path) -> Vec<String> {
 
 #[test]
 fn restore_at_other_parallelisms_and_across_backends() {
-    let rocksdb = || StateBackendKind::RocksDb { working_dir: None };
+    let rocksdb = || StateBackendKind::rocksdb();
     rescale_chain([
         StateBackendKind::Heap,
         rocksdb(),
@@ -224,7 +221,7 @@ fn restore_at_other_parallelisms_and_across_backends() {
 
 #[test]
 fn rescale_chain_on_rocksdb() {
-    let rocksdb = || StateBackendKind::RocksDb { working_dir: None };
+    let rocksdb = || StateBackendKind::rocksdb();
     rescale_chain([rocksdb(), rocksdb(), rocksdb(), rocksdb()]);
 }
 
@@ -348,7 +345,7 @@ fn checkpoints_on_a_real_s3_server_recover_a_failed_job() {
             attempts: 1,
             delay: Duration::from_millis(10),
         },
-        backend: StateBackendKind::RocksDb { working_dir: None },
+        backend: StateBackendKind::rocksdb(),
         ..Job::new(dir.path())
     }
     .run()

@@ -112,10 +112,7 @@ fn run_probe(
 
 #[test]
 fn event_time_timers_fire_once_per_key_and_time_in_order_with_the_key_scoped() {
-    for backend in [
-        StateBackendKind::Heap,
-        StateBackendKind::RocksDb { working_dir: None },
-    ] {
+    for backend in [StateBackendKind::Heap, StateBackendKind::rocksdb()] {
         let script = vec![vec![
             Step::Emit(events("a", [5, 20, 99])),
             Step::Emit(events("b", [120, 150])),
@@ -387,10 +384,7 @@ impl KeyedProcessFunction for RememberLast {
 
 #[test]
 fn event_time_ttl_expires_state_as_the_watermark_passes() {
-    for backend in [
-        StateBackendKind::Heap,
-        StateBackendKind::RocksDb { working_dir: None },
-    ] {
+    for backend in [StateBackendKind::Heap, StateBackendKind::rocksdb()] {
         let script = vec![vec![
             Step::Emit(events("a", [10])),
             Step::Emit(events("b", [50])),

@@ -132,7 +132,8 @@ fn rocksdb_from_the_command_line_gives_the_same_output_as_heap() {
     assert_eq!(
         rocksdb_env.config().state_backend,
         StateBackendKind::RocksDb {
-            working_dir: Some(dir.clone())
+            working_dir: Some(dir.clone()),
+            object_cache_entries: eddy_state::RocksDbConfig::default().object_cache_entries,
         }
     );
     let expected = run(&StreamExecutionEnvironment::from_flags(&heap).unwrap());
@@ -147,6 +148,6 @@ fn rocksdb_from_the_command_line_gives_the_same_output_as_heap() {
 fn rocksdb_set_on_the_environment_gives_the_same_output_as_heap() {
     let env = StreamExecutionEnvironment::new(JobConfig::with_parallelism(3));
     let expected = run(&env);
-    env.state_backend(StateBackendKind::RocksDb { working_dir: None });
+    env.state_backend(StateBackendKind::rocksdb());
     assert_eq!(run(&env), expected);
 }

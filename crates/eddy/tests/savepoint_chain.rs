@@ -28,7 +28,7 @@ use exactly_once::{published, Out, Totals, CUSTOMERS, EVENTS};
 const RATE: u64 = 10_000;
 
 fn rocksdb() -> StateBackendKind {
-    StateBackendKind::RocksDb { working_dir: None }
+    StateBackendKind::rocksdb()
 }
 
 /// Runs the job at `parallelism` on `backend` with checkpoints under `<dir>/ckpt` and output

@@ -272,7 +272,7 @@ where
 }
 
 fn backends() -> [(StateBackendKind, StateBackendKind); 3] {
-    let rocksdb = || StateBackendKind::RocksDb { working_dir: None };
+    let rocksdb = || StateBackendKind::rocksdb();
     [
         (StateBackendKind::Heap, StateBackendKind::Heap),
         (rocksdb(), rocksdb()),

@@ -22,10 +22,7 @@ fn sale(i: u64) -> Sale {
 }
 
 fn backends() -> [StateBackendKind; 2] {
-    [
-        StateBackendKind::Heap,
-        StateBackendKind::RocksDb { working_dir: None },
-    ]
+    [StateBackendKind::Heap, StateBackendKind::rocksdb()]
 }
 
 fn env(parallelism: usize, backend: &StateBackendKind) -> StreamExecutionEnvironment {

@@ -389,9 +389,13 @@ pub(crate) fn keyed_backend<K: Key>(
     let range = KeyGroupRange::for_subtask(worker.max_parallelism, parallelism, worker.index);
     Ok(match &worker.config.state_backend {
         StateBackendKind::Heap => KeyedStateBackend::heap(range, worker.max_parallelism),
-        StateBackendKind::RocksDb { working_dir } => {
+        StateBackendKind::RocksDb {
+            working_dir,
+            object_cache_entries,
+        } => {
             let config = eddy_state::RocksDbConfig {
                 working_dir: working_dir.clone(),
+                object_cache_entries: *object_cache_entries,
                 ..eddy_state::RocksDbConfig::default()
             };
             KeyedStateBackend::rocksdb(range, worker.max_parallelism, &config)?

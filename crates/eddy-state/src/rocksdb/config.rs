@@ -39,6 +39,7 @@ pub(crate) struct SharedMemory {
 /// | [`bloom_bits_per_key`](Self::bloom_bits_per_key) | 10 |
 /// | [`list_chunk_bytes`](Self::list_chunk_bytes) | 64 MiB |
 /// | [`statistics`](Self::statistics) | off |
+/// | [`object_cache_entries`](Self::object_cache_entries) | 0 (off) |
 ///
 /// ```
 /// use eddy_state::rocksdb::RocksDbConfig;
@@ -75,6 +76,12 @@ pub struct RocksDbConfig {
     /// [`RocksDbKeyedStateBackend::ticker`](super::RocksDbKeyedStateBackend::ticker). Costs a
     /// little on every access: for tests and diagnosis.
     pub statistics: bool,
+    /// The most entries of the write-back object cache of each cached state of each subtask:
+    /// deserialized values of hot keys kept in front of RocksDB, written back when evicted and
+    /// before every snapshot (value, reducing, aggregating and map state without TTL; see
+    /// the `cache` module docs). An entry costs about its key's bytes, the value object and
+    /// ~100 bytes of bookkeeping. 0 turns the cache off.
+    pub object_cache_entries: usize,
 }
 
 impl Default for RocksDbConfig {
@@ -88,6 +95,7 @@ impl Default for RocksDbConfig {
             bloom_bits_per_key: 10.0,
             list_chunk_bytes: 64 * MIB,
             statistics: false,
+            object_cache_entries: 0,
         }
     }
 }
@@ -114,6 +122,12 @@ impl RocksDbConfig {
     /// Turns RocksDB statistics on or off.
     pub fn with_statistics(mut self, on: bool) -> Self {
         self.statistics = on;
+        self
+    }
+
+    /// Sets the most entries of each state's object cache (0: off).
+    pub fn with_object_cache_entries(mut self, entries: usize) -> Self {
+        self.object_cache_entries = entries;
         self
     }
 

@@ -1,10 +1,12 @@
 //! Map state on RocksDB: every entry is its own RocksDB key, `[kg][key][ns][user key]`.
 
 use std::marker::PhantomData;
+use std::rc::Rc;
 
 use eddy_core::{Key, KeyGroup, Result, StateValue};
 use rocksdb::WriteBatch;
 
+use super::cache::{read_through, Cached, SharedCache};
 use super::codec::{decode_exact, encode_into, set_ttl_timestamp, TTL_HEADER};
 use super::core::{now_or_zero, RawIter, StateCore};
 use super::ttl::TtlRules;
@@ -19,6 +21,8 @@ const BATCH: usize = 1024;
 pub(crate) struct RocksMap<K, N, UK, UV> {
     pub(crate) core: StateCore<K, N>,
     pub(crate) ttl: Option<TtlRules>,
+    /// The state's object cache, if it has one (never with TTL).
+    pub(crate) cache: Option<Rc<SharedCache<UV>>>,
     pub(crate) _type: PhantomData<fn() -> (UK, UV)>,
 }
 
@@ -26,17 +30,28 @@ pub(crate) struct RocksMap<K, N, UK, UV> {
 type Project<R> = fn(&[u8], &[u8]) -> postcard::Result<R>;
 
 impl<K: Key, N: Namespace, UK: Key, UV: StateValue> RocksMap<K, N, UK, UV> {
-    /// Calls `f` with the key of `user_key`'s entry in the current key's map.
+    /// Calls `f` with the key of `user_key`'s entry in the current key's map, its key group
+    /// and the length of its `[kg][key][ns]` prefix.
     #[inline]
     fn with_entry<R>(
         &self,
         user_key: &UK,
-        f: impl FnOnce(&[u8], KeyGroup) -> Result<R>,
+        f: impl FnOnce(&[u8], KeyGroup, usize) -> Result<R>,
     ) -> Result<R> {
         self.core.with_key(None, |key, kg| {
+            let prefix_len = key.len();
             encode_into(user_key, key).map_err(|e| self.core.corrupt(kg, "user key", e))?;
-            f(key, kg)
+            f(key, kg, prefix_len)
         })
+    }
+
+    /// Writes the cached dirty entries under `prefix` to RocksDB, before RocksDB is read
+    /// there.
+    fn flush_cached(&self, prefix: &[u8]) -> Result<()> {
+        match &self.cache {
+            Some(cache) => cache.borrow_mut().flush_group(prefix),
+            None => Ok(()),
+        }
     }
 
     /// An iterator over the current key's entries, projected by `project`.
@@ -45,6 +60,7 @@ impl<K: Key, N: Namespace, UK: Key, UV: StateValue> RocksMap<K, N, UK, UV> {
             return self.collect_ttl(rules, project);
         }
         let (iter, kg, prefix_len) = self.core.with_key(None, |prefix, kg| {
+            self.flush_cached(prefix)?;
             Ok((self.core.prefix_iter(kg, prefix)?, kg, prefix.len()))
         })?;
         let mut entries = EntryIter {
@@ -107,22 +123,34 @@ impl<K: Key, N: Namespace, UK: Key, UV: StateValue> MapStateAccess<UK, UV>
 {
     #[inline]
     fn get(&self, user_key: &UK) -> Result<Option<UV>> {
-        self.with_entry(user_key, |key, kg| {
-            self.core.read(self.ttl.as_ref(), kg, key)
+        self.with_entry(user_key, |key, kg, prefix_len| match &self.cache {
+            Some(cache) => read_through(cache, &self.core, kg, key, prefix_len),
+            None => self.core.read(self.ttl.as_ref(), kg, key),
         })
     }
 
     #[inline]
     fn put(&self, user_key: UK, value: UV) -> Result<()> {
         let now = now_or_zero(self.ttl.as_ref());
-        self.with_entry(&user_key, |key, kg| {
-            self.core.store(self.ttl.as_ref(), kg, key, &value, now)
+        self.with_entry(&user_key, |key, kg, prefix_len| match &self.cache {
+            Some(cache) => {
+                let (prefix, user_key) = key.split_at(prefix_len);
+                cache
+                    .borrow_mut()
+                    .write(prefix, user_key, Cached::Present(value))
+            }
+            None => self.core.store(self.ttl.as_ref(), kg, key, &value, now),
         })
     }
 
     fn put_all(&self, entries: Vec<(UK, UV)>) -> Result<()> {
         if entries.is_empty() {
             return Ok(());
+        }
+        if self.cache.is_some() {
+            return entries
+                .into_iter()
+                .try_for_each(|(user_key, value)| self.put(user_key, value));
         }
         let now = now_or_zero(self.ttl.as_ref());
         let ttl = self.ttl.is_some();
@@ -149,15 +177,21 @@ impl<K: Key, N: Namespace, UK: Key, UV: StateValue> MapStateAccess<UK, UV>
     }
 
     fn remove(&self, user_key: &UK) -> Result<()> {
-        self.with_entry(user_key, |key, kg| self.core.delete(kg, key))
+        self.with_entry(user_key, |key, kg, prefix_len| match &self.cache {
+            Some(cache) => {
+                let (prefix, user_key) = key.split_at(prefix_len);
+                cache.borrow_mut().write(prefix, user_key, Cached::Absent)
+            }
+            None => self.core.delete(kg, key),
+        })
     }
 
     /// Whether `get` would return a value (with its TTL cleanup and refresh).
     fn contains(&self, user_key: &UK) -> Result<bool> {
-        if self.ttl.is_some() {
+        if self.ttl.is_some() || self.cache.is_some() {
             return Ok(self.get(user_key)?.is_some());
         }
-        self.with_entry(user_key, |key, kg| {
+        self.with_entry(user_key, |key, kg, _| {
             let cf = self.core.cf()?;
             let found = self
                 .core
@@ -187,6 +221,13 @@ impl<K: Key, N: Namespace, UK: Key, UV: StateValue> MapStateAccess<UK, UV>
         let ttl = self.ttl.as_ref();
         let now = now_or_zero(ttl);
         self.core.with_key(None, |prefix, kg| {
+            if let Some(cache) = &self.cache {
+                let mut cache = cache.borrow_mut();
+                if cache.has_present(prefix) {
+                    return Ok(false);
+                }
+                cache.flush_group(prefix)?;
+            }
             let mut iter = self.core.prefix_iter(kg, prefix)?;
             while let Some(value) = iter.value() {
                 let Some(rules) = ttl else { return Ok(false) };
@@ -203,8 +244,12 @@ impl<K: Key, N: Namespace, UK: Key, UV: StateValue> MapStateAccess<UK, UV>
 
     /// One range deletion: no read.
     fn clear(&self) -> Result<()> {
-        self.core
-            .with_key(None, |prefix, kg| self.core.delete_prefix(kg, prefix))
+        self.core.with_key(None, |prefix, kg| {
+            if let Some(cache) = &self.cache {
+                cache.borrow_mut().drop_group(prefix);
+            }
+            self.core.delete_prefix(kg, prefix)
+        })
     }
 }
 

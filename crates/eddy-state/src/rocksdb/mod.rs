@@ -68,7 +68,13 @@
 //! * `state_len` and `keys` scan the state's column family: O(state size).
 //! * Memory: see [`RocksDbConfig`] (one block cache per process that also accounts for the
 //!   memtables of every instance).
+//! * **Write-back object cache** (optional, [`RocksDbConfig::object_cache_entries`]): value,
+//!   reducing, aggregating and map state without TTL keep the deserialized values of hot
+//!   keys in a bounded LRU cache per state, written to RocksDB in batches when evicted and
+//!   before anything reads RocksDB directly (snapshots, map iteration, scans). It never
+//!   changes a result: the conformance suite runs with it off, on, and with two entries.
 
+mod cache;
 mod codec;
 mod config;
 mod core;
@@ -91,6 +97,7 @@ use eddy_core::{EddyError, Key, Result, StateValue};
 use rocksdb::statistics::Ticker;
 use rocksdb::{Cache, DBWithThreadMode, MultiThreaded, ReadOptions};
 
+use self::cache::{CacheControl, ObjectCache, SharedCache};
 pub use self::config::RocksDbConfig;
 use self::core::{FailureSlot, StateCore};
 use self::db::Db;
@@ -133,6 +140,9 @@ struct Registered {
     failure: FailureSlot,
     /// Where the key and the namespace of a stored key end (see [`split_key`]).
     split_key: fn(&[u8]) -> Option<(usize, usize)>,
+    /// The state's object cache, created with its first handle if the configuration asks
+    /// for one and the state can have one (see [`cache`]).
+    cache: Option<Rc<dyn CacheControl>>,
 }
 
 /// What a handle needs from its state's registration.
@@ -217,6 +227,7 @@ impl<K: Key> RocksDbKeyedStateBackend<K> {
     /// Flushes the memtables of the state `name` and compacts all of its files (running its
     /// TTL compaction filter over everything). For tests and maintenance.
     pub fn compact_state(&self, name: &str) -> Result<()> {
+        self.flush_object_caches()?;
         let registered = self.registered(name)?;
         let cf = self.db.cf(&registered.cf_name)?;
         self.db
@@ -272,6 +283,7 @@ impl<K: Key> RocksDbKeyedStateBackend<K> {
     /// values not cleaned up yet included), or `None` if no such state is registered or its
     /// keys cannot be read. Scans the state: O(state size).
     pub fn state_len(&self, name: &str) -> Option<usize> {
+        self.flush_object_caches().ok()?;
         let registered = self.states.get(name)?;
         let cf = self.db.cf(&registered.cf_name).ok()?;
         let mut iter = self.db.rdb.raw_iterator_cf_opt(&cf, ReadOptions::default());
@@ -292,6 +304,7 @@ impl<K: Key> RocksDbKeyedStateBackend<K> {
     /// The keys holding a value in the state called `state_name` (in any namespace), in key
     /// group order, else in no particular order. An error if no such state is registered.
     pub fn keys(&self, state_name: &str) -> Result<Vec<K>> {
+        self.flush_object_caches()?;
         let registered = self.registered(state_name)?;
         let cf = self.db.cf(&registered.cf_name)?;
         let mut iter = self.db.rdb.raw_iterator_cf_opt(&cf, ReadOptions::default());
@@ -315,6 +328,53 @@ impl<K: Key> RocksDbKeyedStateBackend<K> {
         iter.status()
             .map_err(|e| db::rocks_error(state_name, 0, e))?;
         Ok(keys)
+    }
+
+    /// Writes the dirty entries of every state's object cache to RocksDB (before anything
+    /// reads RocksDB directly: snapshots, scans, compactions). The entries stay cached.
+    pub fn flush_object_caches(&self) -> Result<()> {
+        self.states
+            .values()
+            .filter_map(|registered| registered.cache.as_ref())
+            .try_for_each(|cache| cache.flush())
+    }
+
+    /// Entries in the object cache of the state `name` (0 without a cache).
+    pub fn object_cache_len(&self, name: &str) -> usize {
+        self.states
+            .get(name)
+            .and_then(|registered| registered.cache.as_ref())
+            .map_or(0, |cache| cache.cached_entries())
+    }
+
+    /// The object cache of the state `name` holding values of type `V`, created on first use;
+    /// `None` if the configuration has no cache or the state cannot have one (list and TTL
+    /// states: see [`cache`]).
+    fn cache_for<V: StateValue>(&mut self, name: &str) -> Result<Option<Rc<SharedCache<V>>>> {
+        let capacity = self.config.object_cache_entries;
+        let db = Rc::clone(&self.db);
+        let registered = self
+            .states
+            .get_mut(name)
+            .ok_or_else(|| EddyError::state(name, "no state of this name is registered"))?;
+        if capacity == 0 || registered.ttl.is_some() || registered.kind == StateKind::List {
+            return Ok(None);
+        }
+        let cf_name = &registered.cf_name;
+        let control = registered.cache.get_or_insert_with(|| {
+            let cache: Rc<SharedCache<V>> =
+                Rc::new(RefCell::new(ObjectCache::new(capacity, &db, name, cf_name)));
+            cache
+        });
+        Rc::clone(control)
+            .as_any()
+            .downcast::<SharedCache<V>>()
+            .map(Some)
+            .map_err(|_| {
+                EddyError::Internal(format!(
+                    "state \"{name}\": its object cache holds another value type"
+                ))
+            })
     }
 
     fn registered(&self, name: &str) -> Result<&Registered> {
@@ -422,6 +482,7 @@ impl<K: Key> RocksDbKeyedStateBackend<K> {
                 list,
                 failure: Rc::new(RefCell::new(None)),
                 split_key: split_key::<K, N>,
+                cache: None,
             },
         );
         Ok(())
@@ -454,9 +515,11 @@ impl<K: Key> RocksDbKeyedStateBackend<K> {
         namespace: Rc<NamespaceCell<N>>,
     ) -> Result<RocksValue<K, N, T>> {
         let registration = self.register::<N, T>(name, kind, ttl)?;
+        let cache = self.cache_for::<T>(name)?;
         Ok(RocksValue {
             core: self.core(name, &registration, namespace),
             ttl: registration.rules,
+            cache,
             _type: PhantomData,
         })
     }
@@ -486,9 +549,11 @@ impl<K: Key> RocksDbKeyedStateBackend<K> {
     ) -> Result<RocksMap<K, N, UK, UV>> {
         let name = desc.name();
         let registration = self.register::<N, (UK, UV)>(name, StateKind::Map, desc.ttl())?;
+        let cache = self.cache_for::<UV>(name)?;
         Ok(RocksMap {
             core: self.core(name, &registration, namespace),
             ttl: registration.rules,
+            cache,
             _type: PhantomData,
         })
     }

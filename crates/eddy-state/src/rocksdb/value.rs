@@ -1,10 +1,12 @@
 //! Value, reducing and aggregating state on RocksDB: one value per (key, namespace).
 
 use std::marker::PhantomData;
+use std::rc::Rc;
 use std::sync::Arc;
 
-use eddy_core::{Key, Result, StateValue};
+use eddy_core::{Key, KeyGroup, Result, StateValue};
 
+use super::cache::{read_through, Cached, SharedCache};
 use super::core::{now_or_zero, StateCore};
 use super::ttl::TtlRules;
 use crate::descriptor::{AggregateFunction, ReduceFn};
@@ -15,27 +17,50 @@ use crate::namespace::{MergeNamespaces, Namespace};
 pub(crate) struct RocksValue<K, N, T> {
     pub(crate) core: StateCore<K, N>,
     pub(crate) ttl: Option<TtlRules>,
+    /// The state's object cache, if it has one (never with TTL).
+    pub(crate) cache: Option<Rc<SharedCache<T>>>,
     pub(crate) _type: PhantomData<fn() -> T>,
 }
 
 impl<K: Key, N: Namespace, T: StateValue> RocksValue<K, N, T> {
     /// The value in `namespace` (the current one if `None`), with the TTL rules.
     fn read(&self, namespace: Option<&N>) -> Result<Option<T>> {
-        self.core.with_key(namespace, |key, kg| {
-            self.core.read(self.ttl.as_ref(), kg, key)
-        })
+        self.core
+            .with_key(namespace, |key, kg| self.read_at(kg, key))
     }
 
-    fn write(&self, value: &T) -> Result<()> {
+    /// The value under the stored key `key`: through the cache if there is one.
+    #[inline]
+    fn read_at(&self, kg: KeyGroup, key: &[u8]) -> Result<Option<T>> {
+        match &self.cache {
+            Some(cache) => read_through(cache, &self.core, kg, key, key.len()),
+            None => self.core.read(self.ttl.as_ref(), kg, key),
+        }
+    }
+
+    /// Stores `value` (or, for `None`, removes the value) under the stored key `key`: into
+    /// the cache if there is one (written back later), else into RocksDB.
+    #[inline]
+    fn write_at(&self, kg: KeyGroup, key: &[u8], value: Option<T>, now: u64) -> Result<()> {
+        match (&self.cache, value) {
+            (Some(cache), Some(value)) => {
+                cache.borrow_mut().write(key, &[], Cached::Present(value))
+            }
+            (Some(cache), None) => cache.borrow_mut().write(key, &[], Cached::Absent),
+            (None, Some(value)) => self.core.store(self.ttl.as_ref(), kg, key, &value, now),
+            (None, None) => self.core.delete(kg, key),
+        }
+    }
+
+    fn write(&self, value: T) -> Result<()> {
         let now = now_or_zero(self.ttl.as_ref());
-        self.core.with_key(None, |key, kg| {
-            self.core.store(self.ttl.as_ref(), kg, key, value, now)
-        })
+        self.core
+            .with_key(None, |key, kg| self.write_at(kg, key, Some(value), now))
     }
 
     fn remove(&self, namespace: Option<&N>) -> Result<()> {
         self.core
-            .with_key(namespace, |key, kg| self.core.delete(kg, key))
+            .with_key(namespace, |key, kg| self.write_at(kg, key, None, 0))
     }
 
     /// Replaces the value with `update(current)`, where `current` is the stored value if it
@@ -46,12 +71,15 @@ impl<K: Key, N: Namespace, T: StateValue> RocksValue<K, N, T> {
         let now = now_or_zero(ttl);
         let return_expired = ttl.is_some_and(|t| t.return_expired);
         self.core.with_key(None, |key, kg| {
-            let current = self
-                .core
-                .load::<T>(ttl, kg, key, now)?
-                .filter(|(_, expired)| !expired || return_expired)
-                .map(|(value, _)| value);
-            self.core.store(ttl, kg, key, &update(current), now)
+            let current = match &self.cache {
+                Some(cache) => read_through(cache, &self.core, kg, key, key.len())?,
+                None => self
+                    .core
+                    .load::<T>(ttl, kg, key, now)?
+                    .filter(|(_, expired)| !expired || return_expired)
+                    .map(|(value, _)| value),
+            };
+            self.write_at(kg, key, Some(update(current)), now)
         })
     }
 
@@ -59,16 +87,19 @@ impl<K: Key, N: Namespace, T: StateValue> RocksValue<K, N, T> {
     /// the sources, in the order of Flink's `AbstractMergingState.mergeNamespaces`: sources
     /// first (deleted as they are read), then the target's own value.
     fn merge_into(&self, target: &N, sources: &[N], combine: impl Fn(T, T) -> T) -> Result<()> {
+        // A TTL state's merged value is written as a fresh write (Flink: merging counts as
+        // an update), stamped now.
+        let now = now_or_zero(self.ttl.as_ref());
         let mut merged: Option<T> = None;
         for source in sources {
             let value = self.core.with_key(Some(source), |key, kg| {
-                let value = self.core.load::<T>(None, kg, key, 0)?;
+                let value = self.read_at(kg, key)?;
                 if value.is_some() {
-                    self.core.delete(kg, key)?;
+                    self.write_at(kg, key, None, 0)?;
                 }
                 Ok(value)
             })?;
-            if let Some((value, _)) = value {
+            if let Some(value) = value {
                 merged = Some(match merged {
                     Some(acc) => combine(acc, value),
                     None => value,
@@ -79,11 +110,11 @@ impl<K: Key, N: Namespace, T: StateValue> RocksValue<K, N, T> {
             return Ok(());
         };
         self.core.with_key(Some(target), |key, kg| {
-            let result = match self.core.load::<T>(None, kg, key, 0)? {
-                Some((existing, _)) => combine(merged, existing),
+            let result = match self.read_at(kg, key)? {
+                Some(existing) => combine(merged, existing),
                 None => merged,
             };
-            self.core.store(None, kg, key, &result, 0)
+            self.write_at(kg, key, Some(result), now)
         })
     }
 }
@@ -96,7 +127,7 @@ impl<K: Key, N: Namespace, T: StateValue> ValueStateAccess<T> for RocksValue<K, 
 
     #[inline]
     fn update(&self, value: T) -> Result<()> {
-        self.write(&value)
+        self.write(value)
     }
 
     fn clear(&self) -> Result<()> {
