@@ -23,16 +23,20 @@ pub enum StateBackendKind {
         /// The most entries of each state's write-back object cache per subtask
         /// ([`eddy_state::RocksDbConfig::object_cache_entries`]); 0: no cache.
         object_cache_entries: usize,
+        /// Keep timers on the heap instead of in RocksDB
+        /// ([`eddy_state::RocksDbConfig::heap_timers`]).
+        heap_timers: bool,
     },
 }
 
 impl StateBackendKind {
     /// The RocksDB backend with its defaults: the OS temp directory, the default object
-    /// cache ([`eddy_state::RocksDbConfig`]).
+    /// cache and timers in RocksDB ([`eddy_state::RocksDbConfig`]).
     pub fn rocksdb() -> Self {
         StateBackendKind::RocksDb {
             working_dir: None,
             object_cache_entries: eddy_state::RocksDbConfig::default().object_cache_entries,
+            heap_timers: eddy_state::RocksDbConfig::default().heap_timers,
         }
     }
 }

@@ -279,8 +279,9 @@ impl<K: Key> KeyedStateBackend<K> {
     }
 
     /// The timer service called `name` with namespace type `N`, created on first use; the
-    /// same name returns the same service (see [`crate::timers`]). Timers are kept on the heap
-    /// for every backend (as Flink's `HEAP` timer-service factory for RocksDB).
+    /// same name returns the same service (see [`crate::timers`]). The RocksDB backend keeps
+    /// the timers in RocksDB unless its configuration asks for the heap (as Flink's
+    /// `ROCKSDB` and `HEAP` timer-service factories).
     ///
     /// A service restored by [`restore`](Self::restore) gets its timers back here; its key
     /// and namespace types must be the ones it was snapshotted with.
@@ -488,7 +489,11 @@ impl<K: Key> KeyedStateBackend<K> {
                 .check_restorable_as(&meta)
                 .map_err(|reason| EddyError::schema(&staged.operator, name, reason))?;
         }
-        let service = Rc::new(TimerService::<K, N>::new(name, Rc::clone(&self.context)));
+        let service = Rc::new(match &self.inner {
+            BackendImpl::Heap(_) => TimerService::<K, N>::new(name, Rc::clone(&self.context)),
+            #[cfg(feature = "rocksdb")]
+            BackendImpl::RocksDb(rocksdb) => rocksdb.timer_service::<N>(name)?,
+        });
         let restored = self
             .staged
             .as_mut()

@@ -14,6 +14,11 @@
 //!   already due fires in the same advance, as in Flink.
 //! * Timers are kept per key group (the dedup sets are indexed by the key group's offset in
 //!   the subtask's range), so a snapshot or a rescale can take whole key groups.
+//! * Where they live: on the heap for the heap backend; for the RocksDB backend in RocksDB by
+//!   default (two column families per time domain, see `rocksdb::timers`), or on the heap if
+//!   [`RocksDbConfig::heap_timers`](crate::rocksdb::RocksDbConfig::heap_timers) is set, as
+//!   Flink's `state.backend.rocksdb.timer-service.factory`. Both behave the same; the
+//!   conformance suite runs its timer tests on all three.
 //!
 //! ```
 //! # use eddy_core::KeyGroupRange;
@@ -24,9 +29,10 @@
 //! timers.register_event_time_timer((), 20)?;
 //! timers.register_event_time_timer((), 10)?;
 //! timers.register_event_time_timer((), 10)?; // deduplicated
-//! let due: Vec<u64> = std::iter::from_fn(|| timers.poll_event_time(15))
-//!     .map(|timer| timer.timestamp)
-//!     .collect();
+//! let mut due = Vec::new();
+//! while let Some(timer) = timers.poll_event_time(15)? {
+//!     due.push(timer.timestamp);
+//! }
 //! assert_eq!(due, vec![10]);
 //! # Ok::<(), eddy_core::EddyError>(())
 //! ```
@@ -196,24 +202,114 @@ impl<K: Key, N: Namespace> TimerQueue<K, N> {
     }
 }
 
+/// Where the timers of one time domain live: on the heap ([`TimerQueue`]) or in the RocksDB
+/// instance of the subtask (Flink's `ROCKSDB` timer-service factory).
+pub(crate) enum Queue<K, N> {
+    /// In memory.
+    Heap(TimerQueue<K, N>),
+    /// In two column families of the subtask's RocksDB instance.
+    #[cfg(feature = "rocksdb")]
+    RocksDb(crate::rocksdb::RocksTimerQueue<K, N>),
+}
+
+impl<K: Key, N: Namespace> Queue<K, N> {
+    fn add(&mut self, offset: usize, timer: Timer<K, N>) -> Result<bool> {
+        match self {
+            Queue::Heap(queue) => queue.add(offset, timer),
+            #[cfg(feature = "rocksdb")]
+            Queue::RocksDb(queue) => queue.add(offset, &timer),
+        }
+    }
+
+    fn remove(&mut self, offset: usize, key: &K, namespace: &N, timestamp: u64) -> Result<bool> {
+        match self {
+            Queue::Heap(queue) => queue.remove(offset, key, namespace, timestamp),
+            #[cfg(feature = "rocksdb")]
+            Queue::RocksDb(queue) => queue.remove(offset, key, namespace, timestamp),
+        }
+    }
+
+    fn peek_timestamp(&mut self) -> Result<Option<u64>> {
+        match self {
+            Queue::Heap(queue) => Ok(queue.peek_timestamp()),
+            #[cfg(feature = "rocksdb")]
+            Queue::RocksDb(queue) => queue.peek_timestamp(),
+        }
+    }
+
+    fn poll(&mut self, time: u64) -> Result<Option<Timer<K, N>>> {
+        let polled = match self {
+            Queue::Heap(queue) => queue.poll(time),
+            #[cfg(feature = "rocksdb")]
+            Queue::RocksDb(queue) => queue.poll(time)?,
+        };
+        Ok(polled.map(|(_, timer)| timer))
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Queue::Heap(queue) => queue.len(),
+            #[cfg(feature = "rocksdb")]
+            Queue::RocksDb(queue) => queue.len(),
+        }
+    }
+
+    fn timers_in_group(&self, offset: usize) -> Result<Vec<Timer<K, N>>> {
+        match self {
+            Queue::Heap(queue) => Ok(queue.timers_in_group(offset)),
+            #[cfg(feature = "rocksdb")]
+            Queue::RocksDb(queue) => queue.timers_in_group(offset),
+        }
+    }
+
+    fn snapshot_group(
+        &self,
+        offset: usize,
+        domain: TimeDomain,
+        w: &mut EntryWriter,
+    ) -> std::result::Result<(), SnapshotError> {
+        match self {
+            Queue::Heap(queue) => queue.snapshot_group(offset, domain, w),
+            #[cfg(feature = "rocksdb")]
+            Queue::RocksDb(queue) => queue.snapshot_group(offset, domain, w),
+        }
+    }
+}
+
 /// The event-time and processing-time timers of one keyed operator subtask, scoped to the
 /// current key (Flink's `InternalTimerService`).
 pub struct TimerService<K, N> {
     name: Rc<str>,
     context: Rc<KeyContext<K>>,
-    event_time: RefCell<TimerQueue<K, N>>,
-    processing_time: RefCell<TimerQueue<K, N>>,
+    event_time: RefCell<Queue<K, N>>,
+    processing_time: RefCell<Queue<K, N>>,
 }
 
 impl<K: Key, N: Namespace> TimerService<K, N> {
-    /// A timer service called `name` whose current key lives in `context`.
+    /// A timer service called `name` whose current key lives in `context`, with its timers
+    /// on the heap.
     pub fn new(name: &str, context: Rc<KeyContext<K>>) -> Self {
         let key_groups = context.key_group_range().len();
+        Self::with_queues(
+            name,
+            context,
+            Queue::Heap(TimerQueue::new(key_groups)),
+            Queue::Heap(TimerQueue::new(key_groups)),
+        )
+    }
+
+    /// A timer service with these queues (the RocksDB backend's).
+    pub(crate) fn with_queues(
+        name: &str,
+        context: Rc<KeyContext<K>>,
+        event_time: Queue<K, N>,
+        processing_time: Queue<K, N>,
+    ) -> Self {
         TimerService {
             name: name.into(),
             context,
-            event_time: RefCell::new(TimerQueue::new(key_groups)),
-            processing_time: RefCell::new(TimerQueue::new(key_groups)),
+            event_time: RefCell::new(event_time),
+            processing_time: RefCell::new(processing_time),
         }
     }
 
@@ -243,31 +339,24 @@ impl<K: Key, N: Namespace> TimerService<K, N> {
     }
 
     /// Removes and returns the earliest event-time timer due at `watermark`.
-    pub fn poll_event_time(&self, watermark: u64) -> Option<Timer<K, N>> {
-        self.event_time
-            .try_borrow_mut()
-            .ok()?
-            .poll(watermark)
-            .map(|(_, t)| t)
+    pub fn poll_event_time(&self, watermark: u64) -> Result<Option<Timer<K, N>>> {
+        self.borrow_queue(TimeDomain::EventTime)?.poll(watermark)
     }
 
     /// Removes and returns the earliest processing-time timer due at `now`.
-    pub fn poll_processing_time(&self, now: u64) -> Option<Timer<K, N>> {
-        self.processing_time
-            .try_borrow_mut()
-            .ok()?
-            .poll(now)
-            .map(|(_, t)| t)
+    pub fn poll_processing_time(&self, now: u64) -> Result<Option<Timer<K, N>>> {
+        self.borrow_queue(TimeDomain::ProcessingTime)?.poll(now)
     }
 
     /// When the next processing-time timer is due (the runtime sleeps until then).
-    pub fn next_processing_time(&self) -> Option<u64> {
-        self.processing_time.try_borrow().ok()?.peek_timestamp()
+    pub fn next_processing_time(&self) -> Result<Option<u64>> {
+        self.borrow_queue(TimeDomain::ProcessingTime)?
+            .peek_timestamp()
     }
 
     /// When the next event-time timer is due.
-    pub fn next_event_time(&self) -> Option<u64> {
-        self.event_time.try_borrow().ok()?.peek_timestamp()
+    pub fn next_event_time(&self) -> Result<Option<u64>> {
+        self.borrow_queue(TimeDomain::EventTime)?.peek_timestamp()
     }
 
     /// The number of timers of `domain`.
@@ -283,10 +372,11 @@ impl<K: Key, N: Namespace> TimerService<K, N> {
     }
 
     /// The timers of `domain` in the key group at `offset` of the subtask's range.
-    pub fn timers_in_group(&self, domain: TimeDomain, offset: usize) -> Vec<Timer<K, N>> {
+    pub fn timers_in_group(&self, domain: TimeDomain, offset: usize) -> Result<Vec<Timer<K, N>>> {
         self.queue(domain)
             .try_borrow()
-            .map_or_else(|_| Vec::new(), |queue| queue.timers_in_group(offset))
+            .map_err(|_| EddyError::state(&*self.name, "timer queue is busy"))?
+            .timers_in_group(offset)
     }
 
     /// Adds the restored timers of `block` to the key group at `offset`.
@@ -318,7 +408,7 @@ impl<K: Key, N: Namespace> TimerService<K, N> {
         Ok(())
     }
 
-    fn queue(&self, domain: TimeDomain) -> &RefCell<TimerQueue<K, N>> {
+    fn queue(&self, domain: TimeDomain) -> &RefCell<Queue<K, N>> {
         match domain {
             TimeDomain::EventTime => &self.event_time,
             TimeDomain::ProcessingTime => &self.processing_time,
@@ -348,7 +438,7 @@ impl<K: Key, N: Namespace> TimerService<K, N> {
         Ok(())
     }
 
-    fn borrow_queue(&self, domain: TimeDomain) -> Result<std::cell::RefMut<'_, TimerQueue<K, N>>> {
+    fn borrow_queue(&self, domain: TimeDomain) -> Result<std::cell::RefMut<'_, Queue<K, N>>> {
         self.queue(domain)
             .try_borrow_mut()
             .map_err(|_| EddyError::state(&*self.name, "timer queue is busy"))

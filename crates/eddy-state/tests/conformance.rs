@@ -160,6 +160,9 @@ conformance_suite!(rocksdb, rocksdb_backend);
 conformance_suite!(rocksdb_cached, rocksdb_cached_backend);
 #[cfg(feature = "rocksdb")]
 conformance_suite!(rocksdb_tiny_cache, rocksdb_tiny_cache_backend);
+// Timers in RocksDB are the default; Flink's other choice, timers on the heap, too.
+#[cfg(feature = "rocksdb")]
+conformance_suite!(rocksdb_heap_timers, rocksdb_heap_timers_backend);
 
 /// A RocksDB backend in a fresh directory, with the default configuration.
 #[cfg(feature = "rocksdb")]
@@ -177,6 +180,14 @@ fn rocksdb_cached_backend(range: KeyGroupRange, max: usize) -> KeyedStateBackend
 #[cfg(feature = "rocksdb")]
 fn rocksdb_tiny_cache_backend(range: KeyGroupRange, max: usize) -> KeyedStateBackend<u64> {
     rocksdb_with_cache(range, max, 2)
+}
+
+/// A RocksDB backend that keeps its timers on the heap.
+#[cfg(feature = "rocksdb")]
+fn rocksdb_heap_timers_backend(range: KeyGroupRange, max: usize) -> KeyedStateBackend<u64> {
+    let config = eddy_state::RocksDbConfig::default().with_heap_timers(true);
+    KeyedStateBackend::rocksdb(range, max, &config)
+        .unwrap_or_else(|e| panic!("RocksDB does not open: {e}"))
 }
 
 #[cfg(feature = "rocksdb")]
@@ -822,6 +833,18 @@ fn apply_to_all_keys_restores_the_key_after_an_error(factory: Factory) -> Result
 // ---------------------------------------------------------------------------------------------
 // Timers.
 
+/// Polls every event-time timer due at `at`, in firing order.
+fn due_event_timers<N: eddy_state::namespace::Namespace>(
+    timers: &eddy_state::timers::TimerService<u64, N>,
+    at: u64,
+) -> Result<Vec<Timer<u64, N>>, EddyError> {
+    let mut due = Vec::new();
+    while let Some(timer) = timers.poll_event_time(at)? {
+        due.push(timer);
+    }
+    Ok(due)
+}
+
 fn timers_fire_in_timestamp_order_and_deduplicate(factory: Factory) -> Result<(), EddyError> {
     let mut b = full_range(factory);
     let timers = b.timer_service::<()>("t")?;
@@ -834,14 +857,17 @@ fn timers_fire_in_timestamp_order_and_deduplicate(factory: Factory) -> Result<()
         4,
         "(2,10) and (1,30) deduplicated"
     );
-    assert_eq!(timers.next_event_time(), Some(10));
-    let fired: Vec<(u64, u64)> = std::iter::from_fn(|| timers.poll_event_time(25))
+    assert_eq!(timers.next_event_time()?, Some(10));
+    let fired: Vec<(u64, u64)> = due_event_timers(&timers, 25)?
+        .into_iter()
         .map(|t| (t.timestamp, t.key))
         .collect();
     // Equal timestamps fire in registration order.
     assert_eq!(fired, vec![(10, 2), (10, 1), (20, 3)]);
-    assert_eq!(timers.poll_event_time(29), None);
-    assert_eq!(timers.poll_event_time(u64::MAX).map(|t| t.key), Some(1));
+    assert_eq!(timers.poll_event_time(29)?, None);
+    assert_eq!(timers.next_event_time()?, Some(30));
+    assert_eq!(timers.poll_event_time(u64::MAX)?.map(|t| t.key), Some(1));
+    assert_eq!(timers.next_event_time()?, None);
     assert!(timers.is_empty());
     // A timer that fired can be registered again.
     b.set_current_key(1)?;
@@ -869,8 +895,7 @@ fn timers_are_scoped_to_key_and_namespace_and_can_be_deleted(
     timers.delete_event_time_timer((0, 10), 9)?;
     // Deleting a timer that does not exist is not an error.
     timers.delete_event_time_timer((5, 6), 1)?;
-    let fired: Vec<Timer<u64, Window>> =
-        std::iter::from_fn(|| timers.poll_event_time(100)).collect();
+    let fired: Vec<Timer<u64, Window>> = due_event_timers(&timers, 100)?;
     assert_eq!(
         fired,
         vec![
@@ -887,9 +912,9 @@ fn timers_are_scoped_to_key_and_namespace_and_can_be_deleted(
         ]
     );
     // Processing-time timers are a separate queue.
-    assert_eq!(timers.next_processing_time(), Some(9));
-    assert_eq!(timers.poll_processing_time(8), None);
-    assert_eq!(timers.poll_processing_time(9).map(|t| t.key), Some(5));
+    assert_eq!(timers.next_processing_time()?, Some(9));
+    assert_eq!(timers.poll_processing_time(8)?, None);
+    assert_eq!(timers.poll_processing_time(9)?.map(|t| t.key), Some(5));
     // Another namespace type under the same name is refused.
     assert!(b.timer_service::<u64>("windows").is_err());
     Ok(())
@@ -903,7 +928,7 @@ fn timers_registered_while_firing_fire_in_the_same_advance(
     b.set_current_key(1)?;
     timers.register_event_time_timer((), 10)?;
     let mut fired = Vec::new();
-    while let Some(timer) = timers.poll_event_time(50) {
+    while let Some(timer) = timers.poll_event_time(50)? {
         fired.push(timer.timestamp);
         b.set_current_key(timer.key)?;
         if timer.timestamp < 40 {
@@ -930,7 +955,7 @@ fn timers_are_kept_per_key_group(factory: Factory) -> Result<(), EddyError> {
     }
     let mut total = 0;
     for offset in 0..range.len() {
-        for timer in timers.timers_in_group(TimeDomain::EventTime, offset) {
+        for timer in timers.timers_in_group(TimeDomain::EventTime, offset)? {
             let group = assign_to_key_group(&timer.key, 128);
             assert_eq!(range.offset_of(group), Some(offset));
             total += 1;

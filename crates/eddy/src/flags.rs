@@ -53,6 +53,11 @@ pub struct JobFlags {
     #[arg(long, value_name = "N", default_value_t = eddy_state::RocksDbConfig::default().object_cache_entries)]
     pub rocksdb_object_cache_entries: usize,
 
+    /// RocksDB backend: keep timers on the heap instead of in RocksDB (Flink's
+    /// `timer-service.factory: HEAP`): faster with many short-lived timers, memory unbounded.
+    #[arg(long)]
+    pub rocksdb_heap_timers: bool,
+
     /// Length of an epoch (a timely timestamp; checkpoints happen at epoch boundaries), in ms.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub epoch_interval_ms: u64,
@@ -140,6 +145,7 @@ impl Default for JobFlags {
             state_backend: BackendFlag::Heap,
             state_dir: None,
             rocksdb_object_cache_entries: eddy_state::RocksDbConfig::default().object_cache_entries,
+            rocksdb_heap_timers: eddy_state::RocksDbConfig::default().heap_timers,
             epoch_interval_ms: 10,
             checkpoint_dir: None,
             checkpoint_interval_ms: None,
@@ -179,6 +185,7 @@ impl JobFlags {
                 BackendFlag::RocksDb => StateBackendKind::RocksDb {
                     working_dir: self.state_dir.clone(),
                     object_cache_entries: self.rocksdb_object_cache_entries,
+                    heap_timers: self.rocksdb_heap_timers,
                 },
             },
             epoch_interval: std::time::Duration::from_millis(self.epoch_interval_ms),
@@ -280,6 +287,7 @@ mod tests {
             "/tmp/x",
             "--rocksdb-object-cache-entries",
             "1000",
+            "--rocksdb-heap-timers",
         ])
         .ok();
         assert_eq!(
@@ -289,6 +297,7 @@ mod tests {
             Some(StateBackendKind::RocksDb {
                 working_dir: Some("/tmp/x".into()),
                 object_cache_entries: 1000,
+                heap_timers: true,
             })
         );
     }

@@ -330,7 +330,7 @@ where
         self.timers.watermark.set(watermark);
         self.event_clock.set(watermark);
         // Timers registered while firing are due too if their time has passed, as in Flink.
-        while let Some(timer) = self.timers.queues.poll_event_time(watermark) {
+        while let Some(timer) = self.timers.queues.poll_event_time(watermark)? {
             self.fire(timer, TimeDomain::EventTime)?;
         }
         Ok(())
@@ -338,10 +338,10 @@ where
 
     fn advance_processing_time(&mut self, now: u64) -> Result<Option<u64>> {
         let _running = self.keys.enter();
-        while let Some(timer) = self.timers.queues.poll_processing_time(now) {
+        while let Some(timer) = self.timers.queues.poll_processing_time(now)? {
             self.fire(timer, TimeDomain::ProcessingTime)?;
         }
-        Ok(self.timers.queues.next_processing_time())
+        self.timers.queues.next_processing_time()
     }
 
     fn close(&mut self) -> Result<()> {
@@ -392,10 +392,12 @@ pub(crate) fn keyed_backend<K: Key>(
         StateBackendKind::RocksDb {
             working_dir,
             object_cache_entries,
+            heap_timers,
         } => {
             let config = eddy_state::RocksDbConfig {
                 working_dir: working_dir.clone(),
                 object_cache_entries: *object_cache_entries,
+                heap_timers: *heap_timers,
                 ..eddy_state::RocksDbConfig::default()
             };
             KeyedStateBackend::rocksdb(range, worker.max_parallelism, &config)?

@@ -622,7 +622,7 @@ where
     fn advance_watermark(&mut self, watermark: u64) -> Result<()> {
         let _running = self.keys.enter();
         self.watermark.set(watermark);
-        while let Some(timer) = self.timers.poll_event_time(watermark) {
+        while let Some(timer) = self.timers.poll_event_time(watermark)? {
             self.on_timer(timer)?;
         }
         Ok(())
@@ -630,10 +630,10 @@ where
 
     fn advance_processing_time(&mut self, now: u64) -> Result<Option<u64>> {
         let _running = self.keys.enter();
-        while let Some(timer) = self.timers.poll_processing_time(now) {
+        while let Some(timer) = self.timers.poll_processing_time(now)? {
             self.on_timer(timer)?;
         }
-        Ok(self.timers.next_processing_time())
+        self.timers.next_processing_time()
     }
 
     fn close(&mut self) -> Result<()> {

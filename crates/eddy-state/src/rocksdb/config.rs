@@ -40,6 +40,7 @@ pub(crate) struct SharedMemory {
 /// | [`list_chunk_bytes`](Self::list_chunk_bytes) | 64 MiB |
 /// | [`statistics`](Self::statistics) | off |
 /// | [`object_cache_entries`](Self::object_cache_entries) | 0 (off) |
+/// | [`heap_timers`](Self::heap_timers) | off (timers in RocksDB) |
 ///
 /// ```
 /// use eddy_state::rocksdb::RocksDbConfig;
@@ -82,6 +83,11 @@ pub struct RocksDbConfig {
     /// the `cache` module docs). An entry costs about its key's bytes, the value object and
     /// ~100 bytes of bookkeeping. 0 turns the cache off.
     pub object_cache_entries: usize,
+    /// Keep timers on the heap instead of in RocksDB (Flink's
+    /// `state.backend.rocksdb.timer-service.factory: HEAP`). Faster when timers are many and
+    /// short-lived, but their memory is then unbounded; the default keeps them in two column
+    /// families per time domain, as Flink's default `ROCKSDB` factory.
+    pub heap_timers: bool,
 }
 
 impl Default for RocksDbConfig {
@@ -96,6 +102,7 @@ impl Default for RocksDbConfig {
             list_chunk_bytes: 64 * MIB,
             statistics: false,
             object_cache_entries: 0,
+            heap_timers: false,
         }
     }
 }
@@ -128,6 +135,12 @@ impl RocksDbConfig {
     /// Sets the most entries of each state's object cache (0: off).
     pub fn with_object_cache_entries(mut self, entries: usize) -> Self {
         self.object_cache_entries = entries;
+        self
+    }
+
+    /// Keeps timers on the heap (`true`) or in RocksDB (`false`, the default).
+    pub fn with_heap_timers(mut self, heap_timers: bool) -> Self {
+        self.heap_timers = heap_timers;
         self
     }
 

@@ -82,6 +82,7 @@ mod db;
 mod list;
 mod map;
 mod snapshot;
+mod timers;
 mod ttl;
 mod value;
 
@@ -104,6 +105,7 @@ use self::db::Db;
 use self::list::{append_merge, ListShared, RocksList};
 use self::map::RocksMap;
 pub(crate) use self::snapshot::CheckpointScan;
+pub(crate) use self::timers::RocksTimerQueue;
 use self::ttl::{SharedClock, TtlFilterFactory, TtlLayout, TtlRules};
 use self::value::{RocksAggregating, RocksReducing, RocksValue};
 use crate::descriptor::{
@@ -113,6 +115,7 @@ use crate::descriptor::{
 use crate::handle::{AggregatingState, ListState, MapState, ReducingState, ValueState};
 use crate::key_context::KeyContext;
 use crate::namespace::{Namespace, NamespaceCell, Namespaced};
+use crate::timers::{Queue, TimeDomain, TimerService};
 use crate::ttl::{ManualClock, StateTtlConfig, SystemClock, TtlClock, TtlTimeDomain};
 
 /// The RocksDB backend of one keyed operator subtask (see the [module docs](self)).
@@ -337,6 +340,24 @@ impl<K: Key> RocksDbKeyedStateBackend<K> {
             .values()
             .filter_map(|registered| registered.cache.as_ref())
             .try_for_each(|cache| cache.flush())
+    }
+
+    /// The timer service called `name`: its queues in RocksDB, in column families created
+    /// now, unless the configuration keeps timers on the heap.
+    pub(crate) fn timer_service<N: Namespace>(&self, name: &str) -> Result<TimerService<K, N>> {
+        let context = Rc::clone(&self.context);
+        if self.config.heap_timers {
+            return Ok(TimerService::new(name, context));
+        }
+        let first_kg = self.context.key_group_range().start();
+        let options = || self.config.cf_options(&self.cache);
+        let queue = |domain| RocksTimerQueue::create(&self.db, name, domain, first_kg, options);
+        Ok(TimerService::with_queues(
+            name,
+            context,
+            Queue::RocksDb(queue(TimeDomain::EventTime)?),
+            Queue::RocksDb(queue(TimeDomain::ProcessingTime)?),
+        ))
     }
 
     /// Entries in the object cache of the state `name` (0 without a cache).

@@ -217,22 +217,22 @@ impl AllStates {
     }
 
     /// Every timer, fired (which removes them), sorted.
-    fn fire_all(&self) -> Vec<String> {
+    fn fire_all(&self) -> Result<Vec<String>, EddyError> {
         let mut out = Vec::new();
-        while let Some(t) = self.user_timers.poll_event_time(u64::MAX) {
+        while let Some(t) = self.user_timers.poll_event_time(u64::MAX)? {
             out.push(format!("user event {} {}", t.key, t.timestamp));
         }
-        while let Some(t) = self.user_timers.poll_processing_time(u64::MAX) {
+        while let Some(t) = self.user_timers.poll_processing_time(u64::MAX)? {
             out.push(format!("user processing {} {}", t.key, t.timestamp));
         }
-        while let Some(t) = self.window_timers.poll_event_time(u64::MAX) {
+        while let Some(t) = self.window_timers.poll_event_time(u64::MAX)? {
             out.push(format!(
                 "window {} {:?} {}",
                 t.key, t.namespace, t.timestamp
             ));
         }
         out.sort();
-        out
+        Ok(out)
     }
 }
 
@@ -294,9 +294,9 @@ pub(super) fn every_state_type_round_trips(from: Factory, to: Factory) -> Result
     assert_eq!(canonical(&second)?, canonical(&snapshot)?);
 
     assert_eq!(again.dump(&restored, KEYS)?, states.dump(&b, KEYS)?);
-    let fired = states.fire_all();
+    let fired = states.fire_all()?;
     assert!(fired.len() > 300);
-    assert_eq!(again.fire_all(), fired);
+    assert_eq!(again.fire_all()?, fired);
     // The restored states keep working: writes after a restore land next to restored data.
     restored.set_current_key(3)?;
     again.list.add(99)?;
@@ -692,7 +692,7 @@ fn read(b: &mut KeyedStateBackend<u64>) -> Result<Contents, EddyError> {
             }
         }
     }
-    while let Some(t) = h.timers.poll_event_time(u64::MAX) {
+    while let Some(t) = h.timers.poll_event_time(u64::MAX)? {
         assert!(
             c.timers.insert((t.key, t.timestamp), ()).is_none(),
             "a timer fired twice"
