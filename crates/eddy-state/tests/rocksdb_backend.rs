@@ -631,3 +631,35 @@ fn heap_timers_leave_rocksdb_alone() -> Result<(), EddyError> {
     assert_eq!(timers.poll_event_time(10)?.map(|t| t.key), Some(1));
     Ok(())
 }
+
+#[test]
+fn timers_deleted_or_added_after_the_queue_read_ahead_are_seen() -> Result<(), EddyError> {
+    let mut b = backend(&RocksDbConfig::default());
+    let timers = b.timer_service::<()>("t")?;
+    for key in 0..1_000u64 {
+        b.set_current_key(key)?;
+        timers.register_event_time_timer((), 100 + key)?;
+    }
+    // The first poll reads ahead; then a buffered timer is deleted, one is added between two
+    // buffered ones, one before them all, and one far behind them.
+    assert_eq!(timers.poll_event_time(100)?.map(|t| t.key), Some(0));
+    b.set_current_key(5)?;
+    timers.delete_event_time_timer((), 105)?;
+    b.set_current_key(5_000)?;
+    timers.register_event_time_timer((), 107)?;
+    timers.register_event_time_timer((), 50)?;
+    timers.register_event_time_timer((), 1_000_000)?;
+    let mut fired = Vec::new();
+    while let Some(timer) = timers.poll_event_time(u64::MAX)? {
+        fired.push((timer.timestamp, timer.key));
+    }
+    let mut expected: Vec<(u64, u64)> = (1..1_000u64)
+        .filter(|k| *k != 5)
+        .map(|k| (100 + k, k))
+        .collect();
+    expected.extend([(50, 5_000), (107, 5_000), (1_000_000, 5_000)]);
+    // Equal timestamps fire in registration order: key 7's timer before key 5000's.
+    expected.sort_by_key(|(timestamp, key)| (*timestamp, *key == 5_000));
+    assert_eq!(fired, expected);
+    Ok(())
+}

@@ -26,9 +26,14 @@
 //!   seek from the start would step over again and again. The queue keeps a *floor*, a key
 //!   below which no live timer exists (raised past each polled timer, lowered when an earlier
 //!   timer is registered), and seeks from there.
-//! * The number of timers and the next timestamp are kept in memory, so checking whether a
-//!   timer is due (at every watermark) reads nothing from RocksDB.
+//! * The queue reads ahead: one seek loads the next [`READ_AHEAD`] timers in order into
+//!   memory, so firing a run of due timers costs one seek per run, not one per timer, and
+//!   checking whether a timer is due (at every watermark) reads nothing. The read-ahead is
+//!   always a prefix of the order column family: a timer registered before its end is
+//!   inserted into it, a deleted timer is removed from it, and it is capped at twice its
+//!   size, so memory stays bounded however many timers there are.
 
+use std::collections::VecDeque;
 use std::marker::PhantomData;
 use std::rc::Rc;
 
@@ -46,6 +51,8 @@ use crate::timers::{TimeDomain, Timer};
 const ORDER_KEY: usize = 16;
 /// Length of the timestamp suffix of an index key.
 const TIMESTAMP: usize = 8;
+/// Timers read ahead per seek.
+const READ_AHEAD: usize = 256;
 
 /// The timers of one time domain of one timer service, in RocksDB (see the [module
 /// docs](self)).
@@ -61,8 +68,8 @@ pub(crate) struct RocksTimerQueue<K, N> {
     len: usize,
     /// No live order key is below this one.
     floor: [u8; ORDER_KEY],
-    /// The earliest timestamp, if known: `Some(None)` when there is no timer.
-    head: Option<Option<u64>>,
+    /// The earliest live timers, in order: (order key, order value); see the module docs.
+    ahead: VecDeque<([u8; ORDER_KEY], Vec<u8>)>,
     index_key: Vec<u8>,
     _types: PhantomData<fn() -> (K, N)>,
 }
@@ -94,7 +101,7 @@ impl<K: Key, N: Namespace> RocksTimerQueue<K, N> {
             next_sequence: 0,
             len: 0,
             floor: [0; ORDER_KEY],
-            head: Some(None),
+            ahead: VecDeque::new(),
             index_key: Vec::new(),
             _types: PhantomData,
         })
@@ -122,10 +129,11 @@ impl<K: Key, N: Namespace> RocksTimerQueue<K, N> {
         if order_key < self.floor {
             self.floor = order_key;
         }
-        if let Some(head) = self.head {
-            self.head = Some(Some(
-                head.map_or(timer.timestamp, |h| h.min(timer.timestamp)),
-            ));
+        // Keep the read-ahead a prefix of the live timers.
+        if self.ahead.back().is_some_and(|(last, _)| order_key < *last) {
+            let at = self.ahead.partition_point(|(key, _)| *key < order_key);
+            self.ahead.insert(at, (order_key, self.target().to_vec()));
+            self.ahead.truncate(2 * READ_AHEAD);
         }
         Ok(true)
     }
@@ -145,27 +153,29 @@ impl<K: Key, N: Namespace> RocksTimerQueue<K, N> {
             return Ok(false);
         };
         let mut batch = WriteBatch::default();
-        batch.delete_cf(&self.db.cf(&self.order_cf)?, order_key(timestamp, sequence));
+        let order_key = order_key(timestamp, sequence);
+        batch.delete_cf(&self.db.cf(&self.order_cf)?, order_key);
         batch.delete_cf(&self.db.cf(&self.index_cf)?, &self.index_key);
         self.write(kg, batch)?;
         self.len -= 1;
-        if self.head == Some(Some(timestamp)) {
-            self.head = None;
+        if let Some(at) = self.ahead.iter().position(|(key, _)| *key == order_key) {
+            self.ahead.remove(at);
         }
         Ok(true)
     }
 
     /// The earliest timestamp of any timer.
     pub(crate) fn peek_timestamp(&mut self) -> Result<Option<u64>> {
-        if let Some(head) = self.head {
-            return Ok(head);
+        if self.len == 0 {
+            return Ok(None);
         }
-        let head = self
-            .first()?
-            .map(|(key, _)| timestamp_of(&key))
-            .transpose()?;
-        self.head = Some(head);
-        Ok(head)
+        if self.ahead.is_empty() {
+            self.read_ahead()?;
+        }
+        self.ahead
+            .front()
+            .map(|(key, _)| timestamp_of(key))
+            .transpose()
     }
 
     /// Removes and returns the earliest timer if it is due at `time`, with its key group's
@@ -175,8 +185,7 @@ impl<K: Key, N: Namespace> RocksTimerQueue<K, N> {
             Some(head) if head <= time => {}
             _ => return Ok(None),
         }
-        let Some((order, target)) = self.first()? else {
-            self.head = Some(None);
+        let Some((order, target)) = self.ahead.pop_front() else {
             return Ok(None);
         };
         let timestamp = timestamp_of(&order)?;
@@ -185,15 +194,12 @@ impl<K: Key, N: Namespace> RocksTimerQueue<K, N> {
         self.index_key.extend_from_slice(&target);
         self.index_key.extend_from_slice(&timestamp.to_be_bytes());
         let mut batch = WriteBatch::default();
-        batch.delete_cf(&self.db.cf(&self.order_cf)?, &order);
+        batch.delete_cf(&self.db.cf(&self.order_cf)?, order);
         batch.delete_cf(&self.db.cf(&self.index_cf)?, &self.index_key);
         self.write(kg, batch)?;
         self.len -= 1;
-        self.head = None;
         // Everything below the polled key is gone: the next seek starts after it.
-        if let Ok(polled) = <[u8; ORDER_KEY]>::try_from(order.as_slice()) {
-            self.floor = successor(polled);
-        }
+        self.floor = successor(order);
         let offset = usize::from(kg) - self.first_kg;
         Ok(Some((
             offset,
@@ -296,22 +302,31 @@ impl<K: Key, N: Namespace> RocksTimerQueue<K, N> {
         Ok(entries)
     }
 
-    /// The first entry of the order column family at or above the floor.
-    fn first(&self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
-        if self.len == 0 {
-            return Ok(None);
-        }
+    /// Reads the next [`READ_AHEAD`] timers of the order column family, from the floor.
+    fn read_ahead(&mut self) -> Result<()> {
         let cf = self.db.cf(&self.order_cf)?;
         let mut read = ReadOptions::default();
         read.set_iterate_lower_bound(self.floor.to_vec());
         let mut iter = self.db.rdb.raw_iterator_cf_opt(&cf, read);
         iter.seek_to_first();
-        if let (Some(key), Some(value)) = (iter.key(), iter.value()) {
-            return Ok(Some((key.to_vec(), value.to_vec())));
+        while self.ahead.len() < READ_AHEAD {
+            let (Some(key), Some(value)) = (iter.key(), iter.value()) else {
+                break;
+            };
+            let key = <[u8; ORDER_KEY]>::try_from(key)
+                .map_err(|_| decode_error(&self.service, 0, "timer order key", "wrong length"))?;
+            self.ahead.push_back((key, value.to_vec()));
+            iter.next();
         }
         iter.status()
             .map_err(|e| rocks_error(&self.service, 0, e))?;
-        Ok(None)
+        if self.ahead.is_empty() {
+            return Err(EddyError::Internal(format!(
+                "timer service \"{}\": {} timers counted, none stored",
+                self.service, self.len
+            )));
+        }
+        Ok(())
     }
 
     /// Decodes an order value: key group, key and namespace.
