@@ -41,6 +41,11 @@
 //!   2^31 bytes). Epochs sort in insertion order, so reading the chunks in key order reads
 //!   the list in order. A restore writes each restored list through the state's epoch
 //!   counter, so later appends sort after the restored elements.
+//! * **Timers** (unless [`RocksDbConfig::heap_timers`]) live in two column families per time
+//!   domain of each timer service, `timers:<service>:<event|processing>:order` (keys
+//!   `[timestamp][sequence]`, both `u64` big-endian, so the first key is the next timer) and
+//!   `...:index` (keys `[key group][key][namespace][timestamp]`, for deduplication, deletion
+//!   and per-key-group snapshots); see the `timers` module.
 //! * **Snapshots** ([`crate::snapshot`]) copy the value bytes as they are (they are the
 //!   canonical payloads) and split each stored key into key group, key, namespace and
 //!   suffix; a list's chunks are concatenated into one entry. A restore builds the keys
