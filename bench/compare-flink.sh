@@ -5,7 +5,8 @@
 #   bench/compare-flink.sh [WORKLOADS...]          default: w0 w1 w2 w3 (also: w5 w6)
 #   env: N (20000000), K (1000000), P (2), FLINK_BACKEND (hashmap), EDDY_BACKEND (heap),
 #        REPEAT (1: runs of each side per workload; the table shows medians),
-#        PAUSE (10: seconds between runs)
+#        PAUSE (10: seconds between runs), EDDY_FLAGS (extra eddy-bench flags, e.g.
+#        "--rocksdb-object-cache-entries 1000000"); run.sh's own env (JVM_HEAP, ...) passes through
 #
 # Runs Flink from bench/flink (the project's copy of ../shared/anchors/flink, plus W5/W6). Its
 # sources are copied to a writable temp dir ($FLINK_ANCHOR_DIR, default /tmp/eddy-flink-bench,
@@ -40,7 +41,8 @@ for w in "${WORKLOADS[@]}"; do
     for _ in $(seq "$REPEAT"); do
         # Eddy first, then a pause: on this VM a run started right after a Flink JVM exits
         # (and the kernel reclaims its 8 GB heap) is up to a third slower.
-        e=$("$EDDY" "$w" "$EDDY_BACKEND" --n "$N" --k "$K" --parallelism "$P" | tail -1)
+        # shellcheck disable=SC2086 # EDDY_FLAGS is a list of flags
+        e=$("$EDDY" "$w" "$EDDY_BACKEND" --n "$N" --k "$K" --parallelism "$P" ${EDDY_FLAGS:-} | tail -1)
         echo "eddy:  $e" >>"$LOG"
         eddy_eps+=("$(field "$e" eps_job)"); eddy_rss+=("$(field "$e" peak_rss_mb)")
         sleep "${PAUSE:-10}"

@@ -234,17 +234,11 @@ impl<V: StateValue> ObjectCache<V> {
 
     /// Writes the dirty entries under `prefix` to RocksDB (before RocksDB is read there).
     pub(crate) fn flush_group(&mut self, prefix: &[u8]) -> Result<()> {
-        let Some(group) = self.groups.peek_mut(prefix) else {
+        let (groups, mut writer) = self.split();
+        let Some(group) = groups.peek_mut(prefix) else {
             return Ok(());
         };
         let mut batch = WriteBatch::default();
-        let mut writer = Writer {
-            db: &self.db,
-            state: &self.state,
-            cf_name: &self.cf_name,
-            key_buf: &mut self.key_buf,
-            value_buf: &mut self.value_buf,
-        };
         writer.add_group(&mut batch, prefix, group)?;
         writer.write(batch, prefix)
     }
@@ -252,14 +246,8 @@ impl<V: StateValue> ObjectCache<V> {
     /// Writes every dirty entry to RocksDB in one batch; the entries stay cached, clean.
     pub(crate) fn flush_all(&mut self) -> Result<()> {
         let mut batch = WriteBatch::default();
-        let mut writer = Writer {
-            db: &self.db,
-            state: &self.state,
-            cf_name: &self.cf_name,
-            key_buf: &mut self.key_buf,
-            value_buf: &mut self.value_buf,
-        };
-        for (prefix, group) in self.groups.iter_mut() {
+        let (groups, mut writer) = self.split();
+        for (prefix, group) in groups.iter_mut() {
             writer.add_group(&mut batch, prefix, group)?;
         }
         writer.write(batch, &[])
@@ -270,21 +258,30 @@ impl<V: StateValue> ObjectCache<V> {
     fn evict(&mut self) -> Result<()> {
         let target = self.capacity - self.capacity / 16;
         let mut batch = WriteBatch::default();
-        let mut writer = Writer {
+        let mut entries = self.entries;
+        let (groups, mut writer) = self.split();
+        while entries > target {
+            let Some((prefix, mut group)) = groups.pop_lru() else {
+                break;
+            };
+            entries -= group.len();
+            writer.add_group(&mut batch, &prefix, &mut group)?;
+        }
+        writer.write(batch, &[])?;
+        self.entries = entries;
+        Ok(())
+    }
+
+    /// The groups and a writer, borrowed apart.
+    fn split(&mut self) -> (&mut Groups<V>, Writer<'_>) {
+        let writer = Writer {
             db: &self.db,
             state: &self.state,
             cf_name: &self.cf_name,
             key_buf: &mut self.key_buf,
             value_buf: &mut self.value_buf,
         };
-        while self.entries > target {
-            let Some((prefix, mut group)) = self.groups.pop_lru() else {
-                break;
-            };
-            self.entries -= group.len();
-            writer.add_group(&mut batch, &prefix, &mut group)?;
-        }
-        writer.write(batch, &[])
+        (&mut self.groups, writer)
     }
 
     /// The number of cached entries.
