@@ -90,13 +90,10 @@ impl<K: Key, N: Namespace> RocksTimerQueue<K, N> {
         };
         let order_cf = format!("timers:{service}:{domain_name}:order");
         let index_cf = format!("timers:{service}:{domain_name}:index");
+        // The state column families' options, memtable bloom filter included: most
+        // registrations look up a timer that does not exist yet.
         db.create_cf(&order_cf, options())?;
-        // Most registrations look up a timer that does not exist yet: a bloom filter over
-        // the memtable's whole keys answers those without searching its skip list.
-        let mut index_options = options();
-        index_options.set_memtable_prefix_bloom_ratio(0.1);
-        index_options.set_memtable_whole_key_filtering(true);
-        db.create_cf(&index_cf, index_options)?;
+        db.create_cf(&index_cf, options())?;
         Ok(RocksTimerQueue {
             db: Rc::clone(db),
             service: service.into(),
