@@ -540,10 +540,7 @@ impl<K: Key> KeyedStateBackend<K> {
                 .collect::<Result<_>>()?,
             // One RocksDB snapshot for all states, so they are consistent with each other.
             #[cfg(feature = "rocksdb")]
-            BackendImpl::RocksDb(rocksdb) => {
-                rocksdb.flush_object_caches()?;
-                rocksdb.snapshot_states(&states)?
-            }
+            BackendImpl::RocksDb(rocksdb) => rocksdb.snapshot_states(&states)?,
         };
         Ok(self.snapshot_head(states)?.assemble(per_state))
     }
@@ -562,7 +559,6 @@ impl<K: Key> KeyedStateBackend<K> {
             BackendImpl::Heap(_) => Ok(PendingSnapshot(Pending::Ready(self.snapshot()?))),
             #[cfg(feature = "rocksdb")]
             BackendImpl::RocksDb(rocksdb) => {
-                rocksdb.flush_object_caches()?;
                 let scan = rocksdb.checkpoint_states(&states)?;
                 Ok(PendingSnapshot(Pending::RocksDb {
                     scan,

@@ -140,6 +140,7 @@ impl<K: Key> RocksDbKeyedStateBackend<K> {
         &self,
         states: &[StateMeta],
     ) -> Result<Vec<Vec<(KeyGroup, EntryBlock)>>> {
+        self.flush_object_caches()?;
         let scans = self.state_scans(states)?;
         let snapshot = self.db.rdb.snapshot();
         scans
@@ -157,6 +158,8 @@ impl<K: Key> RocksDbKeyedStateBackend<K> {
     /// all states, which [`CheckpointScan::read`] turns into canonical blocks later while the
     /// live instance goes on taking writes.
     pub(crate) fn checkpoint_states(&self, states: &[StateMeta]) -> Result<CheckpointScan> {
+        // The object caches' dirty entries belong in the checkpoint.
+        self.flush_object_caches()?;
         let scans = self.state_scans(states)?;
         let mut name = self.db.path().as_os_str().to_os_string();
         name.push(format!(
