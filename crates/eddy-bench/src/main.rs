@@ -79,8 +79,16 @@ fn main() -> anyhow::Result<()> {
             .map(|c| c.size as f64 / 1e6)
             .collect();
         mb.sort_by(f64::total_cmp);
+        let mut full_mb: Vec<f64> = report
+            .checkpoints
+            .iter()
+            .map(|c| c.full_size as f64 / 1e6)
+            .collect();
+        full_mb.sort_by(f64::total_cmp);
+        // ckpt_mb: what each checkpoint stored; full_mb: everything it refers to (they
+        // differ for incremental RocksDB checkpoints).
         println!(
-            "checkpoints={} ckpt_ms_min={:.1} ckpt_ms_median={:.1} ckpt_ms_max={:.1} ckpt_mb_min={:.1} ckpt_mb_median={:.1} ckpt_mb_max={:.1}",
+            "checkpoints={} ckpt_ms_min={:.1} ckpt_ms_median={:.1} ckpt_ms_max={:.1} ckpt_mb_min={:.1} ckpt_mb_median={:.1} ckpt_mb_max={:.1} full_mb_median={:.1}",
             ms.len(),
             ms[0],
             ms[ms.len() / 2],
@@ -88,6 +96,7 @@ fn main() -> anyhow::Result<()> {
             mb[0],
             mb[mb.len() / 2],
             mb[mb.len() - 1],
+            full_mb[full_mb.len() / 2],
         );
     }
     Ok(())

@@ -2,8 +2,9 @@
 //!
 //! ```text
 //! magic      8 bytes   b"EDDYCKPT"
-//! version    u16 LE    format version (2)
-//! kind       u8        1 = metadata, 2 = keyed state, 3 = operator state
+//! version    u16 LE    format version (3)
+//! kind       u8        1 = metadata, 2 = keyed state, 3 = operator state,
+//!                      4 = incremental keyed state, 5 = shared state file
 //! length     u64 LE    payload length
 //! payload    length    bytes
 //! crc32c     u32 LE    over everything before it
@@ -27,12 +28,16 @@ pub const MAGIC: [u8; 8] = *b"EDDYCKPT";
 /// The newest format version this build writes and reads; newer ones are refused.
 ///
 /// Version 2 added the schema snapshot of every state's types (schema evolution) to keyed
-/// state files.
-pub const FORMAT_VERSION: u16 = 2;
+/// state files. Version 3 added shared files (incremental checkpoints) to the metadata
+/// ([`crate::SubtaskMetadata::shared`]) and the file kinds
+/// [`FileKind::IncrementalKeyedState`] and [`FileKind::SharedState`].
+pub const FORMAT_VERSION: u16 = 3;
 
 /// The oldest format version this build reads. Version 1 keyed state lacks the schemas a
-/// restore checks types against, so it is refused rather than trusted.
-pub const OLDEST_READABLE_VERSION: u16 = 2;
+/// restore checks types against, so it is refused rather than trusted. Version 3 added shared
+/// files (incremental checkpoints) to the metadata, and postcard is not self-describing: the
+/// metadata of version 2 has another shape and cannot be decoded, so version 2 is refused too.
+pub const OLDEST_READABLE_VERSION: u16 = 3;
 
 /// Bytes before the payload: magic, version, kind, length.
 pub const HEADER_LEN: usize = 8 + 2 + 1 + 8;
@@ -49,6 +54,13 @@ pub enum FileKind {
     KeyedState,
     /// The operator state of one subtask (`operator-<subtask>.bin`).
     OperatorState,
+    /// The keyed state of one subtask as a native (RocksDB) incremental snapshot
+    /// (`keyed-<subtask>.bin`): it refers to shared files
+    /// ([`crate::SubtaskMetadata::shared`]) instead of holding every SST file itself.
+    IncrementalKeyedState,
+    /// One shared file (an uploaded SST file), `shared/<operator uid>/<file>` under the
+    /// checkpoint root, referred to by the incremental keyed state of one or more checkpoints.
+    SharedState,
 }
 
 impl FileKind {
@@ -58,6 +70,8 @@ impl FileKind {
             FileKind::Metadata => 1,
             FileKind::KeyedState => 2,
             FileKind::OperatorState => 3,
+            FileKind::IncrementalKeyedState => 4,
+            FileKind::SharedState => 5,
         }
     }
 
@@ -67,6 +81,8 @@ impl FileKind {
             1 => Some(FileKind::Metadata),
             2 => Some(FileKind::KeyedState),
             3 => Some(FileKind::OperatorState),
+            4 => Some(FileKind::IncrementalKeyedState),
+            5 => Some(FileKind::SharedState),
             _ => None,
         }
     }
@@ -77,6 +93,8 @@ impl FileKind {
             FileKind::Metadata => "checkpoint metadata",
             FileKind::KeyedState => "keyed state",
             FileKind::OperatorState => "operator state",
+            FileKind::IncrementalKeyedState => "incremental keyed state",
+            FileKind::SharedState => "shared state file",
         }
     }
 }
@@ -146,8 +164,9 @@ pub fn unframe<'a>(bytes: &'a [u8], expected: FileKind, location: &str) -> Resul
     if version < OLDEST_READABLE_VERSION {
         return refuse(format!(
             "written in checkpoint format version {version}, which this Eddy no longer reads \
-             (version {OLDEST_READABLE_VERSION} added the state schemas that restores check): \
-             restore it with the Eddy that wrote it and take a new savepoint"
+             (version 2 added the state schemas that restores check, version \
+             {OLDEST_READABLE_VERSION} the shared files of incremental checkpoints to the \
+             metadata): restore it with the Eddy that wrote it"
         ));
     }
 
@@ -220,12 +239,38 @@ mod tests {
     fn layout_is_the_documented_one() {
         let framed = frame(FileKind::OperatorState, &[0xAB; 3]);
         assert_eq!(&framed[..8], b"EDDYCKPT");
-        assert_eq!(&framed[8..10], &[2, 0]);
+        assert_eq!(&framed[8..10], &[3, 0]);
         assert_eq!(framed[10], 3);
         assert_eq!(&framed[11..19], &[3, 0, 0, 0, 0, 0, 0, 0]);
         assert_eq!(&framed[19..22], &[0xAB; 3]);
         let crc = crc32c::crc32c(&framed[..22]).to_le_bytes();
         assert_eq!(&framed[22..], &crc);
+    }
+
+    #[test]
+    fn kind_codes_are_the_documented_ones() {
+        let kinds = [
+            (FileKind::Metadata, 1, "checkpoint metadata"),
+            (FileKind::KeyedState, 2, "keyed state"),
+            (FileKind::OperatorState, 3, "operator state"),
+            (
+                FileKind::IncrementalKeyedState,
+                4,
+                "incremental keyed state",
+            ),
+            (FileKind::SharedState, 5, "shared state file"),
+        ];
+        for (kind, code, name) in kinds {
+            assert_eq!(kind.code(), code);
+            assert_eq!(FileKind::from_code(code), Some(kind));
+            assert_eq!(kind.to_string(), name);
+        }
+        assert_eq!(FileKind::from_code(0), None);
+        assert_eq!(FileKind::from_code(6), None);
+        let framed = frame(FileKind::SharedState, b"sst");
+        assert_eq!(framed[10], 5);
+        let r = reason(unframe(&framed, FileKind::KeyedState, LOC));
+        assert_eq!(r, "holds shared state file, but keyed state was expected");
     }
 
     #[test]
@@ -250,15 +295,17 @@ mod tests {
         let mut newer = good.clone();
         newer[8..10].copy_from_slice(&7u16.to_le_bytes());
         let r = reason(unframe(&newer, FileKind::KeyedState, LOC));
-        assert!(r.contains("version 7") && r.contains("up to 2"), "{r}");
+        assert!(r.contains("version 7") && r.contains("up to 3"), "{r}");
 
-        let mut older = good.clone();
-        older[8..10].copy_from_slice(&1u16.to_le_bytes());
-        let r = reason(unframe(&older, FileKind::KeyedState, LOC));
-        assert!(
-            r.contains("version 1, which this Eddy no longer reads"),
-            "{r}"
-        );
+        for old in [1u16, 2] {
+            let mut older = good.clone();
+            older[8..10].copy_from_slice(&old.to_le_bytes());
+            let r = reason(unframe(&older, FileKind::KeyedState, LOC));
+            assert!(
+                r.contains(&format!("version {old}, which this Eddy no longer reads")),
+                "{r}"
+            );
+        }
 
         let mut padded = good.clone();
         padded.insert(HEADER_LEN, 0);
@@ -301,7 +348,9 @@ mod tests {
         prop_oneof![
             Just(FileKind::Metadata),
             Just(FileKind::KeyedState),
-            Just(FileKind::OperatorState)
+            Just(FileKind::OperatorState),
+            Just(FileKind::IncrementalKeyedState),
+            Just(FileKind::SharedState)
         ]
     }
 

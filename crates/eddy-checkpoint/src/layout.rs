@@ -5,9 +5,15 @@
 //!   chk-0000000042/          checkpoint 42
 //!     _metadata              written last: a checkpoint without it is not complete
 //!     <operator uid>/
-//!       keyed-<subtask>.bin
+//!       keyed-<subtask>.bin  keyed state: full, or incremental (refers to shared files)
 //!       operator-<subtask>.bin
-//!   savepoint-<name>/        the same layout; never deleted by retention
+//!   savepoint-<name>/        the same layout; never deleted by retention; never refers to
+//!                            shared files (savepoints are self-contained)
+//!   shared/
+//!     <operator uid>/
+//!       <file>               a shared file (one uploaded SST file of incremental RocksDB
+//!                            checkpoints), uploaded once and referred to by every later
+//!                            checkpoint that still needs it
 //! ```
 //!
 //! # Guarantees
@@ -20,19 +26,34 @@
 //!   checkpoint stays the latest.
 //! * **Retention never leaves a half-deleted checkpoint that looks complete.**
 //!   [`Checkpoints::retain`] deletes a checkpoint's `_metadata` before its other files.
+//! * **A shared file is deleted only after the last complete checkpoint that refers to it has
+//!   been deleted.** [`Checkpoints::retain`] reads the metadata of the checkpoints it deletes
+//!   (before deleting them) and of every remaining complete checkpoint and savepoint, deletes
+//!   the checkpoints, and only then deletes the shared files that a deleted checkpoint
+//!   referred to and no remaining one does. It never deletes a shared file that no deleted
+//!   checkpoint referred to: a checkpoint in flight may have just uploaded it. So files of
+//!   abandoned attempts (and of a retention cut short by a crash) are left behind, as Flink
+//!   does, and listed by [`Checkpoints::unreferenced_shared`] (`eddy checkpoints ls`).
+//!   [`Checkpoints::commit`] refuses metadata referring to a shared file that is not stored
+//!   with its listed size, and savepoint metadata referring to any shared file.
 //! * Every file is framed and checksummed ([`crate::format`]); reading one checks the frame
 //!   and its kind and refuses a damaged file with an error naming it.
 
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use eddy_core::{EddyError, Result};
 
 use crate::format::{self, FileKind};
-use crate::metadata::{CheckpointKind, CheckpointMetadata, PartInfo};
+use crate::metadata::{CheckpointKind, CheckpointMetadata, PartInfo, SharedFile};
 use crate::storage::CheckpointStorage;
 
 /// The name of a checkpoint's metadata file, written last.
 pub const METADATA_FILE: &str = "_metadata";
+
+/// The directory of the checkpoint root that holds the shared files
+/// (`shared/<operator uid>/<file>`); never a checkpoint directory.
+pub const SHARED_DIR: &str = "shared";
 
 const CHECKPOINT_PREFIX: &str = "chk-";
 const SAVEPOINT_PREFIX: &str = "savepoint-";
@@ -180,12 +201,65 @@ impl Checkpoints {
         Ok(PartInfo { path, size, kind })
     }
 
+    /// The path of a shared file, relative to the checkpoint root: `shared/<operator_uid>/
+    /// <file_name>`, for [`write_shared`](Self::write_shared).
+    ///
+    /// Both must be path segments, as for [`write_part`](Self::write_part). A shared file is
+    /// immutable: `file_name` must stand for its contents under the operator (e.g. an SST
+    /// file's name qualified by its RocksDB instance), since a later upload to the same path
+    /// would replace what earlier checkpoints refer to.
+    pub fn shared_path(operator_uid: &str, file_name: &str) -> Result<String> {
+        check_segment(operator_uid, "operator uid")?;
+        check_segment(file_name, "shared file name")?;
+        Ok(format!("{SHARED_DIR}/{operator_uid}/{file_name}"))
+    }
+
+    /// Frames `payload` as a [`FileKind::SharedState`] file and stores it at `path` (relative
+    /// to the checkpoint root, starting with `shared/`: see
+    /// [`shared_path`](Self::shared_path)). Atomic and durable on return. Returns the entry to
+    /// put into the [`crate::SubtaskMetadata::shared`] of every checkpoint that refers to it.
+    ///
+    /// Until a complete checkpoint refers to it, the file is unreferenced: retention leaves it
+    /// alone (a checkpoint in flight may be about to refer to it) and
+    /// [`unreferenced_shared`](Self::unreferenced_shared) lists it.
+    pub fn write_shared(&self, path: &str, payload: &[u8]) -> Result<SharedFile> {
+        check_shared_path(path, &self.storage.describe(path))?;
+        let framed = format::frame(FileKind::SharedState, payload);
+        let size = framed.len() as u64;
+        self.storage.put(path, framed)?;
+        Ok(SharedFile {
+            path: path.to_string(),
+            size,
+        })
+    }
+
+    /// Reads the shared file at `path` (a [`SharedFile::path`], relative to the checkpoint
+    /// root), checks its frame and kind, and returns its payload. A missing file is an error
+    /// naming it: the checkpoint that refers to it cannot be restored.
+    pub fn read_shared(&self, path: &str) -> Result<Vec<u8>> {
+        let location = self.storage.describe(path);
+        check_shared_path(path, &location)?;
+        let Some(bytes) = self.storage.get_opt(path)? else {
+            return Err(EddyError::checkpoint(
+                location,
+                "the checkpoint refers to this shared file, but it is missing",
+            ));
+        };
+        payload_of(bytes, FileKind::SharedState, &location)
+    }
+
     /// Completes a checkpoint: checks that every file `metadata` lists is stored with its
-    /// listed size, then writes `_metadata` (atomically, last). Until this returns the
-    /// checkpoint is incomplete; once it returns it is complete and durable.
+    /// listed size, and every shared file it refers to too (at its path under the root), then
+    /// writes `_metadata` (atomically, last). Until this returns the checkpoint is incomplete;
+    /// once it returns it is complete and durable.
+    ///
+    /// A savepoint's metadata must not refer to shared files: savepoints are self-contained
+    /// (full snapshots), so deleting one never concerns another, nor retention them.
     ///
     /// The directory is `metadata.reference()`. Checkpoint ids must be fresh: committing over
     /// a complete checkpoint replaces its metadata (see [`Checkpoints::next_checkpoint_id`]).
+    /// Not to be run concurrently with [`retain`](Self::retain) on the same root (the
+    /// runtime's writer runs them one after the other).
     pub fn commit(&self, metadata: &CheckpointMetadata) -> Result<CheckpointInfo> {
         let reference = metadata.reference();
         let dir = reference.dir_name();
@@ -197,8 +271,22 @@ impl Checkpoints {
             return Err(EddyError::checkpoint(location, "checkpoint ids start at 1"));
         }
         metadata.validate(&location)?;
+        if matches!(metadata.kind, CheckpointKind::Savepoint { .. }) {
+            if let Some(shared) = metadata.shared_files().next() {
+                return Err(EddyError::checkpoint(
+                    location,
+                    format!(
+                        "savepoints are self-contained: a savepoint cannot refer to shared \
+                         files, but its metadata lists {} (e.g. {:?}); take it from full \
+                         snapshots",
+                        metadata.shared_files().count(),
+                        shared.path
+                    ),
+                ));
+            }
+        }
 
-        let stored: std::collections::HashMap<String, u64> = self
+        let stored: HashMap<String, u64> = self
             .storage
             .list(&dir)?
             .into_iter()
@@ -229,6 +317,7 @@ impl Checkpoints {
                 }
             }
         }
+        self.check_shared_stored(metadata)?;
         self.storage
             .put(&format!("{dir}/{METADATA_FILE}"), metadata.encode()?)?;
         Ok(CheckpointInfo {
@@ -331,18 +420,28 @@ impl Checkpoints {
         let full = format!("{}/{path}", checkpoint.dir_name());
         let location = self.storage.describe(&full);
         check_relative_path(path, &location)?;
-        let mut bytes = self.storage.get(&full)?;
-        let payload_len = format::unframe(&bytes, kind, &location)?.len();
-        // Keep the payload in place: drop the trailer, then shift it over the header.
-        bytes.truncate(format::HEADER_LEN + payload_len);
-        bytes.drain(..format::HEADER_LEN);
-        Ok(bytes)
+        payload_of(self.storage.get(&full)?, kind, &location)
     }
 
     /// Deletes all but the newest `retain` complete checkpoints, and every incomplete
     /// checkpoint older than the newest complete one (a failed or abandoned attempt). Newer
     /// incomplete checkpoints are kept: they may be in flight. Savepoints are never deleted.
     /// Returns what was deleted, oldest first.
+    ///
+    /// Then it garbage-collects shared files: it deletes each shared file that a deleted
+    /// complete checkpoint referred to and no remaining complete checkpoint or savepoint refers
+    /// to, after the checkpoints themselves. So a shared file is deleted only after the last
+    /// complete checkpoint that refers to it has been deleted. Shared files that no deleted
+    /// checkpoint referred to are never deleted (a checkpoint in flight may be uploading
+    /// them): those of abandoned attempts are left behind, as Flink does, and listed by
+    /// [`unreferenced_shared`](Self::unreferenced_shared).
+    ///
+    /// When the deleted checkpoints refer to shared files, the metadata of the remaining
+    /// checkpoints and savepoints is read before anything is deleted: if one cannot be read,
+    /// that is the error and nothing is deleted. A deleted
+    /// checkpoint whose `_metadata` cannot be decoded is deleted all the same, leaving the
+    /// shared files it referred to (unknown) behind. Not to be run concurrently with
+    /// [`commit`](Self::commit) on the same root.
     pub fn retain(&self, retain: usize) -> Result<Vec<CheckpointRef>> {
         if retain == 0 {
             return Err(EddyError::Config(
@@ -363,20 +462,88 @@ impl Checkpoints {
         let Some(&newest) = complete.last() else {
             return Ok(Vec::new()); // nothing complete: every attempt may still be needed
         };
-        let mut doomed: Vec<u64> = complete[..complete.len().saturating_sub(retain)].to_vec();
+        let doomed_complete = &complete[..complete.len().saturating_sub(retain)];
+        let mut doomed: Vec<u64> = doomed_complete.to_vec();
         doomed.extend(incomplete.into_iter().filter(|&id| id < newest));
         doomed.sort_unstable();
+
+        // The shared files the doomed complete checkpoints refer to, read before they go.
+        let mut doomed_shared = BTreeSet::new();
+        for &id in doomed_complete {
+            let path = format!(
+                "{}/{METADATA_FILE}",
+                CheckpointRef::Checkpoint(id).dir_name()
+            );
+            let Some(bytes) = self.storage.get_opt(&path)? else {
+                continue;
+            };
+            // Undecodable: what it referred to is unknown, so nothing of it is deleted (its
+            // shared files stay, listed by `unreferenced_shared`); it goes all the same.
+            if let Ok(metadata) = CheckpointMetadata::decode(&bytes, &self.storage.describe(&path))
+            {
+                doomed_shared.extend(metadata.shared_files().map(|file| file.path.clone()));
+            }
+        }
+        // Minus what the remaining ones refer to, read before anything is deleted: one that
+        // cannot be read stops retention here, with nothing deleted.
+        if !doomed_shared.is_empty() {
+            for reference in self.directories()? {
+                if reference
+                    .checkpoint_id()
+                    .is_some_and(|id| doomed.binary_search(&id).is_ok())
+                {
+                    continue;
+                }
+                if let Some(metadata) = self.try_read_metadata(&reference)? {
+                    for file in metadata.shared_files() {
+                        doomed_shared.remove(&file.path);
+                    }
+                }
+            }
+        }
+
         let mut deleted = Vec::with_capacity(doomed.len());
         for id in doomed {
             let reference = CheckpointRef::Checkpoint(id);
             self.delete(&reference)?;
             deleted.push(reference);
         }
+        // Only now: until the checkpoints referring to them are gone, they are needed.
+        for path in &doomed_shared {
+            self.storage.delete(path)?;
+        }
         Ok(deleted)
+    }
+
+    /// The shared files (paths relative to the root, sorted) that no complete checkpoint or
+    /// savepoint refers to: uploaded by a checkpoint in flight, or left behind by an abandoned
+    /// attempt or a retention cut short. Retention never deletes them; a shared file that is
+    /// still unreferenced once no checkpoint is in flight can be deleted by hand. A `_metadata`
+    /// that cannot be read is an error naming it.
+    pub fn unreferenced_shared(&self) -> Result<Vec<String>> {
+        let stored = self.storage.list(SHARED_DIR)?;
+        if stored.is_empty() {
+            return Ok(Vec::new());
+        }
+        let referenced: HashSet<String> = self
+            .list()?
+            .iter()
+            .flat_map(|info| info.metadata.shared_files().map(|file| file.path.clone()))
+            .collect();
+        Ok(stored
+            .into_iter()
+            .map(|object| object.path)
+            .filter(|path| !referenced.contains(path))
+            .collect())
     }
 
     /// Deletes a checkpoint or savepoint directory: its `_metadata` first (so a crash midway
     /// leaves an incomplete checkpoint, never one that looks complete), then everything else.
+    ///
+    /// The shared files a checkpoint refers to are not deleted here (others may refer to them):
+    /// [`retain`](Self::retain) collects them. Savepoints never refer to shared files
+    /// ([`commit`](Self::commit) refuses such metadata), so deleting one never affects another
+    /// checkpoint or savepoint.
     pub fn delete(&self, checkpoint: &CheckpointRef) -> Result<()> {
         let dir = checkpoint.dir_name();
         // The metadata goes first: a half-deleted checkpoint is then incomplete, never a
@@ -389,6 +556,44 @@ impl Checkpoints {
     /// Resolves a `--restore` argument against this root; see [`resolve`].
     pub fn resolve(&self, arg: &str) -> Result<RestorePoint> {
         resolve(arg, Some(self))
+    }
+
+    /// Checks that every shared file `metadata` refers to is stored, with its listed size.
+    fn check_shared_stored(&self, metadata: &CheckpointMetadata) -> Result<()> {
+        // One listing per directory (`shared/<uid>`), not one request per file.
+        let dirs: BTreeSet<&str> = metadata
+            .shared_files()
+            .filter_map(|file| file.path.rsplit_once('/').map(|(dir, _)| dir))
+            .collect();
+        let mut stored = HashMap::new();
+        for dir in dirs {
+            for object in self.storage.list(dir)? {
+                stored.insert(object.path, object.size);
+            }
+        }
+        for file in metadata.shared_files() {
+            match stored.get(&file.path) {
+                Some(&size) if size == file.size => {}
+                Some(&size) => {
+                    return Err(EddyError::checkpoint(
+                        self.storage.describe(&file.path),
+                        format!(
+                            "cannot complete the checkpoint: the shared file has {size} bytes, \
+                             the metadata lists {}",
+                            file.size
+                        ),
+                    ))
+                }
+                None => {
+                    return Err(EddyError::checkpoint(
+                        self.storage.describe(&file.path),
+                        "cannot complete the checkpoint: the metadata refers to this shared \
+                         file, but it is not stored",
+                    ))
+                }
+            }
+        }
+        Ok(())
     }
 
     fn directories(&self) -> Result<Vec<CheckpointRef>> {
@@ -444,6 +649,13 @@ impl RestorePoint {
     /// Reads one of its files (a [`PartInfo::path`] from the metadata) and returns the payload.
     pub fn read_part(&self, path: &str, kind: FileKind) -> Result<Vec<u8>> {
         self.checkpoints.read_part(&self.reference, path, kind)
+    }
+
+    /// Reads a shared file its incremental keyed state refers to (a [`SharedFile::path`] from
+    /// the metadata, relative to the root) and returns the payload; see
+    /// [`Checkpoints::read_shared`].
+    pub fn read_shared(&self, path: &str) -> Result<Vec<u8>> {
+        self.checkpoints.read_shared(path)
     }
 }
 
@@ -552,6 +764,33 @@ fn check_segment(name: &str, what: &str) -> Result<()> {
     }
 }
 
+/// The payload of the framed file `bytes` of `kind` (`location` names it in errors), kept in
+/// place.
+fn payload_of(mut bytes: Vec<u8>, kind: FileKind, location: &str) -> Result<Vec<u8>> {
+    let payload_len = format::unframe(&bytes, kind, location)?.len();
+    // Keep the payload in place: drop the trailer, then shift it over the header.
+    bytes.truncate(format::HEADER_LEN + payload_len);
+    bytes.drain(..format::HEADER_LEN);
+    Ok(bytes)
+}
+
+/// Checks that a shared file's path (relative to the root) is inside `shared/`.
+pub(crate) fn check_shared_path(path: &str, location: &str) -> Result<()> {
+    let inside = path
+        .strip_prefix(SHARED_DIR)
+        .is_some_and(|rest| rest.starts_with('/'));
+    if !inside {
+        return Err(EddyError::checkpoint(
+            location,
+            format!(
+                "invalid shared file path {path:?}: it must start with `{SHARED_DIR}/` (shared \
+                 files live in `{SHARED_DIR}/<operator uid>/` of the checkpoint root)"
+            ),
+        ));
+    }
+    check_relative_path(path, location)
+}
+
 /// Checks that a path from metadata stays inside its checkpoint directory.
 pub(crate) fn check_relative_path(path: &str, location: &str) -> Result<()> {
     let valid = !path.is_empty()
@@ -592,6 +831,8 @@ mod tests {
         );
         assert_eq!(CheckpointRef::parse_dir_name("savepoint-"), None);
         assert_eq!(CheckpointRef::parse_dir_name("other"), None);
+        // The shared files' directory is never taken for a checkpoint.
+        assert_eq!(CheckpointRef::parse_dir_name(SHARED_DIR), None);
         // Ids past 10 digits still round-trip (the name just gets longer).
         let big = CheckpointRef::Checkpoint(u64::MAX);
         assert_eq!(CheckpointRef::parse_dir_name(&big.dir_name()), Some(big));
@@ -613,6 +854,34 @@ mod tests {
             assert!(check_segment(bad, "uid").is_err(), "{bad:?}");
         }
         assert!(CheckpointRef::savepoint("../x").is_err());
+    }
+
+    #[test]
+    fn shared_paths() {
+        assert_eq!(
+            Checkpoints::shared_path("count", "3-a1b2-000012.sst").unwrap(),
+            "shared/count/3-a1b2-000012.sst"
+        );
+        for (uid, file) in [("a/b", "x.sst"), ("op", "../x"), ("_op", "x"), ("op", "")] {
+            assert!(
+                matches!(
+                    Checkpoints::shared_path(uid, file),
+                    Err(EddyError::Config(_))
+                ),
+                "{uid}/{file}"
+            );
+        }
+        assert!(check_shared_path("shared/op/x.sst", "x").is_ok());
+        for bad in [
+            "sharedx/op/x",
+            "op/x",
+            "shared",
+            "shared/",
+            "shared/../x",
+            "/shared/x",
+        ] {
+            assert!(check_shared_path(bad, "x").is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -5,11 +5,15 @@
 //! * **Storage** ([`CheckpointStorage`]): a blocking put/get/list/delete view of a local
 //!   directory, `s3://`, `gs://` or `az://`, through the `object_store` crate, with atomic puts
 //!   (see its guarantees).
-//! * **Framing** ([`format`]): the magic, version, kind, length and crc32c around every file;
+//! * **Framing** ([`format`](mod@format)): the magic, version, kind, length and crc32c around every file;
 //!   a damaged, truncated, foreign or newer file is refused with an error naming it.
 //! * **Layout and metadata** ([`Checkpoints`], [`CheckpointMetadata`]): `chk-<id>/` and
 //!   `savepoint-<name>/` directories, `_metadata` written last (a checkpoint without it is
 //!   not complete), listing, retention, and resolving a `--restore` argument ([`resolve`]).
+//! * **Shared files** ([`Checkpoints::write_shared`], [`SharedFile`]): the SST files of
+//!   incremental RocksDB checkpoints, uploaded once to `shared/<operator uid>/` of the root
+//!   and referred to by every later checkpoint that still needs them; retention deletes each
+//!   once no retained checkpoint refers to it.
 //!
 //! It does not know what the state inside a file means: `eddy-state` encodes keyed and
 //! operator state into the payloads, and `eddy-runtime` decides when a checkpoint is taken and
@@ -43,6 +47,7 @@
 //!         key_groups: KeyGroupSpan::from_range(&KeyGroupRange::new(0, 127)),
 //!         files: vec![part],
 //!         states: vec![],
+//!         shared: vec![],
 //!     }],
 //! });
 //! checkpoints.commit(&metadata)?;
@@ -61,10 +66,10 @@ pub mod storage;
 
 pub use format::{frame, unframe, FileKind, FORMAT_VERSION, OLDEST_READABLE_VERSION};
 pub use layout::{
-    resolve, CheckpointInfo, CheckpointRef, Checkpoints, RestorePoint, METADATA_FILE,
+    resolve, CheckpointInfo, CheckpointRef, Checkpoints, RestorePoint, METADATA_FILE, SHARED_DIR,
 };
 pub use metadata::{
-    CheckpointKind, CheckpointMetadata, KeyGroupSpan, OperatorMetadata, PartInfo, StateInfo,
-    SubtaskMetadata,
+    CheckpointKind, CheckpointMetadata, KeyGroupSpan, OperatorMetadata, PartInfo, SharedFile,
+    StateInfo, SubtaskMetadata,
 };
 pub use storage::{CheckpointStorage, ObjectInfo};

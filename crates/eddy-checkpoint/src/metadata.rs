@@ -2,7 +2,10 @@
 //!
 //! Encoded with postcard and framed as [`FileKind::Metadata`]. Postcard is not
 //! self-describing: any change to these types is a new [`FORMAT_VERSION`] (the frame refuses
-//! files of a newer version before decoding them).
+//! files of a newer version before decoding them). Version 3 added shared files (incremental
+//! checkpoints) to the metadata: [`SubtaskMetadata::shared`].
+
+use std::collections::HashSet;
 
 use eddy_core::{EddyError, KeyGroupRange, Result};
 use serde::{Deserialize, Serialize};
@@ -77,6 +80,21 @@ pub struct SubtaskMetadata {
     pub files: Vec<PartInfo>,
     /// The states it holds (keyed and operator state).
     pub states: Vec<StateInfo>,
+    /// The shared files its incremental keyed state refers to; empty for full snapshots.
+    pub shared: Vec<SharedFile>,
+}
+
+/// A shared file (one uploaded SST file of an incremental RocksDB checkpoint), as written by
+/// [`crate::Checkpoints::write_shared`]. It lives outside every checkpoint directory and is
+/// referred to by each checkpoint that still needs it; retention deletes it once no retained
+/// checkpoint does ([`crate::Checkpoints::retain`]).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SharedFile {
+    /// Path relative to the checkpoint ROOT (not to a checkpoint directory), always starting
+    /// with `shared/`: `shared/<operator uid>/<file>` ([`crate::Checkpoints::shared_path`]).
+    pub path: String,
+    /// Size of the framed file in bytes.
+    pub size: u64,
 }
 
 /// A contiguous, inclusive range of key groups (`start..=end`).
@@ -182,9 +200,30 @@ impl CheckpointMetadata {
         }
     }
 
-    /// The total size of its state files in bytes (`_metadata` not included).
+    /// The total size of its own state files in bytes: the files in its directory (`_metadata`
+    /// not included), not the shared files it refers to ([`shared_size`](Self::shared_size)).
     pub fn total_size(&self) -> u64 {
         self.files().map(|file| file.size).sum()
+    }
+
+    /// The total size in bytes of the shared files it refers to, each counted once (other
+    /// checkpoints may refer to them too).
+    pub fn shared_size(&self) -> u64 {
+        let mut seen = HashSet::new();
+        self.shared_files()
+            .filter(|file| seen.insert(file.path.as_str()))
+            .map(|file| file.size)
+            .sum()
+    }
+
+    /// Every shared file its subtasks refer to, subtask by subtask (a path several subtasks
+    /// refer to comes once per subtask). Empty for a checkpoint of full snapshots, and always
+    /// for a savepoint (savepoints are self-contained).
+    pub fn shared_files(&self) -> impl Iterator<Item = &SharedFile> {
+        self.operators
+            .iter()
+            .flat_map(|op| op.subtasks.iter())
+            .flat_map(|subtask| subtask.shared.iter())
     }
 
     /// Every state file it lists.
@@ -228,8 +267,9 @@ impl CheckpointMetadata {
     }
 
     /// Checks what the types cannot: subtask indices below the parallelism, key-group spans
-    /// ordered and below `max_parallelism`, file paths inside the checkpoint directory. Run on
-    /// [`decode`](Self::decode) and before a commit, so a restore never meets such nonsense.
+    /// ordered and below `max_parallelism`, file paths inside the checkpoint directory, shared
+    /// file paths inside `shared/` of the root. Run on [`decode`](Self::decode) and before a
+    /// commit, so a restore never meets such nonsense.
     pub fn validate(&self, location: &str) -> Result<()> {
         let invalid = |reason: String| Err(EddyError::checkpoint(location, reason));
         for op in &self.operators {
@@ -265,6 +305,9 @@ impl CheckpointMetadata {
                             op.uid, file.path
                         ));
                     }
+                }
+                for shared in &subtask.shared {
+                    crate::layout::check_shared_path(&shared.path, location)?;
                 }
             }
         }
@@ -303,12 +346,51 @@ mod tests {
                     kind: "value".into(),
                     type_names: vec!["u64".into(), "()".into(), "u64".into()],
                 }],
+                shared: vec![],
             }],
         });
         let bytes = meta.encode().unwrap();
         assert_eq!(CheckpointMetadata::decode(&bytes, "x").unwrap(), meta);
         assert_eq!(meta.total_size(), 42);
+        assert_eq!(meta.shared_size(), 0);
+        assert_eq!(meta.shared_files().count(), 0);
         assert_eq!(meta.reference(), CheckpointRef::Checkpoint(3));
+    }
+
+    #[test]
+    fn shared_files_round_trip_and_count_once() {
+        let shared = |path: &str, size| SharedFile {
+            path: path.into(),
+            size,
+        };
+        let mut meta = CheckpointMetadata::new("job", 4, CheckpointKind::Checkpoint, 39, 128);
+        meta.operators.push(OperatorMetadata {
+            uid: "count".into(),
+            name: "count".into(),
+            parallelism: 2,
+            subtasks: (0..2)
+                .map(|index| SubtaskMetadata {
+                    index,
+                    key_groups: None,
+                    files: vec![PartInfo {
+                        path: format!("count/keyed-{index}.bin"),
+                        size: 10,
+                        kind: FileKind::IncrementalKeyedState,
+                    }],
+                    states: vec![],
+                    shared: vec![
+                        shared(&format!("shared/count/{index}-000007.sst"), 100),
+                        // The same file from both subtasks: counted once.
+                        shared("shared/count/common.sst", 1000),
+                    ],
+                })
+                .collect(),
+        });
+        let decoded = CheckpointMetadata::decode(&meta.encode().unwrap(), "x").unwrap();
+        assert_eq!(decoded, meta);
+        assert_eq!(decoded.total_size(), 20);
+        assert_eq!(decoded.shared_size(), 1200);
+        assert_eq!(decoded.shared_files().count(), 4);
     }
 
     #[test]
@@ -367,6 +449,7 @@ mod tests {
                 key_groups: Some(KeyGroupSpan { start: 5, end: 4 }),
                 files: vec![],
                 states: vec![],
+                shared: vec![],
             }],
         });
         let err = CheckpointMetadata::decode(&meta.encode().unwrap(), "m").unwrap_err();
@@ -388,6 +471,26 @@ mod tests {
         });
         let err = CheckpointMetadata::decode(&meta.encode().unwrap(), "m").unwrap_err();
         assert!(err.to_string().contains("must stay inside"), "{err}");
+        meta.operators[0].subtasks[0].files.clear();
+
+        // Shared paths: under `shared/` of the root, and nowhere else.
+        for (path, expected) in [
+            ("count/000007.sst", "must start with `shared/`"),
+            ("chk-0000000001/op/keyed-0.bin", "must start with `shared/`"),
+            ("shared", "must start with `shared/`"),
+            ("shared/", "must stay inside"),
+            ("shared/../chk-0000000001/_metadata", "must stay inside"),
+            ("shared/op//x.sst", "must stay inside"),
+        ] {
+            meta.operators[0].subtasks[0].shared = vec![SharedFile {
+                path: path.into(),
+                size: 1,
+            }];
+            let err = CheckpointMetadata::decode(&meta.encode().unwrap(), "m").unwrap_err();
+            assert!(err.to_string().contains(expected), "{path}: {err}");
+        }
+        meta.operators[0].subtasks[0].shared[0].path = "shared/op/000007.sst".into();
+        assert!(CheckpointMetadata::decode(&meta.encode().unwrap(), "m").is_ok());
     }
 
     #[test]

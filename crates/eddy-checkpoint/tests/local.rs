@@ -1,14 +1,18 @@
 //! The checkpoint layout on a local directory: the full scenario, crash leftovers, corrupt
-//! files, every form of `--restore`, and the ways to name a root.
+//! files, every form of `--restore`, the ways to name a root, and shared files (incremental
+//! checkpoints) with their garbage collection.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use common::{checkpoint_error, complete_checkpoint, full_scenario, write_checkpoint};
+use common::{
+    checkpoint_error, commit_incremental, complete_checkpoint, full_scenario, shared_exists,
+    shared_payload, shared_retention_scenario, upload_shared, write_checkpoint, write_incremental,
+};
 use eddy_checkpoint::{
-    resolve, CheckpointMetadata, CheckpointRef, CheckpointStorage, Checkpoints, FileKind,
-    METADATA_FILE,
+    frame, resolve, CheckpointMetadata, CheckpointRef, CheckpointStorage, Checkpoints, FileKind,
+    SharedFile, METADATA_FILE,
 };
 use eddy_core::EddyError;
 
@@ -142,10 +146,10 @@ fn damaged_metadata_is_refused_naming_the_file() {
         (
             {
                 let mut newer = bytes.clone();
-                newer[8] = 3;
+                newer[8] = 4;
                 newer
             },
-            "format version 3",
+            "format version 4",
         ),
         (
             {
@@ -154,6 +158,15 @@ fn damaged_metadata_is_refused_naming_the_file() {
                 older
             },
             "format version 1, which this Eddy no longer reads",
+        ),
+        (
+            {
+                // Version 2 metadata has no shared files: another shape, not decodable.
+                let mut older = bytes.clone();
+                older[8] = 2;
+                older
+            },
+            "format version 2, which this Eddy no longer reads",
         ),
         (
             {
@@ -419,4 +432,260 @@ fn large_objects_go_up_in_parts_atomically() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(names, ["keyed-0.bin"]);
+}
+
+#[test]
+fn shared_files_round_trip_and_damage_is_refused_naming_the_file() {
+    let (dir, checkpoints) = root();
+    let file = upload_shared(&checkpoints, "a");
+    let on_disk = dir.path().join("shared/count/a.sst");
+    let bytes = std::fs::read(&on_disk).unwrap();
+    assert_eq!(&bytes[..8], b"EDDYCKPT");
+    assert_eq!(bytes[10], 5, "kind byte of a shared state file");
+    assert_eq!(file.size, bytes.len() as u64);
+    assert_eq!(
+        checkpoints.read_shared(&file.path).unwrap(),
+        shared_payload("a")
+    );
+    // The shared directory is not a checkpoint, complete or not.
+    assert!(checkpoints.list().unwrap().is_empty());
+    assert!(checkpoints.incomplete().unwrap().is_empty());
+    assert_eq!(checkpoints.next_checkpoint_id().unwrap(), 1);
+    let location = checkpoints.storage().describe(&file.path);
+
+    // Corrupt.
+    let mut flipped = bytes.clone();
+    flipped[25] ^= 0x04;
+    std::fs::write(&on_disk, &flipped).unwrap();
+    let (at, reason) = checkpoint_error(checkpoints.read_shared(&file.path).unwrap_err());
+    assert_eq!(at, location);
+    assert!(reason.starts_with("checksum mismatch"), "{reason}");
+    // Truncated.
+    std::fs::write(&on_disk, &bytes[..bytes.len() - 2]).unwrap();
+    let (at, reason) = checkpoint_error(checkpoints.read_shared(&file.path).unwrap_err());
+    assert_eq!(at, location);
+    assert!(reason.starts_with("truncated"), "{reason}");
+    // The wrong kind: a keyed-state part where a shared file belongs.
+    std::fs::write(&on_disk, frame(FileKind::KeyedState, b"x")).unwrap();
+    let (at, reason) = checkpoint_error(checkpoints.read_shared(&file.path).unwrap_err());
+    assert_eq!(at, location);
+    assert_eq!(
+        reason,
+        "holds keyed state, but shared state file was expected"
+    );
+    // Missing.
+    std::fs::remove_file(&on_disk).unwrap();
+    let (at, reason) = checkpoint_error(checkpoints.read_shared(&file.path).unwrap_err());
+    assert_eq!(at, location);
+    assert_eq!(
+        reason,
+        "the checkpoint refers to this shared file, but it is missing"
+    );
+
+    // Paths outside `shared/` are refused, writing and reading.
+    for bad in [
+        "count/a.sst",
+        "chk-0000000001/count/keyed-0.bin",
+        "shared/../chk-0000000001/_metadata",
+        "shared/",
+        "sharedx/a.sst",
+    ] {
+        let (_, reason) = checkpoint_error(checkpoints.write_shared(bad, b"x").unwrap_err());
+        assert!(reason.contains("invalid"), "{bad}: {reason}");
+        let (_, reason) = checkpoint_error(checkpoints.read_shared(bad).unwrap_err());
+        assert!(reason.contains("invalid"), "{bad}: {reason}");
+    }
+    assert!(!dir.path().join("chk-0000000001").exists());
+    assert!(matches!(
+        Checkpoints::shared_path("count", "../a.sst"),
+        Err(EddyError::Config(_))
+    ));
+}
+
+#[test]
+fn incremental_checkpoints_restore_their_shared_files() {
+    let (_dir, checkpoints) = root();
+    let [a, b] = ["a", "b"].map(|name| upload_shared(&checkpoints, name));
+    let metadata = commit_incremental(&checkpoints, 1, &[a.clone(), b.clone()]);
+    let point = checkpoints.resolve("latest").unwrap();
+    assert_eq!(point.metadata, metadata);
+    assert_eq!(point.metadata.shared_size(), a.size + b.size);
+    let part = &point.metadata.operators[0].subtasks[0].files[0];
+    assert_eq!(part.kind, FileKind::IncrementalKeyedState);
+    assert_eq!(
+        point.read_part(&part.path, part.kind).unwrap(),
+        common::payload(1, "count", 0, FileKind::IncrementalKeyedState)
+    );
+    for (file, name) in [(&a, "a"), (&b, "b")] {
+        assert_eq!(point.read_shared(&file.path).unwrap(), shared_payload(name));
+    }
+    // Shared files are the root's, not the checkpoint directory's.
+    assert_eq!(
+        checkpoints.storage().list("chk-0000000001").unwrap().len(),
+        2
+    );
+}
+
+#[test]
+fn commit_refuses_a_missing_or_resized_shared_file() {
+    let (_dir, checkpoints) = root();
+    let a = upload_shared(&checkpoints, "a");
+    let reference = CheckpointRef::Checkpoint(1);
+
+    let ghost = SharedFile {
+        path: "shared/count/ghost.sst".into(),
+        size: 30,
+    };
+    let metadata = write_incremental(&checkpoints, &reference, &[a.clone(), ghost]);
+    let (location, reason) = checkpoint_error(checkpoints.commit(&metadata).unwrap_err());
+    assert_eq!(
+        location,
+        checkpoints.storage().describe("shared/count/ghost.sst")
+    );
+    assert_eq!(
+        reason,
+        "cannot complete the checkpoint: the metadata refers to this shared file, but it is \
+         not stored"
+    );
+
+    let resized = SharedFile {
+        size: a.size + 1,
+        ..a.clone()
+    };
+    let metadata = write_incremental(&checkpoints, &reference, &[resized]);
+    let (location, reason) = checkpoint_error(checkpoints.commit(&metadata).unwrap_err());
+    assert_eq!(location, checkpoints.storage().describe(&a.path));
+    assert_eq!(
+        reason,
+        format!(
+            "cannot complete the checkpoint: the shared file has {} bytes, the metadata lists {}",
+            a.size,
+            a.size + 1
+        )
+    );
+    // A shared file of another directory under `shared/` is looked up there.
+    let other = checkpoints
+        .write_shared(
+            &Checkpoints::shared_path("window", "7.sst").unwrap(),
+            b"sst",
+        )
+        .unwrap();
+    // Paths outside `shared/` are refused before anything is looked up.
+    let outside = SharedFile {
+        path: "chk-0000000001/count/keyed-0.bin".into(),
+        size: 1,
+    };
+    let metadata = write_incremental(&checkpoints, &reference, &[outside]);
+    let (_, reason) = checkpoint_error(checkpoints.commit(&metadata).unwrap_err());
+    assert!(reason.contains("must start with `shared/`"), "{reason}");
+
+    assert_eq!(checkpoints.incomplete().unwrap(), vec![reference.clone()]);
+    let metadata = write_incremental(&checkpoints, &reference, &[a, other]);
+    checkpoints.commit(&metadata).unwrap();
+    assert!(checkpoints.incomplete().unwrap().is_empty());
+}
+
+#[test]
+fn savepoints_are_self_contained() {
+    let (_dir, checkpoints) = root();
+    let a = upload_shared(&checkpoints, "a");
+    let savepoint = CheckpointRef::savepoint("v1").unwrap();
+    let metadata = write_incremental(&checkpoints, &savepoint, &[a]);
+    let (location, reason) = checkpoint_error(checkpoints.commit(&metadata).unwrap_err());
+    assert!(location.ends_with("savepoint-v1/_metadata"), "{location}");
+    assert!(
+        reason.starts_with("savepoints are self-contained"),
+        "{reason}"
+    );
+    assert!(checkpoints.list().unwrap().is_empty());
+    // Without shared files, it commits.
+    let full = write_incremental(&checkpoints, &savepoint, &[]);
+    checkpoints.commit(&full).unwrap();
+}
+
+#[test]
+fn retention_deletes_the_shared_files_only_deleted_checkpoints_referred_to() {
+    for retain in [1, 2] {
+        let (_dir, checkpoints) = root();
+        shared_retention_scenario(&checkpoints, retain);
+    }
+}
+
+#[test]
+fn retention_leaves_the_uploads_of_abandoned_attempts() {
+    let (dir, checkpoints) = root();
+    let a = upload_shared(&checkpoints, "a");
+    commit_incremental(&checkpoints, 1, std::slice::from_ref(&a));
+    // Checkpoint 2 uploads `b` and is abandoned; checkpoint 3 completes without it.
+    let b = upload_shared(&checkpoints, "b");
+    write_incremental(
+        &checkpoints,
+        &CheckpointRef::Checkpoint(2),
+        &[a.clone(), b.clone()],
+    );
+    let c = upload_shared(&checkpoints, "c");
+    commit_incremental(&checkpoints, 3, &[a.clone(), c.clone()]);
+    // A savepoint (full) stays throughout and refers to nothing shared.
+    let savepoint = CheckpointRef::savepoint("sp").unwrap();
+    checkpoints
+        .commit(&write_checkpoint(&checkpoints, &savepoint))
+        .unwrap();
+
+    assert_eq!(
+        checkpoints.retain(1).unwrap(),
+        vec![CheckpointRef::Checkpoint(1), CheckpointRef::Checkpoint(2)]
+    );
+    // `a` is still referred to by 3; `b` was only ever referred to by the abandoned attempt.
+    assert!(shared_exists(&checkpoints, "a"));
+    assert!(shared_exists(&checkpoints, "b"));
+    assert!(shared_exists(&checkpoints, "c"));
+    assert_eq!(checkpoints.unreferenced_shared().unwrap(), vec![b.path]);
+    assert!(!dir.path().join("chk-0000000002").exists());
+}
+
+#[test]
+fn unreadable_metadata_and_retention() {
+    let (dir, checkpoints) = root();
+    let [a, b, c] = ["a", "b", "c"].map(|name| upload_shared(&checkpoints, name));
+    commit_incremental(&checkpoints, 1, std::slice::from_ref(&a));
+    commit_incremental(&checkpoints, 2, std::slice::from_ref(&b));
+    commit_incremental(&checkpoints, 3, std::slice::from_ref(&c));
+    let savepoint = CheckpointRef::savepoint("sp").unwrap();
+    checkpoints
+        .commit(&write_checkpoint(&checkpoints, &savepoint))
+        .unwrap();
+
+    // A remaining savepoint whose metadata cannot be read: retention stops, deleting nothing.
+    let sp_metadata = dir.path().join("savepoint-sp").join(METADATA_FILE);
+    let good = std::fs::read(&sp_metadata).unwrap();
+    std::fs::write(&sp_metadata, &good[..good.len() / 2]).unwrap();
+    let (location, reason) = checkpoint_error(checkpoints.retain(2).unwrap_err());
+    assert_eq!(location, sp_metadata.display().to_string());
+    assert!(reason.starts_with("truncated"), "{reason}");
+    assert!(dir
+        .path()
+        .join("chk-0000000001")
+        .join(METADATA_FILE)
+        .is_file());
+    assert!(shared_exists(&checkpoints, "a"));
+    std::fs::write(&sp_metadata, &good).unwrap();
+
+    // A doomed checkpoint whose metadata cannot be decoded goes, but what it referred to is
+    // unknown, so its shared files stay (listed as unreferenced).
+    let chk1_metadata = dir.path().join("chk-0000000001").join(METADATA_FILE);
+    std::fs::write(&chk1_metadata, b"garbage").unwrap();
+    assert_eq!(
+        checkpoints.retain(2).unwrap(),
+        vec![CheckpointRef::Checkpoint(1)]
+    );
+    assert!(shared_exists(&checkpoints, "a"));
+    assert_eq!(checkpoints.unreferenced_shared().unwrap(), vec![a.path]);
+
+    // A readable one: its shared files go with it.
+    assert_eq!(
+        checkpoints.retain(1).unwrap(),
+        vec![CheckpointRef::Checkpoint(2)]
+    );
+    assert!(!shared_exists(&checkpoints, "b"));
+    assert!(shared_exists(&checkpoints, "c"));
 }

@@ -9,7 +9,10 @@
 
 mod common;
 
-use common::{checkpoint_error, complete_checkpoint, full_scenario, write_checkpoint};
+use common::{
+    checkpoint_error, complete_checkpoint, full_scenario, shared_retention_scenario,
+    write_checkpoint,
+};
 use eddy_checkpoint::storage::MULTIPART_THRESHOLD;
 use eddy_checkpoint::{
     resolve, CheckpointRef, CheckpointStorage, Checkpoints, FileKind, METADATA_FILE,
@@ -143,4 +146,29 @@ fn large_objects_go_up_in_parts_on_s3() {
         return;
     };
     common::multipart_round_trip(&checkpoints);
+}
+
+#[test]
+fn shared_files_and_their_retention_on_s3() {
+    for retain in [1, 2] {
+        let Some(checkpoints) = s3_root(&format!("shared-{retain}"), MULTIPART_THRESHOLD) else {
+            return;
+        };
+        shared_retention_scenario(&checkpoints, retain);
+        // A missing shared file is an error naming its URL.
+        let path = "shared/count/a.sst";
+        let (location, reason) = checkpoint_error(checkpoints.read_shared(path).unwrap_err());
+        assert_eq!(location, checkpoints.storage().describe(path));
+        assert!(location.starts_with("s3://"), "{location}");
+        assert_eq!(
+            reason,
+            "the checkpoint refers to this shared file, but it is missing"
+        );
+        // One round trip through a fresh upload.
+        let file = common::upload_shared(&checkpoints, "f");
+        assert_eq!(
+            checkpoints.read_shared(&file.path).unwrap(),
+            common::shared_payload("f")
+        );
+    }
 }

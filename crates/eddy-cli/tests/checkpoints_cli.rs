@@ -37,6 +37,7 @@ fn write(checkpoints: &Checkpoints, reference: &CheckpointRef, id: u64, kind: Ch
                 kind: "value".into(),
                 type_names: vec!["u64".into(), "f64".into()],
             }],
+            shared: Vec::new(),
         });
     }
     metadata.operators.push(OperatorMetadata {

@@ -26,17 +26,21 @@ pub enum StateBackendKind {
         /// Keep timers on the heap instead of in RocksDB
         /// ([`eddy_state::RocksDbConfig::heap_timers`]).
         heap_timers: bool,
+        /// Take full checkpoints instead of incremental ones
+        /// ([`eddy_state::RocksDbConfig::incremental_checkpoints`]).
+        full_checkpoints: bool,
     },
 }
 
 impl StateBackendKind {
     /// The RocksDB backend with its defaults: the OS temp directory, the default object
-    /// cache and timers in RocksDB ([`eddy_state::RocksDbConfig`]).
+    /// cache, timers in RocksDB and incremental checkpoints ([`eddy_state::RocksDbConfig`]).
     pub fn rocksdb() -> Self {
         StateBackendKind::RocksDb {
             working_dir: None,
             object_cache_entries: eddy_state::RocksDbConfig::default().object_cache_entries,
             heap_timers: eddy_state::RocksDbConfig::default().heap_timers,
+            full_checkpoints: !eddy_state::RocksDbConfig::default().incremental_checkpoints,
         }
     }
 }

@@ -550,8 +550,10 @@ impl<K: Key> KeyedStateBackend<K> {
     /// thread while the backend goes on processing.
     ///
     /// For RocksDB the synchronous part is a RocksDB checkpoint (memtables flushed, SST files
-    /// hard-linked: tens of milliseconds whatever the state's size) plus the timers, and the
-    /// completion reads that checkpoint into the canonical format. The heap backend's
+    /// hard-linked: tens of milliseconds whatever the state's size) plus the timers. With
+    /// [`incremental_checkpoints`](crate::RocksDbConfig::incremental_checkpoints) (the
+    /// default) that checkpoint's files are the snapshot ([`PendingSnapshot::into_incremental`]);
+    /// otherwise the completion reads it into the canonical format. The heap backend's
     /// snapshot is complete at once (it copies the state now).
     pub fn snapshot_pending(&self) -> Result<PendingSnapshot> {
         let states: Vec<StateMeta> = self.metas.values().cloned().collect();
@@ -559,11 +561,15 @@ impl<K: Key> KeyedStateBackend<K> {
             BackendImpl::Heap(_) => Ok(PendingSnapshot(Pending::Ready(self.snapshot()?))),
             #[cfg(feature = "rocksdb")]
             BackendImpl::RocksDb(rocksdb) => {
+                let incremental = rocksdb.config().incremental_checkpoints
+                    && crate::rocksdb::supports_incremental(&states);
                 let scan = rocksdb.checkpoint_states(&states)?;
-                Ok(PendingSnapshot(Pending::RocksDb {
-                    scan,
-                    head: self.snapshot_head(states)?,
-                }))
+                let head = self.snapshot_head(states)?;
+                if incremental {
+                    let checkpoint = scan.into_incremental(head.assemble(Vec::new()))?;
+                    return Ok(PendingSnapshot(Pending::Incremental(Box::new(checkpoint))));
+                }
+                Ok(PendingSnapshot(Pending::RocksDb { scan, head }))
             }
         }
     }
@@ -656,6 +662,8 @@ enum Pending {
         scan: crate::rocksdb::CheckpointScan,
         head: SnapshotHead,
     },
+    #[cfg(feature = "rocksdb")]
+    Incremental(Box<crate::rocksdb::IncrementalCheckpoint>),
 }
 
 impl PendingSnapshot {
@@ -664,12 +672,37 @@ impl PendingSnapshot {
         matches!(self.0, Pending::Ready(_))
     }
 
-    /// Finishes the snapshot (for RocksDB: reads its checkpoint); may run on any thread.
+    /// Finishes the snapshot as a canonical one (for RocksDB: reads its checkpoint); may run
+    /// on any thread.
     pub fn complete(self) -> Result<KeyedStateSnapshot> {
         match self.0 {
             Pending::Ready(snapshot) => Ok(snapshot),
             #[cfg(feature = "rocksdb")]
             Pending::RocksDb { scan, head } => Ok(head.assemble(scan.read()?)),
+            #[cfg(feature = "rocksdb")]
+            // Every file inline, read back at once: the canonical snapshot of those files.
+            Pending::Incremental(checkpoint) => crate::rocksdb::incremental_to_full(
+                &checkpoint.encode(&BTreeMap::new())?,
+                "incremental snapshot",
+                None,
+                &mut |path| {
+                    Err(EddyError::Internal(format!(
+                        "an all-inline incremental snapshot refers to the shared file {path}"
+                    )))
+                },
+            ),
+        }
+    }
+
+    /// The files of an incremental RocksDB snapshot, to be uploaded (see
+    /// [`crate::rocksdb::IncrementalCheckpoint`]); any other snapshot comes back as it was.
+    #[cfg(feature = "rocksdb")]
+    pub fn into_incremental(
+        self,
+    ) -> std::result::Result<crate::rocksdb::IncrementalCheckpoint, Box<PendingSnapshot>> {
+        match self.0 {
+            Pending::Incremental(checkpoint) => Ok(*checkpoint),
+            other => Err(Box::new(PendingSnapshot(other))),
         }
     }
 }

@@ -58,6 +58,11 @@ pub struct JobFlags {
     #[arg(long)]
     pub rocksdb_heap_timers: bool,
 
+    /// RocksDB backend: write every checkpoint in full (the canonical format) instead of
+    /// incrementally (only the SST files earlier checkpoints did not upload; the default).
+    #[arg(long)]
+    pub rocksdb_full_checkpoints: bool,
+
     /// Length of an epoch (a timely timestamp; checkpoints happen at epoch boundaries), in ms.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub epoch_interval_ms: u64,
@@ -146,6 +151,7 @@ impl Default for JobFlags {
             state_dir: None,
             rocksdb_object_cache_entries: eddy_state::RocksDbConfig::default().object_cache_entries,
             rocksdb_heap_timers: eddy_state::RocksDbConfig::default().heap_timers,
+            rocksdb_full_checkpoints: !eddy_state::RocksDbConfig::default().incremental_checkpoints,
             epoch_interval_ms: 10,
             checkpoint_dir: None,
             checkpoint_interval_ms: None,
@@ -186,6 +192,7 @@ impl JobFlags {
                     working_dir: self.state_dir.clone(),
                     object_cache_entries: self.rocksdb_object_cache_entries,
                     heap_timers: self.rocksdb_heap_timers,
+                    full_checkpoints: self.rocksdb_full_checkpoints,
                 },
             },
             epoch_interval: std::time::Duration::from_millis(self.epoch_interval_ms),
@@ -288,6 +295,7 @@ mod tests {
             "--rocksdb-object-cache-entries",
             "1000",
             "--rocksdb-heap-timers",
+            "--rocksdb-full-checkpoints",
         ])
         .ok();
         assert_eq!(
@@ -298,6 +306,7 @@ mod tests {
                 working_dir: Some("/tmp/x".into()),
                 object_cache_entries: 1000,
                 heap_timers: true,
+                full_checkpoints: true,
             })
         );
     }

@@ -4,13 +4,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
 use eddy::checkpoint::{CheckpointConfig, RestartStrategy};
+use eddy::layers::state::KeyedStateSnapshot;
 use eddy::prelude::*;
 use eddy::StateBackendKind;
-use eddy_checkpoint::Checkpoints;
+use eddy_checkpoint::{Checkpoints, FileKind};
 
 mod exactly_once;
 use exactly_once::{expected, published, InjectedFailure, Out, Totals, CUSTOMERS, EVENTS};
@@ -430,4 +432,123 @@ fn a_checkpoint_that_cannot_be_written_fails_the_job() {
         err.contains("checkpoint coordinator") && err.contains("could not be written"),
         "{err}"
     );
+}
+
+/// The RocksDB backend with full (non-incremental) checkpoints.
+fn rocksdb_full_checkpoints() -> StateBackendKind {
+    match StateBackendKind::rocksdb() {
+        StateBackendKind::RocksDb {
+            working_dir,
+            object_cache_entries,
+            heap_timers,
+            ..
+        } => StateBackendKind::RocksDb {
+            working_dir,
+            object_cache_entries,
+            heap_timers,
+            full_checkpoints: true,
+        },
+        other => other,
+    }
+}
+
+#[test]
+fn rocksdb_checkpoints_are_incremental_and_their_shared_files_are_collected() {
+    let dir = tempfile::tempdir().unwrap();
+    let result = Job {
+        backend: StateBackendKind::rocksdb(),
+        ..Job::new(dir.path())
+    }
+    .run()
+    .unwrap();
+    assert!(result.checkpoints.len() > 2, "{:?}", result.checkpoints);
+    assert_eq!(published::<Out>(&dir.path().join("out")), expected());
+    let root = Checkpoints::open(&dir.path().join("ckpt").to_string_lossy()).unwrap();
+    let retained = root.list().unwrap();
+    assert!(retained.len() <= 2);
+    for info in &retained {
+        let totals = info.metadata.operator("totals").expect("keyed state");
+        for subtask in &totals.subtasks {
+            let kinds: Vec<FileKind> = subtask.files.iter().map(|f| f.kind).collect();
+            assert_eq!(kinds, vec![FileKind::IncrementalKeyedState]);
+            assert!(!subtask.shared.is_empty(), "no shared files");
+            for file in &subtask.shared {
+                assert!(file.path.starts_with("shared/totals/"), "{}", file.path);
+                assert!(dir.path().join("ckpt").join(&file.path).is_file());
+            }
+        }
+    }
+    // Retention deleted the older checkpoints' files that no retained checkpoint refers to.
+    assert_eq!(root.unreferenced_shared().unwrap(), Vec::<String>::new());
+
+    // Restored at another parallelism into the heap backend (the source has nothing left
+    // to read): the new run's final checkpoint holds exactly the state the incremental one
+    // stands for.
+    let latest = root.latest().unwrap().expect("a completed checkpoint");
+    let restored = tempfile::tempdir().unwrap();
+    Job {
+        backend: StateBackendKind::Heap,
+        parallelism: 3,
+        restore: Some(latest.location.clone()),
+        ..Job::new(restored.path())
+    }
+    .run()
+    .unwrap();
+    let again = Checkpoints::open(&restored.path().join("ckpt").to_string_lossy()).unwrap();
+    let heap_state = totals_state(&again);
+    assert!(heap_state.len() > 100, "{} entries", heap_state.len());
+    assert_eq!(totals_state(&root), heap_state);
+}
+
+/// The entries of every state of "totals" in the latest checkpoint under `root`, incremental
+/// parts read back through their shared files.
+fn totals_state(root: &Checkpoints) -> BTreeSet<(String, Vec<u8>, Option<Vec<u8>>, Vec<u8>)> {
+    let point = root.resolve("latest").unwrap();
+    let totals = point.metadata.operator("totals").expect("keyed state");
+    let mut entries = BTreeSet::new();
+    for subtask in &totals.subtasks {
+        for file in &subtask.files {
+            let payload = point.read_part(&file.path, file.kind).unwrap();
+            let snapshot = match file.kind {
+                FileKind::IncrementalKeyedState => eddy_state::rocksdb::incremental_to_full(
+                    &payload,
+                    &file.path,
+                    None,
+                    &mut |path| point.read_shared(path),
+                )
+                .unwrap(),
+                _ => KeyedStateSnapshot::decode(&payload, &file.path).unwrap(),
+            };
+            for meta in snapshot.states() {
+                for (_, entry) in snapshot.entries_of(&meta.name).unwrap() {
+                    entries.insert((
+                        meta.name.clone(),
+                        entry.key.to_vec(),
+                        entry.user_key.map(<[u8]>::to_vec),
+                        entry.value.to_vec(),
+                    ));
+                }
+            }
+        }
+    }
+    entries
+}
+
+#[test]
+fn full_rocksdb_checkpoints_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    Job {
+        backend: rocksdb_full_checkpoints(),
+        ..Job::new(dir.path())
+    }
+    .run()
+    .unwrap();
+    let root = Checkpoints::open(&dir.path().join("ckpt").to_string_lossy()).unwrap();
+    let latest = root.latest().unwrap().expect("a completed checkpoint");
+    let totals = latest.metadata.operator("totals").expect("keyed state");
+    for subtask in &totals.subtasks {
+        assert_eq!(subtask.files[0].kind, FileKind::KeyedState);
+        assert!(subtask.shared.is_empty());
+    }
+    assert!(!dir.path().join("ckpt").join("shared").exists());
 }

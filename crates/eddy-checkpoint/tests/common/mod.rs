@@ -8,7 +8,7 @@
 
 use eddy_checkpoint::{
     CheckpointKind, CheckpointMetadata, CheckpointRef, Checkpoints, FileKind, KeyGroupSpan,
-    OperatorMetadata, StateInfo, SubtaskMetadata,
+    OperatorMetadata, SharedFile, StateInfo, SubtaskMetadata,
 };
 use eddy_core::{EddyError, KeyGroupRange};
 
@@ -76,6 +76,7 @@ pub fn write_checkpoint(
                     kind: "value".into(),
                     type_names: vec!["u64".into(), "()".into(), "u64".into()],
                 }],
+                shared: vec![],
             });
         }
         metadata.operators.push(OperatorMetadata {
@@ -324,4 +325,174 @@ pub fn multipart_round_trip(checkpoints: &Checkpoints) {
             .unwrap(),
         big
     );
+}
+
+/// The payload of the shared file `name`: distinct for every name.
+pub fn shared_payload(name: &str) -> Vec<u8> {
+    format!("SST file {name}").repeat(3).into_bytes()
+}
+
+/// Uploads the shared file `name` of operator `count` (`shared/count/<name>.sst`).
+pub fn upload_shared(checkpoints: &Checkpoints, name: &str) -> SharedFile {
+    let path = Checkpoints::shared_path("count", &format!("{name}.sst")).unwrap();
+    let file = checkpoints
+        .write_shared(&path, &shared_payload(name))
+        .unwrap();
+    assert_eq!(file.path, format!("shared/count/{name}.sst"));
+    file
+}
+
+/// The metadata of checkpoint `reference` of a job with one operator `count` (1 subtask) whose
+/// incremental keyed state refers to `shared`; its part is written, the metadata is not
+/// committed.
+pub fn write_incremental(
+    checkpoints: &Checkpoints,
+    reference: &CheckpointRef,
+    shared: &[SharedFile],
+) -> CheckpointMetadata {
+    let (id, kind) = match reference {
+        CheckpointRef::Checkpoint(id) => (*id, CheckpointKind::Checkpoint),
+        CheckpointRef::Savepoint(name) => (1000, CheckpointKind::Savepoint { name: name.clone() }),
+    };
+    let part = checkpoints
+        .write_part(
+            reference,
+            "count",
+            "keyed-0.bin",
+            FileKind::IncrementalKeyedState,
+            &payload(id, "count", 0, FileKind::IncrementalKeyedState),
+        )
+        .unwrap();
+    let mut metadata = CheckpointMetadata::new("test-job", id, kind, id * 10 - 1, MAX_PARALLELISM);
+    metadata.operators.push(OperatorMetadata {
+        uid: "count".into(),
+        name: "count operator".into(),
+        parallelism: 1,
+        subtasks: vec![SubtaskMetadata {
+            index: 0,
+            key_groups: KeyGroupSpan::from_range(&KeyGroupRange::new(
+                0,
+                MAX_PARALLELISM as usize - 1,
+            )),
+            files: vec![part],
+            states: vec![],
+            shared: shared.to_vec(),
+        }],
+    });
+    metadata
+}
+
+/// Writes and commits incremental checkpoint `id` referring to `shared`.
+pub fn commit_incremental(
+    checkpoints: &Checkpoints,
+    id: u64,
+    shared: &[SharedFile],
+) -> CheckpointMetadata {
+    let metadata = write_incremental(checkpoints, &CheckpointRef::Checkpoint(id), shared);
+    checkpoints.commit(&metadata).unwrap();
+    metadata
+}
+
+/// Whether the shared file `name` (of [`upload_shared`]) is stored.
+pub fn shared_exists(checkpoints: &Checkpoints, name: &str) -> bool {
+    let path = format!("shared/count/{name}.sst");
+    checkpoints.storage().size(&path).unwrap().is_some()
+}
+
+/// Retention's garbage collection of shared files: checkpoint 1 refers to {a, b}, 2 to
+/// {b, c}, 3 to {c, d}; `e` is uploaded by checkpoint 4, in flight. With `retain` = 1,
+/// checkpoints 1 and 2 go and so do `a` and `b`; with 2, only 1 and `a`. The in-flight upload
+/// `e` stays either way, and every remaining checkpoint still restores.
+pub fn shared_retention_scenario(checkpoints: &Checkpoints, retain: usize) {
+    let [a, b, c, d] = ["a", "b", "c", "d"].map(|name| upload_shared(checkpoints, name));
+    commit_incremental(checkpoints, 1, &[a.clone(), b.clone()]);
+    commit_incremental(checkpoints, 2, &[b.clone(), c.clone()]);
+    let third = commit_incremental(checkpoints, 3, &[c.clone(), d.clone()]);
+    assert_eq!(third.shared_size(), c.size + d.size);
+    assert_eq!(third.shared_files().count(), 2);
+    // Checkpoint 4 is in flight: it uploaded `e`, its metadata is not written yet.
+    let e = upload_shared(checkpoints, "e");
+    write_incremental(
+        checkpoints,
+        &CheckpointRef::Checkpoint(4),
+        &[d.clone(), e.clone()],
+    );
+    assert_eq!(
+        checkpoints.unreferenced_shared().unwrap(),
+        vec![e.path.clone()]
+    );
+
+    let deleted = checkpoints.retain(retain).unwrap();
+    let (expected_deleted, expected_gone): (Vec<u64>, &[&str]) = match retain {
+        1 => (vec![1, 2], &["a", "b"]),
+        2 => (vec![1], &["a"]),
+        other => panic!("no expectations for retain({other})"),
+    };
+    assert_eq!(
+        deleted,
+        expected_deleted
+            .iter()
+            .map(|&id| CheckpointRef::Checkpoint(id))
+            .collect::<Vec<_>>()
+    );
+    for name in ["a", "b", "c", "d", "e"] {
+        assert_eq!(
+            shared_exists(checkpoints, name),
+            !expected_gone.contains(&name),
+            "shared file {name} after retain({retain})"
+        );
+    }
+    // The in-flight upload is still unreferenced, and still there.
+    assert_eq!(
+        checkpoints.unreferenced_shared().unwrap(),
+        vec![e.path.clone()]
+    );
+    assert_eq!(
+        checkpoints.incomplete().unwrap(),
+        vec![CheckpointRef::Checkpoint(4)]
+    );
+    // Every remaining checkpoint still has all its shared files.
+    for info in checkpoints.list().unwrap() {
+        let point = checkpoints.resolve(&info.reference.dir_name()).unwrap();
+        for file in info.metadata.shared_files() {
+            let name = file
+                .path
+                .trim_start_matches("shared/count/")
+                .trim_end_matches(".sst");
+            assert_eq!(
+                point.read_shared(&file.path).unwrap(),
+                shared_payload(name),
+                "{}",
+                file.path
+            );
+        }
+    }
+
+    // Checkpoint 4 completes: keeping only it, everything but `d` and `e` goes.
+    checkpoints
+        .commit(&write_incremental(
+            checkpoints,
+            &CheckpointRef::Checkpoint(4),
+            &[d.clone(), e.clone()],
+        ))
+        .unwrap();
+    assert!(checkpoints.unreferenced_shared().unwrap().is_empty());
+    checkpoints.retain(1).unwrap();
+    for name in ["a", "b", "c", "d", "e"] {
+        assert_eq!(
+            shared_exists(checkpoints, name),
+            ["d", "e"].contains(&name),
+            "shared file {name} after keeping checkpoint 4 only"
+        );
+    }
+    assert_eq!(
+        checkpoints
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|info| info.reference)
+            .collect::<Vec<_>>(),
+        vec![CheckpointRef::Checkpoint(4)]
+    );
+    assert!(checkpoints.unreferenced_shared().unwrap().is_empty());
 }

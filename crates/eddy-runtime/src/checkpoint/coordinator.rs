@@ -1,7 +1,7 @@
 //! The job's checkpoint coordinator: collects every subtask's part of a checkpoint, writes the
 //! parts on a background thread, and completes the checkpoint by writing its metadata last.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 
 use eddy_checkpoint::{
     CheckpointKind, CheckpointMetadata, CheckpointRef, Checkpoints, FileKind, KeyGroupSpan,
-    OperatorMetadata, StateInfo, SubtaskMetadata,
+    OperatorMetadata, SharedFile, StateInfo, SubtaskMetadata,
 };
 use eddy_core::{EddyError, KeyGroupRange, Result};
 use serde::{Deserialize, Serialize};
 
+use super::restore::canonical_keyed_state;
 use super::{Barriers, FINAL_CHECKPOINT};
 
 /// What a part holds.
@@ -22,6 +23,9 @@ use super::{Barriers, FINAL_CHECKPOINT};
 pub enum PartKind {
     /// A keyed operator subtask's keyed state (`eddy_state::snapshot::KeyedStateSnapshot`).
     Keyed,
+    /// A keyed operator subtask's keyed state as an incremental RocksDB checkpoint
+    /// (`eddy_state::rocksdb::IncrementalCheckpoint`), referring to [`Part::shared`] files.
+    IncrementalKeyed,
     /// A subtask's operator state (source positions, broadcast state).
     Operator,
     /// A sink subtask's committables: what to publish once the checkpoint is complete.
@@ -31,7 +35,7 @@ pub enum PartKind {
 impl PartKind {
     fn file_name(self, subtask: usize) -> String {
         match self {
-            PartKind::Keyed => format!("keyed-{subtask}.bin"),
+            PartKind::Keyed | PartKind::IncrementalKeyed => format!("keyed-{subtask}.bin"),
             PartKind::Operator => format!("operator-{subtask}.bin"),
             PartKind::Committables => format!("committables-{subtask}.bin"),
         }
@@ -40,6 +44,7 @@ impl PartKind {
     fn file_kind(self) -> FileKind {
         match self {
             PartKind::Keyed => FileKind::KeyedState,
+            PartKind::IncrementalKeyed => FileKind::IncrementalKeyedState,
             PartKind::Operator | PartKind::Committables => FileKind::OperatorState,
         }
     }
@@ -56,6 +61,8 @@ pub struct Part {
     pub key_groups: Option<KeyGroupRange>,
     /// The states it holds, for the metadata (name, kind, type names).
     pub states: Vec<StateInfo>,
+    /// The shared files it refers to (already stored; incremental keyed state only).
+    pub shared: Vec<SharedFile>,
 }
 
 /// A registered contributor: one subtask of one stateful operator.
@@ -88,8 +95,13 @@ pub struct CheckpointStats {
     pub id: u64,
     /// From the first part submitted to the metadata written.
     pub duration: Duration,
-    /// Bytes of state files written.
+    /// Bytes stored for it: its own files, plus the shared files (incremental RocksDB
+    /// state) that the previous checkpoint of this run did not refer to (Flink's
+    /// "checkpointed data size").
     pub size: u64,
+    /// Bytes of everything it refers to: its own files and every shared file (Flink's "full
+    /// checkpoint data size"); equal to `size` without incremental state.
+    pub full_size: u64,
 }
 
 /// What a [`Coordinator`] needs to know of the job run.
@@ -119,6 +131,9 @@ pub struct CoordinatorSettings {
 /// The job's checkpoint coordinator (one per job run, shared by all workers).
 pub struct Coordinator {
     inner: Mutex<Inner>,
+    /// Where checkpoints go (the writer has its own handle): subtasks store their shared
+    /// files there themselves, off the writer thread.
+    checkpoints: Checkpoints,
     work: Mutex<Option<mpsc::Sender<Work>>>,
     writer: Mutex<Option<JoinHandle<Result<()>>>>,
     barriers: Barriers,
@@ -206,6 +221,9 @@ struct Writer {
     cluster: Option<super::cluster::Role>,
     /// In a cluster, the parts of the final checkpoint, held until its id is agreed.
     held_final: Vec<(Participant, Vec<Part>)>,
+    /// The shared files the last checkpoint this writer completed refers to (for
+    /// [`CheckpointStats::size`]).
+    last_shared: HashSet<String>,
 }
 
 struct WrittenPart {
@@ -262,6 +280,7 @@ impl Coordinator {
         }
         let (sender, receiver) = mpsc::channel::<Work>();
         let stats = Arc::new(Mutex::new(Vec::new()));
+        let checkpoints = storage.clone();
         let mut writer = Writer {
             storage,
             job: job.to_string(),
@@ -274,6 +293,7 @@ impl Coordinator {
             stopped: false,
             cluster,
             held_final: Vec::new(),
+            last_shared: HashSet::new(),
         };
         let handle = std::thread::Builder::new()
             .name("eddy-checkpoint-writer".into())
@@ -293,6 +313,7 @@ impl Coordinator {
             })
             .map_err(|e| EddyError::io("checkpoint writer thread", e))?;
         let coordinator = Coordinator {
+            checkpoints,
             inner: Mutex::new(Inner {
                 participants: Vec::new(),
                 workers_built: 0,
@@ -321,6 +342,11 @@ impl Coordinator {
     /// checkpoint in progress then fails instead of completing).
     pub fn cancel(&self) {
         self.cancelled.store(true, Ordering::Release);
+    }
+
+    /// The checkpoint root this coordinator writes to.
+    pub fn checkpoints(&self) -> &Checkpoints {
+        &self.checkpoints
     }
 
     /// The barriers every participant follows.
@@ -537,6 +563,7 @@ impl Writer {
             key_groups: None,
             files: Vec::new(),
             states: Vec::new(),
+            shared: Vec::new(),
         };
         let mut committables = Vec::new();
         for part in parts {
@@ -555,6 +582,7 @@ impl Writer {
                 subtask.key_groups = KeyGroupSpan::from_range(range);
             }
             subtask.states.extend(part.states);
+            subtask.shared.extend(part.shared);
         }
         self.written.entry(id).or_default().push(WrittenPart {
             participant,
@@ -590,7 +618,7 @@ impl Writer {
             role.write_manifest(&self.storage, id, entries)?;
             if role.await_completion(&self.storage, id)? {
                 Self::commit_local(committers, &parts)?;
-                self.push_stats(id, started, 0);
+                self.push_stats(id, started, (0, 0));
             }
             Ok(())
         }
@@ -622,7 +650,7 @@ impl Writer {
             role.write_final_manifest(&self.storage, id, held)?;
             let final_id = role.await_final(&self.storage)?;
             Self::commit_committables(committers, committables)?;
-            self.push_stats(final_id, started, 0);
+            self.push_stats(final_id, started, (0, 0));
             return Ok(());
         }
         let remote = role.await_final_manifests(&self.storage)?;
@@ -672,13 +700,29 @@ impl Writer {
         Ok(())
     }
 
-    fn push_stats(&self, id: u64, started: Instant, size: u64) {
+    fn push_stats(&self, id: u64, started: Instant, (size, full_size): (u64, u64)) {
         let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
         stats.push(CheckpointStats {
             id,
             duration: started.elapsed(),
             size,
+            full_size,
         });
+    }
+
+    /// `metadata`'s [`CheckpointStats::size`] and `full_size`, and remembers its shared
+    /// files for the next one.
+    fn sizes_of(&mut self, metadata: &CheckpointMetadata) -> (u64, u64) {
+        let own = metadata.total_size();
+        let mut stored = own;
+        let mut shared = HashSet::new();
+        for file in metadata.shared_files() {
+            if shared.insert(file.path.clone()) && !self.last_shared.contains(&file.path) {
+                stored += file.size;
+            }
+        }
+        self.last_shared = shared;
+        (stored, own + metadata.shared_size())
     }
 
     /// Writes the metadata of checkpoint `id` (this process's `parts` and other processes'
@@ -743,8 +787,8 @@ impl Writer {
         for operator in &mut metadata.operators {
             operator.subtasks.sort_by_key(|s| s.index);
         }
-        let size = metadata.total_size();
         self.storage.commit(&metadata)?;
+        let sizes = self.sizes_of(&metadata);
         // Published only now: a crash before this line leaves the output pending, and the
         // restore of this checkpoint publishes it (committers are idempotent).
         for (uid, committer) in committers {
@@ -764,7 +808,7 @@ impl Writer {
         for name in stops {
             stop_at = Some(self.write_savepoint(&metadata, &name)?);
         }
-        self.push_stats(id, started, size);
+        self.push_stats(id, started, sizes);
         if let Some(location) = stop_at {
             self.stopped = true;
             eprintln!(
@@ -812,14 +856,26 @@ impl Writer {
         for operator in &mut savepoint.operators {
             for subtask in &mut operator.subtasks {
                 for file in &mut subtask.files {
-                    let payload = self.storage.read_part(&source, &file.path, file.kind)?;
+                    let mut payload = self.storage.read_part(&source, &file.path, file.kind)?;
+                    let mut kind = file.kind;
+                    // Savepoints are self-contained: incremental keyed state goes in full.
+                    if kind == FileKind::IncrementalKeyedState {
+                        let location = self.storage.location_of(&source);
+                        payload = canonical_keyed_state(
+                            &payload,
+                            &format!("{location}/{}", file.path),
+                            &mut |path| self.storage.read_shared(path),
+                        )?;
+                        kind = FileKind::KeyedState;
+                    }
                     let (uid, file_name) = file.path.split_once('/').ok_or_else(|| {
                         EddyError::Internal(format!("part path without operator: {}", file.path))
                     })?;
                     *file = self
                         .storage
-                        .write_part(&target, uid, file_name, file.kind, &payload)?;
+                        .write_part(&target, uid, file_name, kind, &payload)?;
                 }
+                subtask.shared.clear();
             }
         }
         self.storage.commit(&savepoint)?;

@@ -7,6 +7,17 @@ use eddy_core::{EddyError, Result};
 
 use super::coordinator::decode_committables;
 
+/// An incremental keyed-state part (`location` names it in errors) as the canonical keyed
+/// state snapshot it stands for, its shared files fetched with `read_shared`: what a restore
+/// and a savepoint use, so both go the one path every full snapshot takes.
+pub(crate) fn canonical_keyed_state(
+    payload: &[u8],
+    location: &str,
+    read_shared: &mut dyn FnMut(&str) -> Result<Vec<u8>>,
+) -> Result<Vec<u8>> {
+    eddy_state::rocksdb::incremental_to_full(payload, location, None, read_shared)?.encode()
+}
+
 /// The state of one operator in a restored checkpoint.
 #[derive(Debug, Default)]
 pub struct OperatorRestore {
@@ -48,6 +59,14 @@ impl RestoredCheckpoint {
                     let payload = point.read_part(&file.path, file.kind)?;
                     match file.kind {
                         FileKind::KeyedState => {
+                            restore.keyed.insert(subtask.index as usize, payload);
+                        }
+                        FileKind::IncrementalKeyedState => {
+                            let location = format!("{}/{}", point.location(), file.path);
+                            let payload =
+                                canonical_keyed_state(&payload, &location, &mut |path| {
+                                    point.read_shared(path)
+                                })?;
                             restore.keyed.insert(subtask.index as usize, payload);
                         }
                         _ if file.path.contains("committables-") => restore

@@ -518,6 +518,7 @@ where
             kind: PartKind::Operator,
             key_groups: None,
             states: Vec::new(),
+            shared: Vec::new(),
         }))
     }
 

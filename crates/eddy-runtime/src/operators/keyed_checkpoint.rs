@@ -1,13 +1,17 @@
 //! A keyed operator subtask's side of checkpoints: its keyed state as a checkpoint part, and
 //! its keyed state back from a restored checkpoint.
 
-use eddy_checkpoint::StateInfo;
+use eddy_checkpoint::{Checkpoints, SharedFile, StateInfo};
 use eddy_core::{EddyError, Key, KeyGroupRange, Result};
+use eddy_state::rocksdb::IncrementalCheckpoint;
 use eddy_state::snapshot::old_subtasks_for;
 use eddy_state::{KeyedStateBackend, KeyedStateSnapshot};
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::checkpoint::{Coordinator, Part, PartKind, Participant, FINAL_CHECKPOINT};
 use crate::failure::{catch_panic, FailureState};
@@ -18,8 +22,8 @@ pub(crate) enum PendingParts {
     /// Complete: the snapshot was taken in full on the worker thread.
     Ready(Vec<Part>),
     /// The synchronous part is done (the state as of the barrier is fixed); the rest may run
-    /// on another thread.
-    Later(Box<dyn FnOnce() -> Result<Vec<Part>> + Send>),
+    /// on another thread, storing the subtask's shared files through its [`SharedUploads`].
+    Later(Box<dyn FnOnce(&mut SharedUploads) -> Result<Vec<Part>> + Send>),
 }
 
 impl PendingParts {
@@ -30,8 +34,8 @@ impl PendingParts {
                 parts.push(extra);
                 PendingParts::Ready(parts)
             }
-            PendingParts::Later(complete) => PendingParts::Later(Box::new(move || {
-                let mut parts = complete()?;
+            PendingParts::Later(complete) => PendingParts::Later(Box::new(move |uploads| {
+                let mut parts = complete(uploads)?;
                 parts.push(extra);
                 Ok(parts)
             })),
@@ -39,12 +43,104 @@ impl PendingParts {
     }
 
     /// Completes the parts here, on this thread.
-    pub(crate) fn complete(self) -> Result<Vec<Part>> {
+    pub(crate) fn complete(self, uploads: &mut SharedUploads) -> Result<Vec<Part>> {
         match self {
             PendingParts::Ready(parts) => Ok(parts),
-            PendingParts::Later(complete) => complete(),
+            PendingParts::Later(complete) => complete(uploads),
         }
     }
+}
+
+/// The shared files one keyed operator subtask has stored during this run: the SST files of
+/// its incremental RocksDB checkpoints, each stored once and referred to by every later
+/// checkpoint whose RocksDB checkpoint still holds it.
+///
+/// The names are unique to this run (the subtask, the start time and a random number): a
+/// restored instance numbers its SST files anew, and two runs must never write the same
+/// shared path, since an older checkpoint may still refer to it.
+pub(crate) struct SharedUploads {
+    checkpoints: Checkpoints,
+    /// The directory under `shared/` (the operator uid, made a valid path segment).
+    dir: String,
+    /// Prefix of every file name this subtask stores in this run.
+    prefix: String,
+    /// SST file name in the instance -> where it is stored.
+    stored: BTreeMap<String, SharedFile>,
+}
+
+impl SharedUploads {
+    /// The uploads of subtask `subtask` of the operator `uid`, to `checkpoints`.
+    pub(crate) fn new(checkpoints: Checkpoints, uid: &str, subtask: usize) -> Self {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_nanos());
+        // The std hasher's random keys: enough to tell two runs starting in the same
+        // nanosecond apart, without another dependency.
+        let random = RandomState::new().hash_one(subtask) & 0xffff_ffff;
+        SharedUploads {
+            checkpoints,
+            dir: path_segment(uid),
+            prefix: format!("{subtask}-{nanos:x}-{random:08x}"),
+            stored: BTreeMap::new(),
+        }
+    }
+
+    /// Stores the SST files of `checkpoint` not stored yet, forgets the ones it no longer
+    /// holds (RocksDB never brings a deleted SST file back), and returns the part.
+    fn part_of(&mut self, checkpoint: &IncrementalCheckpoint) -> Result<Part> {
+        let live: Vec<&str> = checkpoint
+            .files()
+            .iter()
+            .filter(|file| file.shareable)
+            .map(|file| file.name.as_str())
+            .collect();
+        self.stored.retain(|name, _| live.contains(&name.as_str()));
+        for name in live {
+            if self.stored.contains_key(name) {
+                continue;
+            }
+            let file_name = format!("{}-{name}", self.prefix);
+            let path = Checkpoints::shared_path(&self.dir, &file_name)?;
+            let stored = self
+                .checkpoints
+                .write_shared(&path, &checkpoint.read_file(name)?)?;
+            self.stored.insert(name.to_string(), stored);
+        }
+        let paths = self
+            .stored
+            .iter()
+            .map(|(name, file)| (name.clone(), file.path.clone()))
+            .collect();
+        let head = checkpoint.head();
+        Ok(Part {
+            payload: checkpoint.encode(&paths)?,
+            kind: PartKind::IncrementalKeyed,
+            key_groups: Some(head.key_group_range()),
+            states: state_infos(head),
+            shared: self.stored.values().cloned().collect(),
+        })
+    }
+}
+
+/// `uid` as a path segment of the checkpoint layout: characters other than ASCII letters,
+/// digits, `-`, `_` and `.` become `-`, and it is cut to 64 bytes. Two uids may map to the
+/// same segment; the file names in it are unique anyway (see [`SharedUploads`]).
+fn path_segment(uid: &str) -> String {
+    let mut segment: String = uid
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if segment.is_empty() || segment.starts_with(['.', '_']) {
+        segment.insert(0, 'o');
+    }
+    segment
 }
 
 /// The subtask's keyed state (every state and timer service) as its part of a checkpoint:
@@ -55,14 +151,33 @@ pub(crate) fn keyed_state_part<K: Key>(backend: &KeyedStateBackend<K>) -> Result
     if pending.is_ready() {
         return Ok(PendingParts::Ready(parts_of(pending.complete()?)?));
     }
-    Ok(PendingParts::Later(Box::new(move || {
+    let pending = match pending.into_incremental() {
+        Ok(checkpoint) => {
+            return Ok(PendingParts::Later(Box::new(move |uploads| {
+                Ok(vec![uploads.part_of(&checkpoint)?])
+            })))
+        }
+        Err(pending) => *pending,
+    };
+    Ok(PendingParts::Later(Box::new(move |_| {
         parts_of(pending.complete()?)
     })))
 }
 
 /// A finished keyed-state snapshot as the one part of a checkpoint it is.
 fn parts_of(snapshot: KeyedStateSnapshot) -> Result<Vec<Part>> {
-    let states = snapshot
+    Ok(vec![Part {
+        payload: snapshot.encode()?,
+        kind: PartKind::Keyed,
+        key_groups: Some(snapshot.key_group_range()),
+        states: state_infos(&snapshot),
+        shared: Vec::new(),
+    }])
+}
+
+/// The metadata's description of the states of `snapshot`.
+fn state_infos(snapshot: &KeyedStateSnapshot) -> Vec<StateInfo> {
+    snapshot
         .states()
         .iter()
         .map(|meta| StateInfo {
@@ -80,13 +195,7 @@ fn parts_of(snapshot: KeyedStateSnapshot) -> Result<Vec<Part>> {
             .flatten()
             .collect(),
         })
-        .collect();
-    Ok(vec![Part {
-        payload: snapshot.encode()?,
-        kind: PartKind::Keyed,
-        key_groups: Some(snapshot.key_group_range()),
-        states,
-    }])
+        .collect()
 }
 
 /// Hands the restored keyed state of the operator called `name` to `backend`, before
@@ -145,6 +254,8 @@ pub(crate) struct SnapshotUploader {
     job: String,
     name: String,
     subtask: usize,
+    /// Used by one snapshot at a time (the next one waits for the previous one).
+    uploads: Arc<Mutex<SharedUploads>>,
     running: Option<JoinHandle<()>>,
 }
 
@@ -155,9 +266,15 @@ impl SnapshotUploader {
         worker: &WorkerContext,
         name: &str,
     ) -> Self {
+        let uploads = SharedUploads::new(
+            coordinator.checkpoints().clone(),
+            worker.uid_of(name),
+            worker.index,
+        );
         SnapshotUploader {
             coordinator,
             participant,
+            uploads: Arc::new(Mutex::new(uploads)),
             failures: worker.failures(),
             job: worker.job_name.clone(),
             name: name.to_string(),
@@ -185,6 +302,11 @@ impl SnapshotUploader {
                     (Arc::clone(&self.coordinator), self.participant.clone());
                 let failures = Arc::clone(&self.failures);
                 let (job, name, subtask) = (self.job.clone(), self.name.clone(), self.subtask);
+                let uploads = Arc::clone(&self.uploads);
+                let complete = move || {
+                    let mut uploads = uploads.lock().unwrap_or_else(PoisonError::into_inner);
+                    complete(&mut uploads)
+                };
                 let upload = move || match catch_panic(complete) {
                     Ok(parts) => {
                         for id in ids {
@@ -214,7 +336,8 @@ impl SnapshotUploader {
     /// still running.
     pub(crate) fn submit_final(&mut self, parts: Result<PendingParts>) {
         self.wait();
-        match parts.and_then(PendingParts::complete) {
+        let mut uploads = self.uploads.lock().unwrap_or_else(PoisonError::into_inner);
+        match parts.and_then(|parts| parts.complete(&mut uploads)) {
             Ok(parts) => self
                 .coordinator
                 .submit(&self.participant, FINAL_CHECKPOINT, parts),

@@ -393,11 +393,13 @@ pub(crate) fn keyed_backend<K: Key>(
             working_dir,
             object_cache_entries,
             heap_timers,
+            full_checkpoints,
         } => {
             let config = eddy_state::RocksDbConfig {
                 working_dir: working_dir.clone(),
                 object_cache_entries: *object_cache_entries,
                 heap_timers: *heap_timers,
+                incremental_checkpoints: !*full_checkpoints,
                 ..eddy_state::RocksDbConfig::default()
             };
             KeyedStateBackend::rocksdb(range, worker.max_parallelism, &config)?

@@ -242,6 +242,7 @@ impl<T: Data, S: Sink<T>> SinkTask<T, S> {
                 kind: PartKind::Committables,
                 key_groups: None,
                 states: Vec::new(),
+                shared: Vec::new(),
             })
         });
         match part {

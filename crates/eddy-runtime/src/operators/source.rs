@@ -282,6 +282,7 @@ where
             kind: PartKind::Operator,
             key_groups: None,
             states: Vec::new(),
+            shared: Vec::new(),
         }])
     }
 

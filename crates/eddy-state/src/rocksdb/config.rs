@@ -88,6 +88,12 @@ pub struct RocksDbConfig {
     /// short-lived, but their memory is then unbounded; the default keeps them in two column
     /// families per time domain, as Flink's default `ROCKSDB` factory.
     pub heap_timers: bool,
+    /// Take checkpoints incrementally (Flink's `execution.checkpointing.incremental`): each
+    /// checkpoint uploads only the SST files the previous ones of this instance did not, and
+    /// refers to the others. On by default; savepoints are always full, canonical snapshots.
+    /// A state whose key or namespace type has an opaque schema makes its backend take full
+    /// checkpoints (see the `incremental` module).
+    pub incremental_checkpoints: bool,
 }
 
 impl Default for RocksDbConfig {
@@ -103,6 +109,7 @@ impl Default for RocksDbConfig {
             statistics: false,
             object_cache_entries: 0,
             heap_timers: false,
+            incremental_checkpoints: true,
         }
     }
 }
@@ -141,6 +148,12 @@ impl RocksDbConfig {
     /// Keeps timers on the heap (`true`) or in RocksDB (`false`, the default).
     pub fn with_heap_timers(mut self, heap_timers: bool) -> Self {
         self.heap_timers = heap_timers;
+        self
+    }
+
+    /// Takes checkpoints incrementally (`true`, the default) or as full snapshots.
+    pub fn with_incremental_checkpoints(mut self, incremental: bool) -> Self {
+        self.incremental_checkpoints = incremental;
         self
     }
 

@@ -84,6 +84,7 @@ mod codec;
 mod config;
 mod core;
 mod db;
+mod incremental;
 mod list;
 mod map;
 mod snapshot;
@@ -107,6 +108,10 @@ use self::cache::{CacheControl, ObjectCache, SharedCache};
 pub use self::config::RocksDbConfig;
 use self::core::{FailureSlot, StateCore};
 use self::db::Db;
+pub(crate) use self::incremental::supports_incremental;
+pub use self::incremental::{
+    incremental_shared_paths, incremental_to_full, IncrementalCheckpoint, NativeFile,
+};
 use self::list::{append_merge, ListShared, RocksList};
 use self::map::RocksMap;
 pub(crate) use self::snapshot::CheckpointScan;

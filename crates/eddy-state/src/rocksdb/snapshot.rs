@@ -11,11 +11,11 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use rocksdb::checkpoint::Checkpoint;
-use rocksdb::{ColumnFamilyDescriptor, Options, ReadOptions, WriteBatch};
+use rocksdb::{ReadOptions, WriteBatch};
 
 use super::codec::{ttl_timestamp, Elements};
 use super::db::{decode_error, rocks_error, Rdb};
-use super::list::{append_chunks, append_merge};
+use super::list::append_chunks;
 use super::ttl::now_ms;
 use super::{Registered, RocksDbKeyedStateBackend};
 use crate::descriptor::StateKind;
@@ -65,14 +65,40 @@ struct PendingList {
 /// What reading one state's column family into canonical blocks needs, detached from the
 /// backend (so that a background thread can read a RocksDB checkpoint of it).
 pub(crate) struct StateScan {
-    name: String,
-    index: u32,
-    cf_name: String,
-    kind: StateKind,
-    ttl: bool,
+    pub(crate) name: String,
+    pub(crate) index: u32,
+    pub(crate) cf_name: String,
+    pub(crate) kind: StateKind,
+    pub(crate) ttl: bool,
     /// Where `cleanup_full_snapshot` cuts expired values off, fixed when the snapshot is taken.
-    cut: Option<TtlCut>,
-    split_key: fn(&[u8]) -> Option<(usize, usize)>,
+    pub(crate) cut: Option<TtlCut>,
+    pub(crate) split: KeySplit,
+}
+
+/// How a stored key is split into key group, key, namespace and (map state) user key.
+pub(crate) enum KeySplit {
+    /// With the registered types' decoders (the live backend).
+    Typed(fn(&[u8]) -> Option<(usize, usize)>),
+    /// With the schemas a snapshot recorded, for files read without the Rust types (an
+    /// incremental checkpoint turned into the canonical format on restore).
+    Traced {
+        key: crate::schema::TracedShape,
+        namespace: crate::schema::TracedShape,
+    },
+}
+
+impl KeySplit {
+    /// Where `[key group][key]` and `[key group][key][namespace]` end in `stored`.
+    fn split(&self, stored: &[u8]) -> Option<(usize, usize)> {
+        match self {
+            KeySplit::Typed(split) => split(stored),
+            KeySplit::Traced { key, namespace } => {
+                let key_end = 2 + crate::schema::encoded_len(key, stored.get(2..)?)?;
+                let ns_len = crate::schema::encoded_len(namespace, stored.get(key_end..)?)?;
+                Some((key_end, key_end + ns_len))
+            }
+        }
+    }
 }
 
 /// A RocksDB checkpoint of the live instance (hard links to its SST files, taken at the
@@ -86,41 +112,21 @@ pub(crate) struct CheckpointScan {
 impl CheckpointScan {
     /// Opens the checkpoint read-only and reads every state into canonical blocks.
     pub(crate) fn read(self) -> Result<Vec<Vec<(KeyGroup, EntryBlock)>>> {
-        if self.scans.is_empty() {
-            return Ok(Vec::new());
-        }
-        let descriptors = self.scans.iter().map(|scan| {
-            let mut options = Options::default();
-            // Merge operands of lists may still be unmerged in the files.
-            if scan.kind == StateKind::List {
-                options.set_merge_operator_associative("eddy-list-append", append_merge);
-            }
-            ColumnFamilyDescriptor::new(scan.cf_name.clone(), options)
-        });
-        let rdb = Rdb::open_cf_descriptors_read_only(
-            &Options::default(),
-            &self.dir.0,
-            descriptors,
-            false,
-        )
-        .map_err(|e| {
-            EddyError::Internal(format!(
-                "cannot open the RocksDB checkpoint {}: {e}",
-                self.dir.0.display()
-            ))
-        })?;
-        let blocks = self
-            .scans
-            .iter()
-            .map(|scan| scan_state(&rdb, scan, ReadOptions::default()))
-            .collect();
-        drop(rdb); // closed before its directory goes
-        blocks
+        super::incremental::read_states(&self.dir.0, &self.scans)
+    }
+
+    /// The checkpoint as the files of an incremental snapshot whose timers and states'
+    /// metadata are `head`.
+    pub(crate) fn into_incremental(
+        self,
+        head: crate::snapshot::KeyedStateSnapshot,
+    ) -> Result<super::incremental::IncrementalCheckpoint> {
+        super::incremental::IncrementalCheckpoint::new(self.dir, &self.scans, head)
     }
 }
 
 /// The directory of a RocksDB checkpoint, next to the instance's own; deleted when dropped.
-struct CheckpointDir(PathBuf);
+pub(crate) struct CheckpointDir(pub(crate) PathBuf);
 
 /// Distinguishes the checkpoint directories of one process.
 static CHECKPOINTS: AtomicU64 = AtomicU64::new(0);
@@ -196,7 +202,7 @@ impl<K: Key> RocksDbKeyedStateBackend<K> {
                         .ttl
                         .as_ref()
                         .and_then(|c| self.cut(&meta.name, c)),
-                    split_key: registered.split_key,
+                    split: KeySplit::Typed(registered.split_key),
                 })
             })
             .collect()
@@ -228,7 +234,9 @@ pub(crate) fn scan_state(
     let mut pending: Option<PendingList> = None;
     while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
         let kg = key.get(..2).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
-        let (key_end, ns_end) = (scan.split_key)(key)
+        let (key_end, ns_end) = scan
+            .split
+            .split(key)
             .ok_or_else(|| decode_error(name, kg, "key", "not a key of this state's types"))?;
         let fail = |e: SnapshotError| e.in_state(name, kg, "cannot snapshot");
         match scan.kind {

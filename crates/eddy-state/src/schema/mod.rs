@@ -32,6 +32,7 @@
 
 pub mod compat;
 mod dynamic;
+pub(crate) mod skip;
 mod tracer;
 
 use std::collections::BTreeMap;
@@ -42,6 +43,7 @@ use serde::{Deserialize, Serialize};
 
 pub use compat::Compatibility;
 pub(crate) use dynamic::Migrator;
+pub(crate) use skip::encoded_len;
 
 /// The shape of one state type, as recorded in checkpoints (see the [module docs](self)).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -102,6 +102,25 @@ impl KeyedStateSnapshot {
         }
     }
 
+    /// This snapshot with the state entries `per_state` added to its key groups (an
+    /// incremental snapshot's head, which holds the timers only, once its RocksDB files
+    /// have been read).
+    pub(crate) fn with_state_blocks(mut self, per_state: Vec<Vec<(KeyGroup, EntryBlock)>>) -> Self {
+        let mut groups: BTreeMap<KeyGroup, KeyGroupSnapshot> = self
+            .key_groups
+            .drain(..)
+            .map(|group| (group.key_group, group))
+            .collect();
+        for (kg, block) in per_state.into_iter().flatten() {
+            groups
+                .entry(kg)
+                .or_insert_with(|| KeyGroupSnapshot::new(kg))
+                .push_state(block);
+        }
+        self.key_groups = groups.into_values().collect();
+        self
+    }
+
     /// The number of key groups of the job the snapshot was taken in.
     pub fn max_parallelism(&self) -> usize {
         self.max_parallelism
