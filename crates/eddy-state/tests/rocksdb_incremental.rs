@@ -149,7 +149,10 @@ fn an_incremental_snapshot_reads_back_as_the_full_one_and_shares_unchanged_files
     assert!(first.head().entry_count() == 0, "the head holds no entries");
     let (mut uploaded, mut store) = (BTreeMap::new(), Store::new());
     let (first_part, first_new) = upload(&first, &mut uploaded, &mut store);
-    assert!(!first_new.is_empty(), "the first snapshot stores its SST files");
+    assert!(
+        !first_new.is_empty(),
+        "the first snapshot stores its SST files"
+    );
 
     // More state, and changes to the old: a second snapshot stores only the new files.
     // (No full snapshot in between: releasing the RocksDB snapshot it reads from lets

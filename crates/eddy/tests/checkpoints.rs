@@ -500,9 +500,12 @@ fn rocksdb_checkpoints_are_incremental_and_their_shared_files_are_collected() {
     assert_eq!(totals_state(&root), heap_state);
 }
 
+/// Keyed state entries: state name, key, user key, value.
+type Entries = BTreeSet<(String, Vec<u8>, Option<Vec<u8>>, Vec<u8>)>;
+
 /// The entries of every state of "totals" in the latest checkpoint under `root`, incremental
 /// parts read back through their shared files.
-fn totals_state(root: &Checkpoints) -> BTreeSet<(String, Vec<u8>, Option<Vec<u8>>, Vec<u8>)> {
+fn totals_state(root: &Checkpoints) -> Entries {
     let point = root.resolve("latest").unwrap();
     let totals = point.metadata.operator("totals").expect("keyed state");
     let mut entries = BTreeSet::new();

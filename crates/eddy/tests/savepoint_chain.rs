@@ -92,8 +92,18 @@ fn keyed_state(root: &Path, what: &str) -> Entries {
     let mut entries = BTreeSet::new();
     for subtask in &operator.subtasks {
         for file in &subtask.files {
-            let payload = point.read_part(&file.path, FileKind::KeyedState).unwrap();
-            let snapshot = KeyedStateSnapshot::decode(&payload, &file.path).unwrap();
+            let payload = point.read_part(&file.path, file.kind).unwrap();
+            let snapshot = match file.kind {
+                // A RocksDB checkpoint's part, read back through its shared files.
+                FileKind::IncrementalKeyedState => eddy_state::rocksdb::incremental_to_full(
+                    &payload,
+                    &file.path,
+                    None,
+                    &mut |path| point.read_shared(path),
+                )
+                .unwrap(),
+                _ => KeyedStateSnapshot::decode(&payload, &file.path).unwrap(),
+            };
             for state in ["totals", "per-bucket"] {
                 for (_, entry) in snapshot.entries_of(state).unwrap() {
                     entries.insert((
@@ -189,6 +199,14 @@ fn savepoint_chain(backends: [StateBackendKind; 4]) {
                 .resolve(&location)
                 .unwrap();
             savepoint_epochs.push(point.metadata.epoch);
+            // Self-contained even when the checkpoint was incremental (RocksDB).
+            for subtask in point.metadata.operators.iter().flat_map(|o| &o.subtasks) {
+                assert!(subtask.shared.is_empty(), "step {step}: shared files");
+                assert!(subtask
+                    .files
+                    .iter()
+                    .all(|file| file.kind != FileKind::IncrementalKeyedState));
+            }
             let now = published::<Out>(&out);
             assert!(
                 now.len() < EVENTS as usize,

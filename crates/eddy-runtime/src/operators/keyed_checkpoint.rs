@@ -7,7 +7,7 @@ use eddy_state::rocksdb::IncrementalCheckpoint;
 use eddy_state::snapshot::old_subtasks_for;
 use eddy_state::{KeyedStateBackend, KeyedStateSnapshot};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -23,8 +23,11 @@ pub(crate) enum PendingParts {
     Ready(Vec<Part>),
     /// The synchronous part is done (the state as of the barrier is fixed); the rest may run
     /// on another thread, storing the subtask's shared files through its [`SharedUploads`].
-    Later(Box<dyn FnOnce(&mut SharedUploads) -> Result<Vec<Part>> + Send>),
+    Later(CompleteParts),
 }
+
+/// The rest of a snapshot, run on the uploader's thread.
+pub(crate) type CompleteParts = Box<dyn FnOnce(&mut SharedUploads) -> Result<Vec<Part>> + Send>;
 
 impl PendingParts {
     /// These parts and `extra`.
@@ -88,13 +91,13 @@ impl SharedUploads {
     /// Stores the SST files of `checkpoint` not stored yet, forgets the ones it no longer
     /// holds (RocksDB never brings a deleted SST file back), and returns the part.
     fn part_of(&mut self, checkpoint: &IncrementalCheckpoint) -> Result<Part> {
-        let live: Vec<&str> = checkpoint
+        let live: BTreeSet<&str> = checkpoint
             .files()
             .iter()
             .filter(|file| file.shareable)
             .map(|file| file.name.as_str())
             .collect();
-        self.stored.retain(|name, _| live.contains(&name.as_str()));
+        self.stored.retain(|name, _| live.contains(name.as_str()));
         for name in live {
             if self.stored.contains_key(name) {
                 continue;

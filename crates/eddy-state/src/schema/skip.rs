@@ -28,7 +28,6 @@ const MAX_DEPTH: usize = 128;
 /// the remaining bytes), `str` UTF-8 and `char` (one UTF-8 character of 1 to 4 bytes). Named
 /// shapes missing from `shape.containers` and nesting deeper than [`MAX_DEPTH`] are `None`.
 /// It never panics and never allocates.
-#[allow(dead_code)] // used by the checkpoint key splitter, which is being written
 pub(crate) fn encoded_len(shape: &TracedShape, bytes: &[u8]) -> Option<usize> {
     let mut skipper = Skipper {
         schema: shape,
