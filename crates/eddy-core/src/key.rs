@@ -43,19 +43,24 @@ use std::hash::Hash;
 
 use serde::{de::DeserializeOwned, Serialize};
 
-/// A value that keyed state can hold: owned, cloneable and serializable.
+/// A value that keyed state can hold: owned, cloneable, serializable and shareable between
+/// threads.
 ///
 /// The heap backend stores such values as objects and never serializes them on access; the
-/// serde bounds are there because checkpoints, savepoints and the RocksDB backend need them.
-pub trait StateValue: Clone + Serialize + DeserializeOwned + 'static {}
+/// serde bounds are there because checkpoints, savepoints and the RocksDB backend need them,
+/// and `Send + Sync` because an asynchronous snapshot of the heap backend encodes the values
+/// as of the barrier on a background thread while the operator goes on.
+pub trait StateValue: Clone + Serialize + DeserializeOwned + Send + Sync + 'static {}
 
-impl<T: Clone + Serialize + DeserializeOwned + 'static> StateValue for T {}
+impl<T: Clone + Serialize + DeserializeOwned + Send + Sync + 'static> StateValue for T {}
 
 /// A record that can flow through a stream: owned, cloneable, sendable between subtasks, and
-/// serializable (timely serializes records that cross process boundaries).
-pub trait Data: Clone + Send + Serialize + DeserializeOwned + 'static {}
+/// serializable (timely serializes records that cross process boundaries). `Sync` because
+/// records are kept in keyed state too (window contents, join buffers), which is
+/// [`StateValue`].
+pub trait Data: Clone + Send + Sync + Serialize + DeserializeOwned + 'static {}
 
-impl<T: Clone + Send + Serialize + DeserializeOwned + 'static> Data for T {}
+impl<T: Clone + Send + Sync + Serialize + DeserializeOwned + 'static> Data for T {}
 
 /// A type a stream can be keyed by (`key_by`), with a hash that never changes.
 ///

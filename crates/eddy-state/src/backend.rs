@@ -553,12 +553,22 @@ impl<K: Key> KeyedStateBackend<K> {
     /// hard-linked: tens of milliseconds whatever the state's size) plus the timers. With
     /// [`incremental_checkpoints`](crate::RocksDbConfig::incremental_checkpoints) (the
     /// default) that checkpoint's files are the snapshot ([`PendingSnapshot::into_incremental`]);
-    /// otherwise the completion reads it into the canonical format. The heap backend's
-    /// snapshot is complete at once (it copies the state now).
+    /// otherwise the completion reads it into the canonical format.
+    ///
+    /// For the heap the synchronous part freezes every state's tables (no copy: each key
+    /// group's table is copied on its first write while the snapshot still holds it, as
+    /// Flink's copy-on-write state map does) and copies the timers; the completion encodes
+    /// the frozen tables.
     pub fn snapshot_pending(&self) -> Result<PendingSnapshot> {
         let states: Vec<StateMeta> = self.metas.values().cloned().collect();
         match &self.inner {
-            BackendImpl::Heap(_) => Ok(PendingSnapshot(Pending::Ready(self.snapshot()?))),
+            BackendImpl::Heap(heap) => {
+                let frozen = heap.freeze_states(&states)?;
+                Ok(PendingSnapshot(Pending::Heap {
+                    frozen,
+                    head: self.snapshot_head(states)?,
+                }))
+            }
             #[cfg(feature = "rocksdb")]
             BackendImpl::RocksDb(rocksdb) => {
                 let incremental = rocksdb.config().incremental_checkpoints
@@ -656,7 +666,10 @@ impl<K: Key> KeyedStateBackend<K> {
 pub struct PendingSnapshot(Pending);
 
 enum Pending {
-    Ready(KeyedStateSnapshot),
+    Heap {
+        frozen: crate::heap::FrozenStates,
+        head: SnapshotHead,
+    },
     #[cfg(feature = "rocksdb")]
     RocksDb {
         scan: crate::rocksdb::CheckpointScan,
@@ -667,16 +680,11 @@ enum Pending {
 }
 
 impl PendingSnapshot {
-    /// Whether the snapshot is complete already (nothing left for another thread).
-    pub fn is_ready(&self) -> bool {
-        matches!(self.0, Pending::Ready(_))
-    }
-
     /// Finishes the snapshot as a canonical one (for RocksDB: reads its checkpoint); may run
     /// on any thread.
     pub fn complete(self) -> Result<KeyedStateSnapshot> {
         match self.0 {
-            Pending::Ready(snapshot) => Ok(snapshot),
+            Pending::Heap { frozen, head } => Ok(head.assemble(frozen.write()?)),
             #[cfg(feature = "rocksdb")]
             Pending::RocksDb { scan, head } => Ok(head.assemble(scan.read()?)),
             #[cfg(feature = "rocksdb")]

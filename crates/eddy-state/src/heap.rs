@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
-use eddy_core::{EddyError, Key, KeyGroupRange, Result, StateValue};
+use eddy_core::{EddyError, Key, KeyGroup, KeyGroupRange, Result, StateValue};
 
 use crate::descriptor::{
     AggregateFunction, AggregatingStateDescriptor, ListStateDescriptor, MapStateDescriptor,
@@ -48,21 +48,42 @@ use crate::ttl::{
 };
 
 /// One hash table per key group of a subtask's range.
+///
+/// A key group's table is copied on write while an asynchronous snapshot still reads it
+/// ([`Shard::Frozen`]): [`freeze`](Self::freeze) hands out the tables as of the barrier
+/// without copying anything, and the first write to a key group afterwards copies that one
+/// table only if the snapshot still holds it (once the snapshot is written, the table is
+/// taken back as it is). Reads and later writes cost one predictable branch.
 #[derive(Debug)]
 pub struct ShardedTable<K, V> {
-    shards: Vec<ProbeTable<K, V>>,
+    shards: Vec<Shard<K, V>>,
+    /// Copies a frozen table (`V: Clone`, known where the table is created).
+    copy: fn(&ProbeTable<K, V>) -> ProbeTable<K, V>,
+}
+
+/// One key group's table: the operator's own, or shared with a snapshot in progress.
+#[derive(Debug)]
+enum Shard<K, V> {
+    Owned(ProbeTable<K, V>),
+    Frozen(Arc<ProbeTable<K, V>>),
 }
 
 impl<K: Key, V> ShardedTable<K, V> {
-    fn new(range: KeyGroupRange) -> Self {
+    fn new(range: KeyGroupRange, copy: fn(&ProbeTable<K, V>) -> ProbeTable<K, V>) -> Self {
         ShardedTable {
-            shards: (0..range.len()).map(|_| ProbeTable::new()).collect(),
+            shards: (0..range.len())
+                .map(|_| Shard::Owned(ProbeTable::new()))
+                .collect(),
+            copy,
         }
     }
 
     /// The number of keys holding a value, over all key groups.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|shard| shard.len()).sum()
+        (0..self.shards.len())
+            .filter_map(|offset| self.shard(offset))
+            .map(ProbeTable::len)
+            .sum()
     }
 
     /// Whether no key holds a value.
@@ -71,21 +92,60 @@ impl<K: Key, V> ShardedTable<K, V> {
     }
 
     /// The entries of one key group (by its offset in the subtask's range).
+    #[inline]
     pub fn shard(&self, offset: usize) -> Option<&ProbeTable<K, V>> {
-        self.shards.get(offset)
+        match self.shards.get(offset)? {
+            Shard::Owned(table) => Some(table),
+            Shard::Frozen(table) => Some(table),
+        }
+    }
+
+    /// The entries of one key group, to modify: taken back from a finished snapshot, or
+    /// copied from one still in progress.
+    #[inline]
+    fn shard_mut(&mut self, offset: usize) -> Option<&mut ProbeTable<K, V>> {
+        let copy = self.copy;
+        let shard = self.shards.get_mut(offset)?;
+        if let Shard::Frozen(frozen) = shard {
+            let owned =
+                Arc::try_unwrap(std::mem::take(frozen)).unwrap_or_else(|shared| copy(&shared));
+            *shard = Shard::Owned(owned);
+        }
+        match shard {
+            Shard::Owned(table) => Some(table),
+            Shard::Frozen(_) => None,
+        }
+    }
+
+    /// Every key group's table as it is now, for a snapshot to read on another thread while
+    /// this table goes on (copy on write, see the type's docs).
+    fn freeze(&mut self) -> Vec<Arc<ProbeTable<K, V>>> {
+        self.shards
+            .iter_mut()
+            .map(|shard| {
+                if let Shard::Owned(table) = shard {
+                    *shard = Shard::Frozen(Arc::new(std::mem::take(table)));
+                }
+                match shard {
+                    Shard::Frozen(table) => Arc::clone(table),
+                    Shard::Owned(_) => Arc::default(),
+                }
+            })
+            .collect()
     }
 
     #[inline]
     fn get(&self, offset: usize, key: &K) -> Option<&V> {
-        self.shards[offset].get(key)
+        self.shard(offset)?.get(key)
     }
 
     #[inline]
     fn get_mut(&mut self, offset: usize, key: &K) -> Option<&mut V> {
-        self.shards[offset].get_mut(key)
+        self.shard_mut(offset)?.get_mut(key)
     }
 
     /// The value of `key`, inserted with `default` first if absent; clones the key only then.
+    /// `offset` is the current key's, always inside the range.
     #[inline]
     fn get_or_insert_with(
         &mut self,
@@ -93,23 +153,35 @@ impl<K: Key, V> ShardedTable<K, V> {
         key: &K,
         default: impl FnOnce() -> V,
     ) -> &mut V {
-        self.shards[offset].get_or_insert_with(key, || key.clone(), default)
+        let shards = self.shards.len();
+        let Some(shard) = self.shard_mut(offset) else {
+            unreachable!("key group offset {offset} outside the {shards} of the subtask")
+        };
+        shard.get_or_insert_with(key, || key.clone(), default)
     }
 
     #[inline]
     fn put(&mut self, offset: usize, key: &K, value: V) {
-        match self.shards[offset].get_mut(key) {
+        let Some(shard) = self.shard_mut(offset) else {
+            return;
+        };
+        match shard.get_mut(key) {
             Some(slot) => *slot = value,
             None => {
-                self.shards[offset].insert(key.clone(), value);
+                shard.insert(key.clone(), value);
             }
         }
     }
 
     #[inline]
     fn remove(&mut self, offset: usize, key: &K) -> Option<V> {
-        self.shards[offset].remove(key)
+        self.shard_mut(offset)?.remove(key)
     }
+}
+
+/// Copies a key group's table (for [`ShardedTable::copy`]).
+fn copy_table<K: Clone, V: Clone>(table: &ProbeTable<K, V>) -> ProbeTable<K, V> {
+    table.clone()
 }
 
 /// A registered state: its kind, its TTL and its type-erased table.
@@ -146,6 +218,49 @@ trait ErasedTable<K> {
         meta: &StateMeta,
         check: &KeyCheck,
     ) -> std::result::Result<(), SnapshotError>;
+    /// The tables as they are now, to be written on another thread (copy on write, see
+    /// [`ShardedTable`]).
+    fn freeze(&self) -> std::result::Result<Box<dyn FrozenTable>, SnapshotError>;
+}
+
+/// A state's tables as of a snapshot's barrier: written into entry blocks later, on any
+/// thread, while the operator goes on with its own copy.
+trait FrozenTable: Send {
+    /// Writes the entries of the key group at `offset` (see [`crate::snapshot`]).
+    fn write_shard(
+        &self,
+        offset: usize,
+        w: &mut EntryWriter,
+        cut: Option<TtlCut>,
+    ) -> std::result::Result<(), SnapshotError>;
+}
+
+struct Frozen<K, V> {
+    shards: Vec<Arc<ProbeTable<K, V>>>,
+    codec: TableCodec<K, V>,
+}
+
+impl<K: Key, V: Send + Sync> FrozenTable for Frozen<K, V> {
+    fn write_shard(
+        &self,
+        offset: usize,
+        w: &mut EntryWriter,
+        cut: Option<TtlCut>,
+    ) -> std::result::Result<(), SnapshotError> {
+        match self.shards.get(offset) {
+            Some(shard) => (self.codec.write)(shard, w, cut),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Boxes frozen tables (for [`Prefetcher::freeze`]: `V: Send + Sync` is known where the table
+/// is created, not in the type-erased code).
+fn boxed_frozen<K: Key, V: Send + Sync + 'static>(
+    shards: Vec<Arc<ProbeTable<K, V>>>,
+    codec: TableCodec<K, V>,
+) -> Box<dyn FrozenTable> {
+    Box::new(Frozen { shards, codec })
 }
 
 /// How far into a key's state a prefetch reaches.
@@ -158,13 +273,66 @@ pub enum PrefetchDepth {
     Contents,
 }
 
+/// The synchronous part of an asynchronous heap snapshot: every state's tables as of the
+/// barrier ([`HeapKeyedStateBackend::freeze_states`]).
+pub(crate) struct FrozenStates {
+    range: KeyGroupRange,
+    states: Vec<FrozenState>,
+}
+
+struct FrozenState {
+    name: String,
+    index: u32,
+    cut: Option<TtlCut>,
+    tables: Box<dyn FrozenTable>,
+}
+
+impl FrozenStates {
+    /// The entries of every state per non-empty key group, as [`HeapKeyedStateBackend::
+    /// snapshot_state`] would have written them at the barrier.
+    pub(crate) fn write(self) -> Result<Vec<Vec<(KeyGroup, EntryBlock)>>> {
+        self.states
+            .iter()
+            .map(|state| {
+                write_blocks(self.range, &state.name, state.index, |offset, w| {
+                    state.tables.write_shard(offset, w, state.cut)
+                })
+            })
+            .collect()
+    }
+}
+
+/// The blocks of state `name` (snapshot index `index`) per non-empty key group of `range`,
+/// `write` writing one key group's entries by its offset in the range.
+fn write_blocks(
+    range: KeyGroupRange,
+    name: &str,
+    index: u32,
+    mut write: impl FnMut(usize, &mut EntryWriter) -> std::result::Result<(), SnapshotError>,
+) -> Result<Vec<(KeyGroup, EntryBlock)>> {
+    let mut writer = EntryWriter::new();
+    let mut blocks = Vec::new();
+    for (offset, kg) in range.iter().enumerate() {
+        write(offset, &mut writer).map_err(|e| e.in_state(name, kg, "cannot snapshot"))?;
+        if let Some(block) = writer.finish(index) {
+            blocks.push((kg, block));
+        }
+    }
+    Ok(blocks)
+}
+
 /// A table plus how to prefetch what one of its values points to, and how to snapshot it.
 struct Prefetcher<K, V> {
     table: Table<K, V>,
     /// `None` when a value holds no pointer worth following (value state).
     contents: Option<fn(&V)>,
     codec: TableCodec<K, V>,
+    /// Boxes the frozen tables ([`boxed_frozen`] for this `V`).
+    freeze: FreezeFn<K, V>,
 }
+
+/// See [`Prefetcher::freeze`].
+type FreezeFn<K, V> = fn(Vec<Arc<ProbeTable<K, V>>>, TableCodec<K, V>) -> Box<dyn FrozenTable>;
 
 impl<K: Key, V> ErasedTable<K> for Prefetcher<K, V> {
     fn len(&self) -> Option<usize> {
@@ -174,9 +342,8 @@ impl<K: Key, V> ErasedTable<K> for Prefetcher<K, V> {
     fn keys(&self) -> Option<Vec<K>> {
         let table = self.table.try_borrow().ok()?;
         Some(
-            table
-                .shards
-                .iter()
+            (0..table.shards.len())
+                .filter_map(|offset| table.shard(offset))
                 .flat_map(|shard| shard.iter().map(|(key, _)| key.clone()))
                 .collect(),
         )
@@ -189,7 +356,7 @@ impl<K: Key, V> ErasedTable<K> for Prefetcher<K, V> {
         cut: Option<TtlCut>,
     ) -> std::result::Result<(), SnapshotError> {
         let table = self.table.try_borrow().map_err(|_| busy())?;
-        match table.shards.get(offset) {
+        match table.shard(offset) {
             Some(shard) => (self.codec.write)(shard, w, cut),
             None => Ok(()),
         }
@@ -203,7 +370,7 @@ impl<K: Key, V> ErasedTable<K> for Prefetcher<K, V> {
         check: &KeyCheck,
     ) -> std::result::Result<(), SnapshotError> {
         let mut table = self.table.try_borrow_mut().map_err(|_| busy())?;
-        let shard = table.shards.get_mut(offset).ok_or_else(|| {
+        let shard = table.shard_mut(offset).ok_or_else(|| {
             SnapshotError(format!(
                 "key group offset {offset} outside the subtask's range"
             ))
@@ -230,12 +397,17 @@ impl<K: Key, V> ErasedTable<K> for Prefetcher<K, V> {
         Ok(())
     }
 
+    fn freeze(&self) -> std::result::Result<Box<dyn FrozenTable>, SnapshotError> {
+        let mut table = self.table.try_borrow_mut().map_err(|_| busy())?;
+        Ok((self.freeze)(table.freeze(), self.codec))
+    }
+
     #[inline]
     fn prefetch(&self, offset: usize, key: &K, depth: PrefetchDepth) {
         let Ok(table) = self.table.try_borrow() else {
             return;
         };
-        let Some(shard) = table.shards.get(offset) else {
+        let Some(shard) = table.shard(offset) else {
             return;
         };
         match depth {
@@ -387,26 +559,53 @@ impl<K: Key> HeapKeyedStateBackend<K> {
     /// `index` (see [`crate::snapshot`]). TTL states with `cleanup_full_snapshot` leave out
     /// what has expired by now.
     pub(crate) fn snapshot_state(&self, name: &str, index: u32) -> Result<Vec<(u16, EntryBlock)>> {
-        let registered = self
-            .states
+        let registered = self.registered(name)?;
+        let cut = self.cut_of(name, registered);
+        let erased = &registered.erased;
+        write_blocks(self.context.key_group_range(), name, index, |offset, w| {
+            erased.snapshot_shard(offset, w, cut)
+        })
+    }
+
+    /// The tables of `states` (registered states, in snapshot order) as they are now, with
+    /// their TTL cuts taken now: an asynchronous snapshot, written by
+    /// [`FrozenStates::write`] on any thread while this backend goes on (each key group's
+    /// table is copied on its first write while the snapshot still holds it).
+    pub(crate) fn freeze_states(&self, states: &[StateMeta]) -> Result<FrozenStates> {
+        let frozen = states
+            .iter()
+            .zip(0u32..)
+            .map(|(meta, index)| {
+                let registered = self.registered(&meta.name)?;
+                let tables = registered
+                    .erased
+                    .freeze()
+                    .map_err(|e| EddyError::state(&meta.name, e.0))?;
+                Ok(FrozenState {
+                    name: meta.name.clone(),
+                    index,
+                    cut: self.cut_of(&meta.name, registered),
+                    tables,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(FrozenStates {
+            range: self.context.key_group_range(),
+            states: frozen,
+        })
+    }
+
+    fn registered(&self, name: &str) -> Result<&Registered<K>> {
+        self.states
             .get(name)
-            .ok_or_else(|| EddyError::state(name, "no state of this name is registered"))?;
-        let cut = registered
+            .ok_or_else(|| EddyError::state(name, "no state of this name is registered"))
+    }
+
+    fn cut_of(&self, name: &str, registered: &Registered<K>) -> Option<TtlCut> {
+        registered
             .ttl
             .as_ref()
-            .and_then(|config| self.cut(name, config));
-        let mut writer = EntryWriter::new();
-        let mut blocks = Vec::new();
-        for (offset, kg) in self.context.key_group_range().iter().enumerate() {
-            registered
-                .erased
-                .snapshot_shard(offset, &mut writer, cut)
-                .map_err(|e| e.in_state(name, kg, "cannot snapshot"))?;
-            if let Some(block) = writer.finish(index) {
-                blocks.push((kg, block));
-            }
-        }
-        Ok(blocks)
+            .and_then(|config| self.cut(name, config))
     }
 
     /// Where a snapshot of a TTL state configured by `config` cuts expired values off, if it
@@ -505,7 +704,7 @@ impl<K: Key> HeapKeyedStateBackend<K> {
 
     /// Returns the table registered under `name`, registering an empty one first if needed.
     /// A TTL state (`ttl` is `Some`) stores its values wrapped in [`TtlValue`]s.
-    fn table<V: 'static>(
+    fn table<V: Clone + Send + Sync + 'static>(
         &mut self,
         name: &str,
         kind: StateKind,
@@ -516,12 +715,14 @@ impl<K: Key> HeapKeyedStateBackend<K> {
         if !self.states.contains_key(name) {
             let table = Rc::new(RefCell::new(ShardedTable::<K, V>::new(
                 self.context.key_group_range(),
+                copy_table::<K, V>,
             )));
             self.has_contents |= contents.is_some();
             let erased: Rc<dyn ErasedTable<K>> = Rc::new(Prefetcher {
                 table: Rc::clone(&table),
                 contents,
                 codec,
+                freeze: boxed_frozen::<K, V>,
             });
             self.prefetchers.push(Rc::clone(&erased));
             self.states.insert(
@@ -1546,17 +1747,26 @@ impl<K: Key, V: TtlEntry + 'static> TtlHandle<K, V> {
         cursor.credit = cursor.credit.saturating_add(incremental.entries_per_access);
         // At most one round over the key groups per access, even when they are all empty.
         for _ in 0..shards {
-            let shard = &mut table.shards[cursor.shard % shards];
-            if shard.len() > cursor.credit {
+            let offset = cursor.shard % shards;
+            let len = table.shard(offset).map_or(0, ProbeTable::len);
+            if len > cursor.credit {
                 break;
             }
-            cursor.credit -= shard.len();
-            purge_shard(shard, self.ttl_ms, now);
+            cursor.credit -= len;
+            // Only a key group with entries is taken for writing (copied if a snapshot in
+            // progress still reads it).
+            if len > 0 {
+                if let Some(shard) = table.shard_mut(offset) {
+                    purge_shard(shard, self.ttl_ms, now);
+                }
+            }
             cursor.shard = (cursor.shard + 1) % shards;
         }
         // Savings beyond the next key group's size would let an idle, then refilled, table be
         // cleaned in one burst; they are not needed.
-        let next = table.shards[cursor.shard % shards].len();
+        let next = table
+            .shard(cursor.shard % shards)
+            .map_or(0, ProbeTable::len);
         cursor.credit = cursor.credit.min(next.max(incremental.entries_per_access));
         incremental.cursor.set(cursor);
     }
@@ -2045,5 +2255,47 @@ impl<K: Key, UK: Key, UV: StateValue> MapStateAccess<UK, UV>
         })?;
         self.cleanup(now);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    static COPIES: AtomicUsize = AtomicUsize::new(0);
+
+    fn counting_copy(table: &ProbeTable<u64, String>) -> ProbeTable<u64, String> {
+        COPIES.fetch_add(1, Ordering::SeqCst);
+        table.clone()
+    }
+
+    #[test]
+    fn a_frozen_key_group_is_copied_on_write_only_while_a_snapshot_holds_it() {
+        let mut table = ShardedTable::new(KeyGroupRange::new(0, 3), counting_copy);
+        for offset in 0..4 {
+            table.put(offset, &(offset as u64), format!("before {offset}"));
+        }
+        let frozen = table.freeze();
+        // Reads see the live table; writes to key groups 0 and 1 copy them, once each.
+        table.put(0, &0, "after".to_string());
+        table.put(0, &10, "new".to_string());
+        assert_eq!(table.remove(1, &1), Some("before 1".to_string()));
+        assert_eq!(COPIES.load(Ordering::SeqCst), 2);
+        assert_eq!(table.get(0, &0).map(String::as_str), Some("after"));
+        assert_eq!(table.get(2, &2).map(String::as_str), Some("before 2"));
+        // The snapshot still sees the state at the barrier.
+        assert_eq!(frozen[0].get(&0).map(String::as_str), Some("before 0"));
+        assert_eq!(frozen[0].get(&10), None);
+        assert_eq!(frozen[1].get(&1).map(String::as_str), Some("before 1"));
+        assert_eq!(table.len(), 4);
+        // Once the snapshot is done, a write takes the key group back without a copy.
+        drop(frozen);
+        table.put(2, &2, "later".to_string());
+        assert_eq!(COPIES.load(Ordering::SeqCst), 2);
+        assert_eq!(table.get(2, &2).map(String::as_str), Some("later"));
+        assert!(matches!(table.shards[2], Shard::Owned(_)));
+        assert!(matches!(table.shards[3], Shard::Frozen(_)));
     }
 }

@@ -144,7 +144,7 @@ impl<S> Clone for ReadV2<S> {
 
 impl<S> KeyedProcessFunction for ReadV2<S>
 where
-    S: Clone + Send + Serialize + DeserializeOwned + Debug + 'static,
+    S: Clone + Send + Sync + Serialize + DeserializeOwned + Debug + 'static,
 {
     type Key = u64;
     type In = Transaction;
@@ -257,7 +257,7 @@ fn run_v1(dir: &Path, backend: StateBackendKind) {
 /// customer, or the job's error.
 fn run_v2<S>(dir: &Path, backend: StateBackendKind) -> Result<BTreeMap<u64, S>>
 where
-    S: Clone + Send + Serialize + DeserializeOwned + Debug + 'static,
+    S: Clone + Send + Sync + Serialize + DeserializeOwned + Debug + 'static,
 {
     let env = StreamExecutionEnvironment::new(v2_config(dir, backend));
     let sink = CollectSink::new();

@@ -146,14 +146,11 @@ fn path_segment(uid: &str) -> String {
     segment
 }
 
-/// The subtask's keyed state (every state and timer service) as its part of a checkpoint:
-/// taken asynchronously where the backend can (RocksDB), see
+/// The subtask's keyed state (every state and timer service) as its part of a checkpoint,
+/// taken asynchronously (the rest runs on the uploader's thread), see
 /// [`KeyedStateBackend::snapshot_pending`].
 pub(crate) fn keyed_state_part<K: Key>(backend: &KeyedStateBackend<K>) -> Result<PendingParts> {
     let pending = backend.snapshot_pending()?;
-    if pending.is_ready() {
-        return Ok(PendingParts::Ready(parts_of(pending.complete()?)?));
-    }
     let pending = match pending.into_incremental() {
         Ok(checkpoint) => {
             return Ok(PendingParts::Later(Box::new(move |uploads| {

@@ -138,7 +138,7 @@ impl<K, V> Copy for TableCodec<K, V> {}
 /// One (key, namespace)'s stored value, as entries.
 pub(crate) trait Inner: 'static {
     /// What the table stores per (key, namespace).
-    type Stored: 'static;
+    type Stored: Clone + Send + Sync + 'static;
 
     /// Writes the entries of one stored value; `key` and `ns` are already encoded.
     fn write(
