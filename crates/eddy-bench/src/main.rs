@@ -67,24 +67,14 @@ fn main() -> anyhow::Result<()> {
         peak_rss_mb().map_or_else(|| "?".to_string(), |mb| mb.to_string()),
     );
     if !report.checkpoints.is_empty() {
-        let mut ms: Vec<f64> = report
-            .checkpoints
-            .iter()
-            .map(|c| c.duration.as_secs_f64() * 1000.0)
-            .collect();
-        ms.sort_by(f64::total_cmp);
-        let mut mb: Vec<f64> = report
-            .checkpoints
-            .iter()
-            .map(|c| c.size as f64 / 1e6)
-            .collect();
-        mb.sort_by(f64::total_cmp);
-        let mut full_mb: Vec<f64> = report
-            .checkpoints
-            .iter()
-            .map(|c| c.full_size as f64 / 1e6)
-            .collect();
-        full_mb.sort_by(f64::total_cmp);
+        let ms = sorted(
+            report
+                .checkpoints
+                .iter()
+                .map(|c| c.duration.as_secs_f64() * 1000.0),
+        );
+        let mb = sorted(report.checkpoints.iter().map(|c| c.size as f64 / 1e6));
+        let full_mb = sorted(report.checkpoints.iter().map(|c| c.full_size as f64 / 1e6));
         // ckpt_mb: what each checkpoint stored; full_mb: everything it refers to (they
         // differ for incremental RocksDB checkpoints).
         println!(
@@ -100,6 +90,13 @@ fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `values`, in ascending order.
+fn sorted(values: impl Iterator<Item = f64>) -> Vec<f64> {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_by(f64::total_cmp);
+    values
 }
 
 /// `--measure-restore`: one run ending in a savepoint, then timed restores of it; prints one

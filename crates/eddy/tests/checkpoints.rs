@@ -4,18 +4,18 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
 use eddy::checkpoint::{CheckpointConfig, RestartStrategy};
-use eddy::layers::state::KeyedStateSnapshot;
 use eddy::prelude::*;
 use eddy::StateBackendKind;
 use eddy_checkpoint::{Checkpoints, FileKind};
 
 mod exactly_once;
-use exactly_once::{expected, published, InjectedFailure, Out, Totals, CUSTOMERS, EVENTS};
+use exactly_once::{
+    expected, keyed_entries, published, InjectedFailure, Out, Totals, CUSTOMERS, EVENTS,
+};
 
 struct Job<'a> {
     dir: &'a Path,
@@ -495,46 +495,9 @@ fn rocksdb_checkpoints_are_incremental_and_their_shared_files_are_collected() {
     .run()
     .unwrap();
     let again = Checkpoints::open(&restored.path().join("ckpt").to_string_lossy()).unwrap();
-    let heap_state = totals_state(&again);
+    let heap_state = keyed_entries(&again, "latest", "totals");
     assert!(heap_state.len() > 100, "{} entries", heap_state.len());
-    assert_eq!(totals_state(&root), heap_state);
-}
-
-/// Keyed state entries: state name, key, user key, value.
-type Entries = BTreeSet<(String, Vec<u8>, Option<Vec<u8>>, Vec<u8>)>;
-
-/// The entries of every state of "totals" in the latest checkpoint under `root`, incremental
-/// parts read back through their shared files.
-fn totals_state(root: &Checkpoints) -> Entries {
-    let point = root.resolve("latest").unwrap();
-    let totals = point.metadata.operator("totals").expect("keyed state");
-    let mut entries = BTreeSet::new();
-    for subtask in &totals.subtasks {
-        for file in &subtask.files {
-            let payload = point.read_part(&file.path, file.kind).unwrap();
-            let snapshot = match file.kind {
-                FileKind::IncrementalKeyedState => eddy_state::rocksdb::incremental_to_full(
-                    &payload,
-                    &file.path,
-                    None,
-                    &mut |path| point.read_shared(path),
-                )
-                .unwrap(),
-                _ => KeyedStateSnapshot::decode(&payload, &file.path).unwrap(),
-            };
-            for meta in snapshot.states() {
-                for (_, entry) in snapshot.entries_of(&meta.name).unwrap() {
-                    entries.insert((
-                        meta.name.clone(),
-                        entry.key.to_vec(),
-                        entry.user_key.map(<[u8]>::to_vec),
-                        entry.value.to_vec(),
-                    ));
-                }
-            }
-        }
-    }
-    entries
+    assert_eq!(keyed_entries(&root, "latest", "totals"), heap_state);
 }
 
 #[test]

@@ -10,18 +10,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use eddy::checkpoint::{request_stop_with_savepoint, CheckpointConfig};
-use eddy::layers::state::KeyedStateSnapshot;
 use eddy::prelude::*;
 use eddy::StateBackendKind;
 use eddy_checkpoint::{Checkpoints, FileKind};
 
 mod exactly_once;
-use exactly_once::{published, Out, Totals, CUSTOMERS, EVENTS};
+use exactly_once::{keyed_entries, published, Entries, Out, Totals, CUSTOMERS, EVENTS};
 
 /// Events per second: a run over the whole input takes 4 s, so each stage is stopped well
 /// (at least 1.6 s of input) before its input ends.
@@ -83,40 +81,9 @@ fn run_job(
 /// Every keyed-state entry of the operator "totals" in the checkpoint or savepoint `what`
 /// under `root`: (state, key, user key, value) as canonical bytes, whatever the backend and
 /// parallelism that wrote them.
-type Entries = BTreeSet<(String, Vec<u8>, Option<Vec<u8>>, Vec<u8>)>;
-
 fn keyed_state(root: &Path, what: &str) -> Entries {
     let checkpoints = Checkpoints::open(&root.to_string_lossy()).unwrap();
-    let point = checkpoints.resolve(what).unwrap();
-    let operator = point.metadata.operator("totals").expect("keyed state");
-    let mut entries = BTreeSet::new();
-    for subtask in &operator.subtasks {
-        for file in &subtask.files {
-            let payload = point.read_part(&file.path, file.kind).unwrap();
-            let snapshot = match file.kind {
-                // A RocksDB checkpoint's part, read back through its shared files.
-                FileKind::IncrementalKeyedState => eddy_state::rocksdb::incremental_to_full(
-                    &payload,
-                    &file.path,
-                    None,
-                    &mut |path| point.read_shared(path),
-                )
-                .unwrap(),
-                _ => KeyedStateSnapshot::decode(&payload, &file.path).unwrap(),
-            };
-            for state in ["totals", "per-bucket"] {
-                for (_, entry) in snapshot.entries_of(state).unwrap() {
-                    entries.insert((
-                        state.to_string(),
-                        entry.key.to_vec(),
-                        entry.user_key.map(<[u8]>::to_vec),
-                        entry.value.to_vec(),
-                    ));
-                }
-            }
-        }
-    }
-    entries
+    keyed_entries(&checkpoints, what, "totals")
 }
 
 /// The number of records published under `dir` (one per line).

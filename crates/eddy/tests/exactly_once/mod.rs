@@ -3,10 +3,12 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
+use eddy::layers::state::KeyedStateSnapshot;
 use eddy::prelude::*;
-use eddy_checkpoint::Checkpoints;
+use eddy_checkpoint::{Checkpoints, FileKind};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -101,6 +103,44 @@ pub fn published<T: DeserializeOwned + Ord>(dir: &Path) -> Vec<T> {
     }
     out.sort();
     out
+}
+
+/// Keyed state entries: state name, key, user key, value.
+pub type Entries = BTreeSet<(String, Vec<u8>, Option<Vec<u8>>, Vec<u8>)>;
+
+/// Every keyed state entry of operator `uid` in the checkpoint or savepoint `what` (as
+/// `--restore` takes it) under `root`; incremental RocksDB parts are read back through their
+/// shared files.
+pub fn keyed_entries(root: &Checkpoints, what: &str, uid: &str) -> Entries {
+    let point = root.resolve(what).unwrap();
+    let operator = point.metadata.operator(uid).expect("keyed state");
+    let mut entries = BTreeSet::new();
+    for subtask in &operator.subtasks {
+        for file in &subtask.files {
+            let payload = point.read_part(&file.path, file.kind).unwrap();
+            let snapshot = match file.kind {
+                FileKind::IncrementalKeyedState => eddy_state::rocksdb::incremental_to_full(
+                    &payload,
+                    &file.path,
+                    None,
+                    &mut |path| point.read_shared(path),
+                )
+                .unwrap(),
+                _ => KeyedStateSnapshot::decode(&payload, &file.path).unwrap(),
+            };
+            for meta in snapshot.states() {
+                for (_, entry) in snapshot.entries_of(&meta.name).unwrap() {
+                    entries.insert((
+                        meta.name.clone(),
+                        entry.key.to_vec(),
+                        entry.user_key.map(<[u8]>::to_vec),
+                        entry.value.to_vec(),
+                    ));
+                }
+            }
+        }
+    }
+    entries
 }
 
 /// The id of the newest complete checkpoint in `location`.
