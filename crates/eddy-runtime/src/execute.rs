@@ -123,7 +123,17 @@ fn load_restore(config: &JobConfig, what: &str) -> Result<RestoredCheckpoint> {
         Some(location) => Some(Checkpoints::open(location)?),
         None => None,
     };
-    RestoredCheckpoint::load(root.as_ref(), what)
+    RestoredCheckpoint::load(root.as_ref(), what, state_dir(config))
+}
+
+/// Where incremental RocksDB parts are rebuilt on disk to be read (by a restore or a
+/// savepoint): next to the RocksDB instances (`--state-dir`) if configured, which is where
+/// room for state is; the OS temp directory otherwise.
+fn state_dir(config: &JobConfig) -> Option<&std::path::Path> {
+    match &config.state_backend {
+        crate::StateBackendKind::RocksDb { working_dir, .. } => working_dir.as_deref(),
+        crate::StateBackendKind::Heap => None,
+    }
 }
 
 /// One run of the job, restoring `restore` first if given.
@@ -182,6 +192,7 @@ fn run_attempt(
                     id_base,
                     savepoint_on_finish: config.checkpoint.savepoint_on_finish.clone(),
                     explicit_uids: graph.uids().values().cloned().collect(),
+                    scratch_dir: state_dir(config).map(std::path::Path::to_path_buf),
                 },
                 {
                     let failures = Arc::clone(&failures);

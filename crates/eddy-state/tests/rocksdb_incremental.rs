@@ -250,3 +250,31 @@ fn a_missing_or_different_shared_file_is_an_error_naming_it() -> Result<(), Eddy
     assert!(err.contains("test part"), "{err}");
     Ok(())
 }
+
+#[test]
+fn a_part_is_rebuilt_under_the_given_directory_and_removed_after() -> Result<(), EddyError> {
+    let mut b = backend();
+    let states = States::register(&mut b)?;
+    states.fill(&b, 0..50)?;
+    let (mut uploaded, mut store) = (BTreeMap::new(), Store::new());
+    let (part, _) = upload(&incremental(&b), &mut uploaded, &mut store);
+    let scratch = tempfile::tempdir().unwrap();
+    let mut seen = Vec::new();
+    let read = incremental_to_full(&part, "test part", Some(scratch.path()), &mut |path| {
+        // While the files are fetched, the rebuilt directory is under `scratch`.
+        seen.extend(
+            std::fs::read_dir(scratch.path())
+                .unwrap()
+                .flatten()
+                .map(|e| e.path()),
+        );
+        Ok(store[path].clone())
+    })?;
+    assert!(read.entry_count() > 0);
+    assert!(!seen.is_empty());
+    assert!(seen.iter().all(|dir| dir
+        .file_name()
+        .is_some_and(|name| name.to_string_lossy().starts_with("eddy-restore-"))));
+    assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
+    Ok(())
+}

@@ -123,6 +123,9 @@ pub struct CoordinatorSettings {
     pub savepoint_on_finish: Option<String>,
     /// The uids the job set with `uid(..)` (others get a warning).
     pub explicit_uids: BTreeSet<String>,
+    /// Where a savepoint of an incremental checkpoint rebuilds RocksDB parts to convert them
+    /// (`--state-dir`); the OS temp directory if `None`.
+    pub scratch_dir: Option<std::path::PathBuf>,
     /// `(process_id, processes)` when this process is one of several of a cluster job; `None`
     /// for a job in one process. `workers` are then this process's workers only.
     pub cluster: Option<(usize, usize)>,
@@ -221,6 +224,8 @@ struct Writer {
     cluster: Option<super::cluster::Role>,
     /// In a cluster, the parts of the final checkpoint, held until its id is agreed.
     held_final: Vec<(Participant, Vec<Part>)>,
+    /// See [`CoordinatorSettings::scratch_dir`].
+    scratch_dir: Option<std::path::PathBuf>,
     /// The shared files the last checkpoint this writer completed refers to (for
     /// [`CheckpointStats::size`]).
     last_shared: HashSet<String>,
@@ -266,6 +271,7 @@ impl Coordinator {
             savepoint_on_finish,
             explicit_uids,
             cluster,
+            scratch_dir,
         } = run;
         let job = job.as_str();
         let cancelled = Arc::new(AtomicBool::new(false));
@@ -293,6 +299,7 @@ impl Coordinator {
             stopped: false,
             cluster,
             held_final: Vec::new(),
+            scratch_dir,
             last_shared: HashSet::new(),
         };
         let handle = std::thread::Builder::new()
@@ -864,6 +871,7 @@ impl Writer {
                         payload = canonical_keyed_state(
                             &payload,
                             &format!("{location}/{}", file.path),
+                            self.scratch_dir.as_deref(),
                             &mut |path| self.storage.read_shared(path),
                         )?;
                         kind = FileKind::KeyedState;

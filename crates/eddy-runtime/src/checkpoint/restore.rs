@@ -1,6 +1,7 @@
 //! Reading a completed checkpoint or savepoint back for a restore.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 
 use eddy_checkpoint::{CheckpointMetadata, Checkpoints, FileKind};
 use eddy_core::{EddyError, Result};
@@ -8,14 +9,16 @@ use eddy_core::{EddyError, Result};
 use super::coordinator::decode_committables;
 
 /// An incremental keyed-state part (`location` names it in errors) as the canonical keyed
-/// state snapshot it stands for, its shared files fetched with `read_shared`: what a restore
-/// and a savepoint use, so both go the one path every full snapshot takes.
+/// state snapshot it stands for, its shared files fetched with `read_shared` and rebuilt
+/// under `scratch` (the OS temp directory if `None`): what a restore and a savepoint use, so
+/// both go the one path every full snapshot takes.
 pub(crate) fn canonical_keyed_state(
     payload: &[u8],
     location: &str,
+    scratch: Option<&Path>,
     read_shared: &mut dyn FnMut(&str) -> Result<Vec<u8>>,
 ) -> Result<Vec<u8>> {
-    eddy_state::rocksdb::incremental_to_full(payload, location, None, read_shared)?.encode()
+    eddy_state::rocksdb::incremental_to_full(payload, location, scratch, read_shared)?.encode()
 }
 
 /// The state of one operator in a restored checkpoint.
@@ -44,8 +47,9 @@ impl RestoredCheckpoint {
     /// Resolves `what` (`latest`, an id, or the path or URL of a checkpoint or savepoint
     /// directory) against the job's checkpoint root, if it has one, and reads the whole
     /// checkpoint. Every file is checked (magic, version, checksum) before anything is
-    /// restored.
-    pub fn load(root: Option<&Checkpoints>, what: &str) -> Result<Self> {
+    /// restored. Incremental RocksDB parts are converted to canonical ones through a
+    /// temporary directory under `scratch` (the OS temp directory if `None`).
+    pub fn load(root: Option<&Checkpoints>, what: &str, scratch: Option<&Path>) -> Result<Self> {
         let point = eddy_checkpoint::resolve(what, root)?;
         let metadata = point.metadata.clone();
         let mut operators = BTreeMap::new();
@@ -64,7 +68,7 @@ impl RestoredCheckpoint {
                         FileKind::IncrementalKeyedState => {
                             let location = format!("{}/{}", point.location(), file.path);
                             let payload =
-                                canonical_keyed_state(&payload, &location, &mut |path| {
+                                canonical_keyed_state(&payload, &location, scratch, &mut |path| {
                                     point.read_shared(path)
                                 })?;
                             restore.keyed.insert(subtask.index as usize, payload);
