@@ -117,6 +117,17 @@ impl<K: Key, V> ShardedTable<K, V> {
         }
     }
 
+    /// [`shard_mut`](Self::shard_mut) for the current key's `offset`, which the key context
+    /// keeps inside the range (as indexing did before tables could be frozen).
+    #[inline]
+    fn owned(&mut self, offset: usize) -> &mut ProbeTable<K, V> {
+        let shards = self.shards.len();
+        match self.shard_mut(offset) {
+            Some(shard) => shard,
+            None => unreachable!("key group offset {offset} outside the {shards} of the subtask"),
+        }
+    }
+
     /// Every key group's table as it is now, for a snapshot to read on another thread while
     /// this table goes on (copy on write, see the type's docs).
     fn freeze(&mut self) -> Vec<Arc<ProbeTable<K, V>>> {
@@ -153,18 +164,14 @@ impl<K: Key, V> ShardedTable<K, V> {
         key: &K,
         default: impl FnOnce() -> V,
     ) -> &mut V {
-        let shards = self.shards.len();
-        let Some(shard) = self.shard_mut(offset) else {
-            unreachable!("key group offset {offset} outside the {shards} of the subtask")
-        };
-        shard.get_or_insert_with(key, || key.clone(), default)
+        self.owned(offset)
+            .get_or_insert_with(key, || key.clone(), default)
     }
 
+    /// `offset` is the current key's, always inside the range.
     #[inline]
     fn put(&mut self, offset: usize, key: &K, value: V) {
-        let Some(shard) = self.shard_mut(offset) else {
-            return;
-        };
+        let shard = self.owned(offset);
         match shard.get_mut(key) {
             Some(slot) => *slot = value,
             None => {
