@@ -48,8 +48,8 @@ use serde::{de::DeserializeOwned, Serialize};
 ///
 /// The heap backend stores such values as objects and never serializes them on access; the
 /// serde bounds are there because checkpoints, savepoints and the RocksDB backend need them,
-/// and `Send + Sync` because an asynchronous snapshot of the heap backend encodes the values
-/// as of the barrier on a background thread while the operator goes on.
+/// and `Send + Sync` because an asynchronous snapshot of the heap backend encodes a copy of
+/// the values as of the barrier on a background thread while the operator goes on.
 pub trait StateValue: Clone + Serialize + DeserializeOwned + Send + Sync + 'static {}
 
 impl<T: Clone + Serialize + DeserializeOwned + Send + Sync + 'static> StateValue for T {}

@@ -555,10 +555,8 @@ impl<K: Key> KeyedStateBackend<K> {
     /// default) that checkpoint's files are the snapshot ([`PendingSnapshot::into_incremental`]);
     /// otherwise the completion reads it into the canonical format.
     ///
-    /// For the heap the synchronous part freezes every state's tables (no copy: each key
-    /// group's table is copied on its first write while the snapshot still holds it, as
-    /// Flink's copy-on-write state map does) and copies the timers; the completion encodes
-    /// the frozen tables.
+    /// For the heap the synchronous part copies every state's tables (the objects cloned,
+    /// nothing serialized) and the timers; the completion encodes the copies.
     pub fn snapshot_pending(&self) -> Result<PendingSnapshot> {
         let states: Vec<StateMeta> = self.metas.values().cloned().collect();
         match &self.inner {
