@@ -112,23 +112,7 @@ impl OperatorStateSnapshot {
     /// snapshot in the error. Bad bytes, truncation and trailing bytes are errors, never
     /// panics.
     pub fn decode(bytes: &[u8], location: &str) -> Result<Self> {
-        let (snapshot, rest) =
-            postcard::take_from_bytes::<OperatorStateSnapshot>(bytes).map_err(|e| {
-                EddyError::checkpoint(
-                    location,
-                    format!("not an operator state snapshot (corrupt or truncated): {e}"),
-                )
-            })?;
-        if !rest.is_empty() {
-            return Err(EddyError::checkpoint(
-                location,
-                format!(
-                    "{} unexpected bytes after the operator state snapshot",
-                    rest.len()
-                ),
-            ));
-        }
-        Ok(snapshot)
+        crate::snapshot::decode_whole(bytes, location, "an", "operator state snapshot")
     }
 }
 

@@ -262,23 +262,7 @@ pub fn incremental_to_full(
 }
 
 fn decode(payload: &[u8], location: &str) -> Result<IncrementalPayload> {
-    let (decoded, rest) =
-        postcard::take_from_bytes::<IncrementalPayload>(payload).map_err(|e| {
-            EddyError::checkpoint(
-                location,
-                format!("not an incremental keyed state part (corrupt or truncated): {e}"),
-            )
-        })?;
-    if !rest.is_empty() {
-        return Err(EddyError::checkpoint(
-            location,
-            format!(
-                "{} unexpected bytes after the incremental keyed state",
-                rest.len()
-            ),
-        ));
-    }
-    Ok(decoded)
+    crate::snapshot::decode_whole(payload, location, "an", "incremental keyed state part")
 }
 
 /// Distinguishes the restore directories of one process.

@@ -227,24 +227,32 @@ impl KeyedStateSnapshot {
     /// snapshot in the error. Bad bytes, truncation and trailing bytes are errors, never
     /// panics.
     pub fn decode(bytes: &[u8], location: &str) -> Result<Self> {
-        let (snapshot, rest) =
-            postcard::take_from_bytes::<KeyedStateSnapshot>(bytes).map_err(|e| {
-                EddyError::checkpoint(
-                    location,
-                    format!("not a keyed state snapshot (corrupt or truncated): {e}"),
-                )
-            })?;
-        if !rest.is_empty() {
-            return Err(EddyError::checkpoint(
-                location,
-                format!(
-                    "{} unexpected bytes after the keyed state snapshot",
-                    rest.len()
-                ),
-            ));
-        }
-        Ok(snapshot)
+        decode_whole(bytes, location, "a", "keyed state snapshot")
     }
+}
+
+/// Decodes `bytes` as exactly one postcard-encoded `T`, `a what` (`"a"`/`"an"` and what it
+/// is) for the errors, `location` naming the file: bad bytes, truncation and trailing bytes
+/// are [`EddyError::Checkpoint`]s, never panics.
+pub(crate) fn decode_whole<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    location: &str,
+    a: &str,
+    what: &str,
+) -> Result<T> {
+    let (decoded, rest) = postcard::take_from_bytes::<T>(bytes).map_err(|e| {
+        EddyError::checkpoint(
+            location,
+            format!("not {a} {what} (corrupt or truncated): {e}"),
+        )
+    })?;
+    if !rest.is_empty() {
+        return Err(EddyError::checkpoint(
+            location,
+            format!("{} unexpected bytes after the {what}", rest.len()),
+        ));
+    }
+    Ok(decoded)
 }
 
 /// What a snapshot records about one keyed state.
