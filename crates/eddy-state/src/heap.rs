@@ -84,11 +84,6 @@ impl<K: Key, V> ShardedTable<K, V> {
         self.shards.get(offset)
     }
 
-    /// The entries of one key group, to modify.
-    fn shard_mut(&mut self, offset: usize) -> Option<&mut ProbeTable<K, V>> {
-        self.shards.get_mut(offset)
-    }
-
     /// A copy of every key group's table as it is now, for a snapshot to encode on another
     /// thread while this table goes on.
     fn freeze(&self) -> Vec<Arc<ProbeTable<K, V>>> {
@@ -298,8 +293,9 @@ impl<K: Key, V> ErasedTable<K> for Prefetcher<K, V> {
     fn keys(&self) -> Option<Vec<K>> {
         let table = self.table.try_borrow().ok()?;
         Some(
-            (0..table.shards.len())
-                .filter_map(|offset| table.shard(offset))
+            table
+                .shards
+                .iter()
                 .flat_map(|shard| shard.iter().map(|(key, _)| key.clone()))
                 .collect(),
         )
@@ -312,7 +308,7 @@ impl<K: Key, V> ErasedTable<K> for Prefetcher<K, V> {
         cut: Option<TtlCut>,
     ) -> std::result::Result<(), SnapshotError> {
         let table = self.table.try_borrow().map_err(|_| busy())?;
-        match table.shard(offset) {
+        match table.shards.get(offset) {
             Some(shard) => (self.codec.write)(shard, w, cut),
             None => Ok(()),
         }
@@ -326,7 +322,7 @@ impl<K: Key, V> ErasedTable<K> for Prefetcher<K, V> {
         check: &KeyCheck,
     ) -> std::result::Result<(), SnapshotError> {
         let mut table = self.table.try_borrow_mut().map_err(|_| busy())?;
-        let shard = table.shard_mut(offset).ok_or_else(|| {
+        let shard = table.shards.get_mut(offset).ok_or_else(|| {
             SnapshotError(format!(
                 "key group offset {offset} outside the subtask's range"
             ))
@@ -363,7 +359,7 @@ impl<K: Key, V> ErasedTable<K> for Prefetcher<K, V> {
         let Ok(table) = self.table.try_borrow() else {
             return;
         };
-        let Some(shard) = table.shard(offset) else {
+        let Some(shard) = table.shards.get(offset) else {
             return;
         };
         match depth {
@@ -1702,26 +1698,17 @@ impl<K: Key, V: TtlEntry + 'static> TtlHandle<K, V> {
         cursor.credit = cursor.credit.saturating_add(incremental.entries_per_access);
         // At most one round over the key groups per access, even when they are all empty.
         for _ in 0..shards {
-            let offset = cursor.shard % shards;
-            let len = table.shard(offset).map_or(0, ProbeTable::len);
-            if len > cursor.credit {
+            let shard = &mut table.shards[cursor.shard % shards];
+            if shard.len() > cursor.credit {
                 break;
             }
-            cursor.credit -= len;
-            // Only a key group with entries is taken for writing (copied if a snapshot in
-            // progress still reads it).
-            if len > 0 {
-                if let Some(shard) = table.shard_mut(offset) {
-                    purge_shard(shard, self.ttl_ms, now);
-                }
-            }
+            cursor.credit -= shard.len();
+            purge_shard(shard, self.ttl_ms, now);
             cursor.shard = (cursor.shard + 1) % shards;
         }
         // Savings beyond the next key group's size would let an idle, then refilled, table be
         // cleaned in one burst; they are not needed.
-        let next = table
-            .shard(cursor.shard % shards)
-            .map_or(0, ProbeTable::len);
+        let next = table.shards[cursor.shard % shards].len();
         cursor.credit = cursor.credit.min(next.max(incremental.entries_per_access));
         incremental.cursor.set(cursor);
     }
