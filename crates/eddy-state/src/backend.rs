@@ -123,7 +123,30 @@ impl<K: Key> KeyedStateBackend<K> {
         };
         match &self.inner {
             BackendImpl::Heap(heap) => heap.prefetch(offset, key, depth),
-            // RocksDB reads through its block cache; a software prefetch cannot reach it.
+            // RocksDB reads through its block cache, which a software prefetch cannot reach;
+            // the object cache in front of it can be warmed.
+            #[cfg(feature = "rocksdb")]
+            BackendImpl::RocksDb(rocksdb) if depth == PrefetchDepth::Slot => {
+                rocksdb.prefetch(kg, key)
+            }
+            #[cfg(feature = "rocksdb")]
+            BackendImpl::RocksDb(_) => {}
+        }
+    }
+
+    /// Like [`prefetch`](Self::prefetch), for a key whose key group is at `offset` in the
+    /// subtask's range (as timers report it).
+    #[inline]
+    pub fn prefetch_at_offset(&self, offset: usize, key: &K, depth: PrefetchDepth) {
+        match &self.inner {
+            BackendImpl::Heap(heap) => heap.prefetch(offset, key, depth),
+            #[cfg(feature = "rocksdb")]
+            BackendImpl::RocksDb(rocksdb) if depth == PrefetchDepth::Slot => {
+                let first = self.context.key_group_range().start();
+                if let Ok(kg) = KeyGroup::try_from(first + offset) {
+                    rocksdb.prefetch(kg, key);
+                }
+            }
             #[cfg(feature = "rocksdb")]
             BackendImpl::RocksDb(_) => {}
         }

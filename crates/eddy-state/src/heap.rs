@@ -1587,6 +1587,8 @@ impl<UK: Key, UV> TtlEntry for SmallMap<UK, TtlValue<UV>> {
 
     fn purge(&mut self, ttl_ms: u64, now: u64) -> bool {
         match self {
+            SmallMap::One(_, e) if e.is_expired(ttl_ms, now) => *self = SmallMap::default(),
+            SmallMap::One(..) => {}
             SmallMap::Inline(entries) => entries.retain(|(_, e)| !e.is_expired(ttl_ms, now)),
             SmallMap::Hashed(table) => {
                 let expired: Vec<UK> = table
@@ -1611,6 +1613,7 @@ fn map_entry_mut<'m, UK: Key, V>(map: &'m mut SmallMap<UK, V>, user_key: &UK) ->
 /// Calls `f` on every value of a small map.
 fn map_for_each_mut<UK: Key, V>(map: &mut SmallMap<UK, V>, mut f: impl FnMut(&mut V)) {
     match map {
+        SmallMap::One(_, v) => f(v),
         SmallMap::Inline(entries) => entries.iter_mut().for_each(|(_, v)| f(v)),
         SmallMap::Hashed(table) => {
             let keys: Vec<UK> = table.iter().map(|(k, _)| k.clone()).collect();

@@ -62,6 +62,12 @@ impl<K: Hash + Eq, V> ProbeTable<K, V> {
     /// well-mixed high bits pick the slot).
     #[inline]
     fn home(&self, key: &K) -> usize {
+        self.home_of(key)
+    }
+
+    /// The home slot of anything that hashes as a key does.
+    #[inline]
+    fn home_of<Q: Hash + ?Sized>(&self, key: &Q) -> usize {
         let hash = FxBuildHasher
             .hash_one(key)
             .wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -94,6 +100,16 @@ impl<K: Hash + Eq, V> ProbeTable<K, V> {
     pub fn prefetch(&self, key: &K) {
         if !self.slots.is_empty() {
             prefetch_read(self.slots.as_ptr().wrapping_add(self.home(key)));
+        }
+    }
+
+    /// Like [`prefetch`](Self::prefetch) for a stand-in that hashes exactly as the key
+    /// does (a tuple of references to the parts of a tuple key, say), so that the caller
+    /// need not build the key. A stand-in that hashes differently only warms the wrong slot.
+    #[inline]
+    pub fn prefetch_hashed<Q: Hash + ?Sized>(&self, stand_in: &Q) {
+        if !self.slots.is_empty() {
+            prefetch_read(self.slots.as_ptr().wrapping_add(self.home_of(stand_in)));
         }
     }
 
@@ -192,6 +208,23 @@ impl<K: Hash + Eq, V> ProbeTable<K, V> {
         removed
     }
 
+    /// The number of slots (a bound on [`slot_mut`](Self::slot_mut)'s index).
+    pub fn slot_count(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The entry in slot `index`, if it holds one: for a sweep over the table that changes
+    /// values in place (a CLOCK hand). Removals move entries between slots, so an index
+    /// says nothing across them.
+    pub fn slot_mut(&mut self, index: usize) -> Option<(&K, &mut V)> {
+        self.slots.get_mut(index)?.as_mut().map(|(k, v)| (&*k, v))
+    }
+
+    /// The entries with mutable values, in unspecified order.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&K, &mut V)> {
+        self.slots.iter_mut().flatten().map(|(k, v)| (&*k, v))
+    }
+
     /// Removes every entry, keeping the allocation.
     pub fn clear(&mut self) {
         self.slots.iter_mut().for_each(|slot| *slot = None);
@@ -227,6 +260,20 @@ mod tests {
         t.clear();
         assert!(t.is_empty());
         t.prefetch(&7);
+    }
+
+    /// `prefetch_hashed` relies on a tuple of references hashing as the tuple of values, so
+    /// it warms the slot where the key's probe starts.
+    #[test]
+    fn a_tuple_of_references_has_the_home_slot_of_the_tuple() {
+        let mut t: ProbeTable<(String, (u64, u64), u64), u8> = ProbeTable::new();
+        for i in 0..1000u64 {
+            t.insert((format!("key-{i}"), (i, i * 7), i * 13), 0);
+        }
+        for i in 0..1000u64 {
+            let key = (format!("key-{i}"), (i, i * 7), i * 13);
+            assert_eq!(t.home_of(&(&key.0, &key.1, &key.2)), t.home(&key));
+        }
     }
 
     proptest! {

@@ -1,7 +1,10 @@
-//! The per-key map of the heap backend's `MapState`: a vector while small, hashed when large.
+//! The per-key map of the heap backend's `MapState` and namespaced state: one entry in
+//! place, a vector while small, hashed when large.
 //!
-//! Most keys hold few map entries (W3 holds about 20 per key). A short vector keeps them in a
-//! few consecutive cache lines, which a linear scan reads faster than a hash table's scattered
+//! Namespaced state (a window operator's contents) usually holds one namespace per key at a
+//! time: kept in place, inside the key's table slot, it costs no second memory access. Most
+//! map states hold a few entries (W3 about 20 per key): a short vector keeps them in a few
+//! consecutive cache lines, which a linear scan reads faster than a hash table's scattered
 //! slots; past [`INLINE_MAX`] entries the map switches to a [`ProbeTable`] for O(1) access.
 
 use std::hash::Hash;
@@ -15,7 +18,9 @@ pub const INLINE_MAX: usize = 32;
 /// A map from `UK` to `UV`, small-vector or hashed depending on its size.
 #[derive(Debug, Clone)]
 pub enum SmallMap<UK, UV> {
-    /// Up to [`INLINE_MAX`] entries, scanned linearly.
+    /// Exactly one entry, in place.
+    One(UK, UV),
+    /// Up to [`INLINE_MAX`] entries (none: the empty map), scanned linearly.
     Inline(Vec<(UK, UV)>),
     /// More entries, hashed.
     Hashed(ProbeTable<UK, UV>),
@@ -31,6 +36,7 @@ impl<UK: Hash + Eq, UV> SmallMap<UK, UV> {
     /// The number of entries.
     pub fn len(&self) -> usize {
         match self {
+            SmallMap::One(..) => 1,
             SmallMap::Inline(v) => v.len(),
             SmallMap::Hashed(t) => t.len(),
         }
@@ -45,6 +51,7 @@ impl<UK: Hash + Eq, UV> SmallMap<UK, UV> {
     #[inline]
     pub fn get(&self, key: &UK) -> Option<&UV> {
         match self {
+            SmallMap::One(k, value) => (k == key).then_some(value),
             SmallMap::Inline(v) => v.iter().find(|(k, _)| k == key).map(|(_, value)| value),
             SmallMap::Hashed(t) => t.get(key),
         }
@@ -54,6 +61,14 @@ impl<UK: Hash + Eq, UV> SmallMap<UK, UV> {
     #[inline]
     pub fn insert(&mut self, key: UK, value: UV) {
         match self {
+            SmallMap::One(k, old) if *k == key => *old = value,
+            SmallMap::One(..) => {
+                self.spill_one();
+                if let SmallMap::Inline(entries) = self {
+                    entries.push((key, value));
+                }
+            }
+            SmallMap::Inline(v) if v.is_empty() => *self = SmallMap::One(key, value),
             SmallMap::Inline(v) => {
                 if let Some(slot) = v.iter_mut().find(|(k, _)| *k == key) {
                     slot.1 = value;
@@ -78,6 +93,7 @@ impl<UK: Hash + Eq, UV> SmallMap<UK, UV> {
     #[inline]
     pub fn get_mut(&mut self, key: &UK) -> Option<&mut UV> {
         match self {
+            SmallMap::One(k, value) => (k == key).then_some(value),
             SmallMap::Inline(v) => v.iter_mut().find(|(k, _)| k == key).map(|(_, value)| value),
             SmallMap::Hashed(t) => t.get_mut(key),
         }
@@ -91,6 +107,16 @@ impl<UK: Hash + Eq, UV> SmallMap<UK, UV> {
         make_key: impl FnOnce() -> UK,
         default: impl FnOnce() -> UV,
     ) -> &mut UV {
+        if self.is_empty() {
+            *self = SmallMap::One(make_key(), default());
+            return match self {
+                SmallMap::One(_, value) => value,
+                _ => unreachable!("the map was set to one entry just above"),
+            };
+        }
+        if matches!(self, SmallMap::One(k, _) if k != key) {
+            self.spill_one();
+        }
         if let SmallMap::Inline(v) = self {
             if v.len() >= INLINE_MAX && !v.iter().any(|(k, _)| k == key) {
                 let mut table = ProbeTable::new();
@@ -101,6 +127,8 @@ impl<UK: Hash + Eq, UV> SmallMap<UK, UV> {
             }
         }
         match self {
+            // `key`'s entry (another key was spilled above).
+            SmallMap::One(_, value) => value,
             SmallMap::Inline(v) => {
                 let position = match v.iter().position(|(k, _)| k == key) {
                     Some(position) => position,
@@ -118,6 +146,11 @@ impl<UK: Hash + Eq, UV> SmallMap<UK, UV> {
     /// Removes `key`, returning its value.
     pub fn remove(&mut self, key: &UK) -> Option<UV> {
         match self {
+            SmallMap::One(k, _) if k == key => match std::mem::take(self) {
+                SmallMap::One(_, value) => Some(value),
+                _ => None,
+            },
+            SmallMap::One(..) => None,
             SmallMap::Inline(v) => {
                 let position = v.iter().position(|(k, _)| k == key)?;
                 Some(v.swap_remove(position).1)
@@ -129,6 +162,7 @@ impl<UK: Hash + Eq, UV> SmallMap<UK, UV> {
     /// The entries, in unspecified order.
     pub fn iter(&self) -> Box<dyn Iterator<Item = (&UK, &UV)> + '_> {
         match self {
+            SmallMap::One(k, value) => Box::new(std::iter::once((k, value))),
             SmallMap::Inline(v) => Box::new(v.iter().map(|(k, value)| (k, value))),
             SmallMap::Hashed(t) => Box::new(t.iter()),
         }
@@ -143,11 +177,75 @@ impl<UK: Hash + Eq, UV> SmallMap<UK, UV> {
             prefetch_read(v.as_ptr().wrapping_add(4));
         }
     }
+
+    /// Turns a one-entry map into a vector map with room to grow; other maps stay as they
+    /// are.
+    fn spill_one(&mut self) {
+        if let SmallMap::One(..) = self {
+            if let SmallMap::One(k, value) = std::mem::take(self) {
+                let mut entries = Vec::with_capacity(4);
+                entries.push((k, value));
+                *self = SmallMap::Inline(entries);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
+
+    /// Every operation against a `HashMap` model, through the one-entry, vector and hashed
+    /// forms and back (a removal from one entry leaves the empty map).
+    #[test]
+    fn behaves_like_a_hash_map_through_every_form() {
+        let mut m: SmallMap<u64, u64> = SmallMap::default();
+        let mut model: HashMap<u64, u64> = HashMap::new();
+        let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+        for step in 0..20_000u64 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            // Mostly few keys (the one-entry form), sometimes many (vector, hashed).
+            let range = if step % 5000 < 2500 { 3 } else { 60 };
+            let key = seed % range;
+            match (seed >> 32) % 5 {
+                0 => {
+                    m.insert(key, step);
+                    model.insert(key, step);
+                }
+                1 => *m.get_or_insert_with(&key, || key, || 0) += 1,
+                2 => assert_eq!(m.remove(&key), model.remove(&key)),
+                3 => {
+                    if let (Some(v), Some(expected)) = (m.get_mut(&key), model.get_mut(&key)) {
+                        *v += 2;
+                        *expected += 2;
+                    }
+                }
+                _ => assert_eq!(m.get(&key), model.get(&key)),
+            }
+            if (seed >> 32) % 5 == 1 {
+                *model.entry(key).or_insert(0) += 1;
+            }
+            assert_eq!(m.len(), model.len());
+            if model.len() == 1 && step % 7 == 0 {
+                let mut fresh = SmallMap::default();
+                let (k, v) = model
+                    .iter()
+                    .next()
+                    .map(|(k, v)| (*k, *v))
+                    .unwrap_or_default();
+                fresh.insert(k, v);
+                assert!(matches!(fresh, SmallMap::One(..)));
+            }
+        }
+        let mut entries: Vec<(u64, u64)> = m.iter().map(|(k, v)| (*k, *v)).collect();
+        entries.sort_unstable();
+        let mut expected: Vec<(u64, u64)> = model.into_iter().collect();
+        expected.sort_unstable();
+        assert_eq!(entries, expected);
+    }
 
     #[test]
     fn get_or_insert_switches_to_hashing_at_the_limit() {

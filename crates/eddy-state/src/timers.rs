@@ -39,14 +39,13 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-
-use rustc_hash::FxHashMap;
 use std::rc::Rc;
 
 use eddy_core::{EddyError, Key, Result};
 
 use crate::key_context::KeyContext;
 use crate::namespace::Namespace;
+use crate::probe_table::ProbeTable;
 use crate::snapshot::heap_codec::{decode_exact, encode_into, KeyCheck};
 use crate::snapshot::{EntryBlock, EntryWriter, SnapshotError};
 
@@ -73,13 +72,16 @@ pub struct Timer<K, N> {
 /// The timers of one time domain in one subtask.
 ///
 /// An ordered index over all timers finds the next due one in O(log n); per-key-group maps
-/// deduplicate and give each key group's timers for snapshots.
+/// deduplicate and give each key group's timers for snapshots. The maps are linear-probing
+/// tables, so the operator can prefetch the entry of a timer before it fires
+/// ([`prefetch_due`](Self::prefetch_due)): with millions of timers, each entry is a cache
+/// miss otherwise.
 #[derive(Debug)]
 pub struct TimerQueue<K, N> {
     /// Every live timer with its key group offset, by (timestamp, registration sequence).
     order: BTreeMap<(u64, u64), (usize, Timer<K, N>)>,
     /// Per key group offset: (key, namespace, timestamp) -> registration sequence.
-    groups: Vec<FxHashMap<(K, N, u64), u64>>,
+    groups: Vec<ProbeTable<(K, N, u64), u64>>,
     next_sequence: u64,
 }
 
@@ -88,7 +90,7 @@ impl<K: Key, N: Namespace> TimerQueue<K, N> {
     pub fn new(key_groups: usize) -> Self {
         TimerQueue {
             order: BTreeMap::new(),
-            groups: (0..key_groups).map(|_| FxHashMap::default()).collect(),
+            groups: (0..key_groups).map(|_| ProbeTable::new()).collect(),
             next_sequence: 0,
         }
     }
@@ -98,10 +100,10 @@ impl<K: Key, N: Namespace> TimerQueue<K, N> {
         let sequence = self.next_sequence;
         let group = self.group_mut(offset)?;
         let id = (timer.key.clone(), timer.namespace.clone(), timer.timestamp);
-        if group.contains_key(&id) {
+        let registered = *group.get_or_insert_with(&id, || id.clone(), || sequence);
+        if registered != sequence {
             return Ok(false);
         }
-        group.insert(id, sequence);
         self.next_sequence += 1;
         self.order
             .insert((timer.timestamp, sequence), (offset, timer));
@@ -142,6 +144,29 @@ impl<K: Key, N: Namespace> TimerQueue<K, N> {
             group.remove(&(timer.key.clone(), timer.namespace.clone(), timer.timestamp));
         }
         Some((offset, timer))
+    }
+
+    /// Starts loading the dedup entry of the timer `ahead` places from the front, if it is
+    /// due at `time`, and returns it with its key group offset, so that the caller can
+    /// prefetch the state that timer will touch; changes nothing.
+    pub fn prefetch_due(&self, time: u64, ahead: usize) -> Option<(usize, &Timer<K, N>)> {
+        let (&(timestamp, _), (offset, timer)) = self.order.iter().nth(ahead)?;
+        if timestamp > time {
+            return None;
+        }
+        if let Some(group) = self.groups.get(*offset) {
+            // Hashes as the (K, N, u64) entry key does, without cloning the key.
+            group.prefetch_hashed(&(&timer.key, &timer.namespace, &timestamp));
+        }
+        Some((*offset, timer))
+    }
+
+    /// Starts loading the dedup entry a registration of (`key`, `namespace`, `timestamp`) in
+    /// the key group at `offset` will probe; changes nothing.
+    pub fn prefetch_entry(&self, offset: usize, key: &K, namespace: &N, timestamp: u64) {
+        if let Some(group) = self.groups.get(offset) {
+            group.prefetch_hashed(&(key, namespace, &timestamp));
+        }
     }
 
     /// The number of timers.
@@ -192,7 +217,7 @@ impl<K: Key, N: Namespace> TimerQueue<K, N> {
         Ok(())
     }
 
-    fn group_mut(&mut self, offset: usize) -> Result<&mut FxHashMap<(K, N, u64), u64>> {
+    fn group_mut(&mut self, offset: usize) -> Result<&mut ProbeTable<(K, N, u64), u64>> {
         let groups = self.groups.len();
         self.groups.get_mut(offset).ok_or_else(|| {
             EddyError::Internal(format!(
@@ -244,6 +269,23 @@ impl<K: Key, N: Namespace> Queue<K, N> {
             Queue::RocksDb(queue) => queue.poll(time)?,
         };
         Ok(polled.map(|(_, timer)| timer))
+    }
+
+    fn prefetch_due(&self, time: u64, ahead: usize) -> Option<(usize, &Timer<K, N>)> {
+        match self {
+            Queue::Heap(queue) => queue.prefetch_due(time, ahead),
+            // RocksDB reads through its block cache; a software prefetch cannot reach it.
+            #[cfg(feature = "rocksdb")]
+            Queue::RocksDb(_) => None,
+        }
+    }
+
+    fn prefetch_entry(&self, offset: usize, key: &K, namespace: &N, timestamp: u64) {
+        match self {
+            Queue::Heap(queue) => queue.prefetch_entry(offset, key, namespace, timestamp),
+            #[cfg(feature = "rocksdb")]
+            Queue::RocksDb(_) => {}
+        }
     }
 
     fn len(&self) -> usize {
@@ -346,6 +388,35 @@ impl<K: Key, N: Namespace> TimerService<K, N> {
     /// Removes and returns the earliest processing-time timer due at `now`.
     pub fn poll_processing_time(&self, now: u64) -> Result<Option<Timer<K, N>>> {
         self.borrow_queue(TimeDomain::ProcessingTime)?.poll(now)
+    }
+
+    /// Starts loading the bookkeeping of the event-time timer `ahead` places from the next
+    /// one, if it is due at `watermark`, and hands its key group offset and key to
+    /// `prefetch_state` so the caller can warm the state it will touch; changes nothing.
+    /// An operator firing many timers calls this before each, as it prefetches the state
+    /// of records ahead.
+    pub fn prefetch_due_event_time(
+        &self,
+        watermark: u64,
+        ahead: usize,
+        prefetch_state: impl FnOnce(usize, &K),
+    ) {
+        let Ok(queue) = self.event_time.try_borrow() else {
+            return;
+        };
+        if let Some((offset, timer)) = queue.prefetch_due(watermark, ahead) {
+            prefetch_state(offset, &timer.key);
+        }
+    }
+
+    /// Starts loading what registering the event-time timer (`key`, `namespace`,
+    /// `timestamp`) in the key group at `offset` will touch; changes nothing. An operator
+    /// that registers a timer per record calls this for records ahead, as it prefetches
+    /// their state.
+    pub fn prefetch_event_time_timer(&self, offset: usize, key: &K, namespace: &N, timestamp: u64) {
+        if let Ok(queue) = self.event_time.try_borrow() {
+            queue.prefetch_entry(offset, key, namespace, timestamp);
+        }
     }
 
     /// When the next processing-time timer is due (the runtime sleeps until then).

@@ -525,6 +525,30 @@ fn eviction_writes_back_and_bounds_the_cache() -> Result<(), EddyError> {
     Ok(())
 }
 
+/// Eviction is CLOCK: a key used between every two insertions keeps its reference bit set
+/// whenever the hand passes, so it is never evicted and never read back from RocksDB.
+#[test]
+fn a_hot_key_stays_cached_while_cold_keys_stream_through() -> Result<(), EddyError> {
+    let mut b = cached_backend(64);
+    let value = b.value_state(&ValueStateDescriptor::<u64>::new("v"))?;
+    let hot = u64::MAX;
+    b.set_current_key(hot)?;
+    value.update(7)?;
+    for key in 0..10_000u64 {
+        b.set_current_key(key)?;
+        value.update(key)?;
+        b.set_current_key(hot)?;
+        assert_eq!(value.value()?, Some(7));
+    }
+    assert_eq!(
+        rocks(&b).ticker(Ticker::NumberKeysRead),
+        0,
+        "the hot key was evicted and read back"
+    );
+    assert!(rocks(&b).object_cache_len("v") <= 64);
+    Ok(())
+}
+
 #[test]
 fn map_clear_and_remove_through_the_cache() -> Result<(), EddyError> {
     let mut b = cached_backend(1_000);

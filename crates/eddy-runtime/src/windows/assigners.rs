@@ -190,9 +190,7 @@ impl WindowAssigner {
     pub fn assign(&self, timestamp: u64) -> Vec<TimeWindow> {
         match *self {
             WindowAssigner::Tumbling { size, offset, .. } => {
-                let end =
-                    timestamp.saturating_add(size - offset_in_window(timestamp, offset, size));
-                vec![TimeWindow::new(end.saturating_sub(size), end)]
+                vec![tumbling_window(timestamp, offset, size)]
             }
             WindowAssigner::Sliding {
                 size,
@@ -221,6 +219,31 @@ impl WindowAssigner {
         }
     }
 
+    /// The one window of a tumbling assigner that `timestamp` belongs to, without
+    /// allocating; `None` for sliding and session windows.
+    pub fn tumbling_window_of(&self, timestamp: u64) -> Option<TimeWindow> {
+        match *self {
+            WindowAssigner::Tumbling { size, offset, .. } => {
+                Some(tumbling_window(timestamp, offset, size))
+            }
+            _ => None,
+        }
+    }
+
+    /// The window of an element with `timestamp` when there is exactly one (tumbling and
+    /// session windows), without allocating; `None` for sliding windows.
+    pub fn single_window(&self, timestamp: u64) -> Option<TimeWindow> {
+        match *self {
+            WindowAssigner::Tumbling { size, offset, .. } => {
+                Some(tumbling_window(timestamp, offset, size))
+            }
+            WindowAssigner::Session { gap, .. } => {
+                Some(TimeWindow::new(timestamp, timestamp.saturating_add(gap)))
+            }
+            WindowAssigner::Sliding { .. } => None,
+        }
+    }
+
     /// Whether windows follow event time (else processing time).
     pub fn is_event_time(&self) -> bool {
         let time = match self {
@@ -235,6 +258,12 @@ impl WindowAssigner {
     pub fn is_merging(&self) -> bool {
         matches!(self, WindowAssigner::Session { .. })
     }
+}
+
+/// The tumbling window of `size` (offset by `offset`) that contains `timestamp`.
+fn tumbling_window(timestamp: u64, offset: u64, size: u64) -> TimeWindow {
+    let end = timestamp.saturating_add(size - offset_in_window(timestamp, offset, size));
+    TimeWindow::new(end.saturating_sub(size), end)
 }
 
 /// Merges overlapping windows (Flink's `TimeWindow.mergeWindows`): returns, for each group
@@ -261,6 +290,36 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    #[test]
+    fn the_single_window_is_the_one_assign_gives() -> Result<()> {
+        let assigners = [
+            WindowAssigner::tumbling_event_time(ms(60_000))?,
+            WindowAssigner::tumbling_event_time(ms(10))?.with_offset(ms(3))?,
+            WindowAssigner::event_time_session(ms(10_000))?,
+        ];
+        for assigner in assigners {
+            for timestamp in [0, 1, 2, 9, 10, 13, 59_999, 60_000, 1_700_000_000_123] {
+                assert_eq!(
+                    assigner
+                        .single_window(timestamp)
+                        .into_iter()
+                        .collect::<Vec<_>>(),
+                    assigner.assign(timestamp),
+                    "{assigner:?} at {timestamp}"
+                );
+            }
+        }
+        let tumbling = WindowAssigner::tumbling_event_time(ms(60_000))?;
+        assert_eq!(
+            tumbling.tumbling_window_of(61_000),
+            tumbling.single_window(61_000)
+        );
+        let sliding = WindowAssigner::sliding_event_time(ms(20), ms(10))?;
+        assert_eq!(sliding.single_window(15), None);
+        assert_eq!(sliding.tumbling_window_of(15), None);
+        Ok(())
     }
 
     #[test]

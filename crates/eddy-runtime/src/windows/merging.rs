@@ -7,12 +7,16 @@
 //! state is merged into it. The set maps each live window to its state window; the window
 //! operator keeps the set in keyed state (a list of pairs), so it is checkpointed and
 //! rescaled with the key.
-
-use std::collections::BTreeMap;
+//!
+//! Invariant: the live windows of a set never intersect one another (two that did would have
+//! merged), so a new window merges with exactly the live windows it intersects, which are
+//! adjacent in start order. The set is a sorted `Vec` rather than a tree: a key has one or
+//! two live sessions at a time, and the operator loads and stores the set on every element,
+//! so its pairs move in and out of keyed state without being copied.
 
 use eddy_core::Result;
 
-use super::assigners::{merge_windows, TimeWindow};
+use super::assigners::TimeWindow;
 
 /// One merge, for the operator to carry out on state and timers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,31 +34,39 @@ pub struct WindowMerge {
 /// The live windows of one key and their state windows.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MergingWindowSet {
-    /// Live window -> the namespace holding its state.
-    mapping: BTreeMap<TimeWindow, TimeWindow>,
+    /// (live window, the namespace holding its state), sorted by window.
+    mapping: Vec<(TimeWindow, TimeWindow)>,
 }
 
 impl MergingWindowSet {
     /// A set restored from its persisted pairs (window, state window).
     pub fn from_pairs(pairs: impl IntoIterator<Item = (TimeWindow, TimeWindow)>) -> Self {
-        MergingWindowSet {
-            mapping: pairs.into_iter().collect(),
-        }
+        let mut mapping: Vec<(TimeWindow, TimeWindow)> = pairs.into_iter().collect();
+        mapping.sort_unstable_by_key(|(window, _)| *window);
+        mapping.dedup_by_key(|(window, _)| *window);
+        MergingWindowSet { mapping }
     }
 
     /// The pairs (window, state window) to persist.
     pub fn to_pairs(&self) -> Vec<(TimeWindow, TimeWindow)> {
-        self.mapping.iter().map(|(w, s)| (*w, *s)).collect()
+        self.mapping.clone()
+    }
+
+    /// The pairs (window, state window) to persist, without copying them.
+    pub fn into_pairs(self) -> Vec<(TimeWindow, TimeWindow)> {
+        self.mapping
     }
 
     /// The namespace holding `window`'s state, if the window is live.
     pub fn state_window(&self, window: &TimeWindow) -> Option<TimeWindow> {
-        self.mapping.get(window).copied()
+        self.position(window).ok().map(|i| self.mapping[i].1)
     }
 
     /// Forgets a window once it has been purged (fired and past its allowed lateness).
     pub fn retire_window(&mut self, window: &TimeWindow) {
-        self.mapping.remove(window);
+        if let Ok(i) = self.position(window) {
+            self.mapping.remove(i);
+        }
     }
 
     /// Whether no window is live.
@@ -71,54 +83,49 @@ impl MergingWindowSet {
         new_window: TimeWindow,
         mut on_merge: impl FnMut(&WindowMerge) -> Result<()>,
     ) -> Result<TimeWindow> {
-        let mut windows: Vec<TimeWindow> = self.mapping.keys().copied().collect();
-        windows.push(new_window);
-        let mut result_window = new_window;
-        let mut merges = Vec::new();
-        for (cover, members) in merge_windows(&windows) {
-            if members.contains(&new_window) {
-                result_window = cover;
-            }
-            let existing: Vec<TimeWindow> = members
-                .iter()
-                .copied()
-                .filter(|w| self.mapping.contains_key(w))
-                .collect();
-            // A lone window, or only the new one, needs no state merge.
-            if members.len() <= 1 || existing.is_empty() {
-                continue;
-            }
-            merges.push((cover, members, existing));
-        }
-        for (cover, members, existing) in merges {
-            let state_window = self.mapping[&existing[0]];
-            let merged_state_windows: Vec<TimeWindow> =
-                existing[1..].iter().map(|w| self.mapping[w]).collect();
-            let merge = WindowMerge {
+        let first = self
+            .mapping
+            .iter()
+            .position(|(window, _)| window.intersects(&new_window));
+        let Some(first) = first else {
+            // The new window merged with nothing: it is its own state window.
+            let at = self
+                .position(&new_window)
+                .unwrap_or_else(|insert_at| insert_at);
+            self.mapping.insert(at, (new_window, new_window));
+            return Ok(new_window);
+        };
+        let last = self.mapping[first..]
+            .iter()
+            .take_while(|(window, _)| window.intersects(&new_window))
+            .count()
+            + first;
+        let members = &self.mapping[first..last];
+        let cover = members
+            .iter()
+            .fold(new_window, |cover, (window, _)| cover.cover(window));
+        let state_window = members[0].1;
+        // Nothing moves when the new window is simply inside an existing one.
+        if !(members.len() == 1 && members[0].0 == cover) {
+            on_merge(&WindowMerge {
                 result: cover,
                 merged_windows: members
                     .iter()
-                    .copied()
-                    .filter(|w| *w != cover && self.mapping.contains_key(w))
+                    .map(|(window, _)| *window)
+                    .filter(|window| *window != cover)
                     .collect(),
                 state_window,
-                merged_state_windows,
-            };
-            // Nothing moves when the new window is simply inside an existing one.
-            if !(merge.merged_windows.is_empty()
-                && merge.merged_state_windows.is_empty()
-                && self.mapping.contains_key(&cover))
-            {
-                on_merge(&merge)?;
-            }
-            for member in &members {
-                self.mapping.remove(member);
-            }
-            self.mapping.insert(cover, state_window);
+                merged_state_windows: members[1..].iter().map(|(_, state)| *state).collect(),
+            })?;
         }
-        // The new window merged with nothing: it is its own state window.
-        self.mapping.entry(result_window).or_insert(result_window);
-        Ok(result_window)
+        self.mapping
+            .splice(first..last, std::iter::once((cover, state_window)));
+        Ok(cover)
+    }
+
+    /// Where `window` is in the mapping (`Err`: where it would be inserted).
+    fn position(&self, window: &TimeWindow) -> std::result::Result<usize, usize> {
+        self.mapping.binary_search_by(|(live, _)| live.cmp(window))
     }
 }
 
@@ -215,6 +222,50 @@ mod tests {
         assert_eq!(calls, 0);
         set.retire_window(&w(0, 20));
         assert!(set.is_empty());
+        Ok(())
+    }
+
+    /// The set against a model: after any sequence of additions, its live windows are
+    /// exactly what merging all added windows at once gives (`merge_windows`), they never
+    /// intersect, and every merge reported moves state into a live state window.
+    #[test]
+    fn random_additions_match_merging_all_windows_at_once() -> Result<()> {
+        let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move |bound: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % bound
+        };
+        for _ in 0..200 {
+            let mut set = MergingWindowSet::default();
+            let mut added = Vec::new();
+            for _ in 0..12 {
+                let start = next(200);
+                let window = w(start, start + 1 + next(30));
+                added.push(window);
+                let live_before: Vec<TimeWindow> = set.to_pairs().iter().map(|p| p.0).collect();
+                let mut merges = Vec::new();
+                let result = set.add_window(window, |m| {
+                    merges.push(m.clone());
+                    Ok(())
+                })?;
+                assert!(result.start <= window.start && window.end <= result.end);
+                for merge in &merges {
+                    for merged in &merge.merged_windows {
+                        assert!(live_before.contains(merged), "{merged:?} was not live");
+                    }
+                    assert_eq!(set.state_window(&merge.result), Some(merge.state_window));
+                }
+                let expected: Vec<TimeWindow> = super::super::merge_windows(&added)
+                    .into_iter()
+                    .map(|(c, _)| c)
+                    .collect();
+                let live: Vec<TimeWindow> = set.to_pairs().iter().map(|p| p.0).collect();
+                assert_eq!(live, expected);
+                assert!(live.windows(2).all(|pair| !pair[0].intersects(&pair[1])));
+            }
+        }
         Ok(())
     }
 }

@@ -392,11 +392,32 @@ where
         })
     }
 
-    fn prefetch(&self, element: &In) {
-        let key = (self.key_selector)(element);
+    /// Starts loading the state slot of `record`'s key and, for event-time tumbling windows,
+    /// the timer entry its window's registration will probe.
+    fn prefetch(&self, record: &Stamped<In>) {
+        let key = (self.key_selector)(&record.value);
         let kg = assign_to_key_group(&key, self.max_parallelism);
         self.backend
             .prefetch_in_group(&key, kg, PrefetchDepth::Slot);
+        if !self.event_time() {
+            return;
+        }
+        let window = record
+            .timestamp()
+            .and_then(|timestamp| self.assigner.tumbling_window_of(timestamp));
+        let offset = self.keys.key_group_range().offset_of(kg);
+        if let (Some(window), Some(offset)) = (window, offset) {
+            self.timers
+                .prefetch_event_time_timer(offset, &key, &window, window.max_timestamp());
+        }
+    }
+
+    fn prefetch_due_timer(&self, watermark: u64, ahead: usize) {
+        let backend = &self.backend;
+        self.timers
+            .prefetch_due_event_time(watermark, ahead, |offset, key| {
+                backend.prefetch_at_offset(offset, key, PrefetchDepth::Slot)
+            });
     }
 
     fn event_time(&self) -> bool {
@@ -448,8 +469,17 @@ where
             self.clock.now_ms()
         };
         let mut skipped = true;
-        let windows = self.assigner.assign(timestamp);
-        let last = windows.len().saturating_sub(1);
+        // One window (tumbling, session) is assigned without allocating.
+        let single = self.assigner.single_window(timestamp);
+        let windows = match single {
+            Some(_) => Vec::new(),
+            None => self.assigner.assign(timestamp),
+        };
+        let last = windows
+            .len()
+            .max(usize::from(single.is_some()))
+            .saturating_sub(1);
+        let windows = single.into_iter().chain(windows);
         // Moved into the last window, cloned into the others (sliding windows).
         let mut value = Some(record.value);
         let mut set = self.load_merging_set()?;
@@ -495,7 +525,7 @@ where
             }
         }
         if let Some(set) = set {
-            self.store_merging_set(&set)?;
+            self.store_merging_set(set)?;
         }
         if skipped && self.event_time() {
             let late = timestamp.saturating_add(self.allowed_lateness) <= self.watermark.get();
@@ -536,10 +566,10 @@ where
         }
     }
 
-    fn store_merging_set(&self, set: &MergingWindowSet) -> Result<()> {
+    fn store_merging_set(&self, set: MergingWindowSet) -> Result<()> {
         match &self.merging {
             Some(state) if set.is_empty() => state.clear(),
-            Some(state) => state.update(set.to_pairs()),
+            Some(state) => state.update(set.into_pairs()),
             None => Ok(()),
         }
     }
@@ -566,7 +596,7 @@ where
         let window = timer.namespace;
         let kg = assign_to_key_group(&timer.key, self.max_parallelism);
         self.keys.set_current_key_in_group(timer.key, kg)?;
-        let mut set = self.load_merging_set()?;
+        let set = self.load_merging_set()?;
         let state_window = match set.as_ref() {
             Some(set) => match set.state_window(&window) {
                 Some(state_window) => state_window,
@@ -581,7 +611,7 @@ where
         }
         if timer.timestamp == self.cleanup_time(&window) {
             self.contents.clear()?;
-            if let Some(set) = set.as_mut() {
+            if let Some(mut set) = set {
                 set.retire_window(&window);
                 self.store_merging_set(set)?;
             }
@@ -607,12 +637,12 @@ where
         // As the keyed process operator does: the state slot of the element `PREFETCH`
         // ahead is fetched while this one is processed, overlapping the memory latency.
         for ahead in batch.iter().take(PREFETCH) {
-            self.prefetch(&ahead.value);
+            self.prefetch(ahead);
         }
         let mut records = std::mem::take(batch).into_iter();
         while let Some(record) = records.next() {
             if let Some(ahead) = records.as_slice().get(PREFETCH - 1) {
-                self.prefetch(&ahead.value);
+                self.prefetch(ahead);
             }
             self.process_element(record)?;
         }
@@ -622,7 +652,13 @@ where
     fn advance_watermark(&mut self, watermark: u64) -> Result<()> {
         let _running = self.keys.enter();
         self.watermark.set(watermark);
+        // A watermark can make millions of windows due at once; as for records, the state
+        // and the timer entry of the timer `PREFETCH` ahead load while this one fires.
+        for ahead in 0..PREFETCH {
+            self.prefetch_due_timer(watermark, ahead);
+        }
         while let Some(timer) = self.timers.poll_event_time(watermark)? {
+            self.prefetch_due_timer(watermark, PREFETCH - 1);
             self.on_timer(timer)?;
         }
         Ok(())

@@ -18,8 +18,16 @@
 //!   every snapshot. A known-absent entry is cached too (a miss costs one RocksDB read, not
 //!   one per access), and removing a value RocksDB never held writes nothing.
 //! * **Bounded.** The cache holds at most its capacity in entries plus one group; when it is
-//!   over, it evicts least-recently-used groups (one key's value, or one key's cached map
+//!   over, it evicts groups not used recently (one key's value, or one key's cached map
 //!   entries, in one namespace) down to 15/16 of its capacity, so evictions are batched.
+//!   "Recently" is the CLOCK approximation of LRU: an access sets a group's reference bit,
+//!   and the eviction hand sweeps the table, clearing bits and evicting groups whose bit was
+//!   already clear. A strict LRU list relinks two neighbours on every access, which for a
+//!   cache of millions of groups costs two cache misses per state access.
+//! * **One memory access per hit.** Groups live in a linear-probing table keyed by their
+//!   prefix, kept inline when short (any fixed-size key), so a hit reads one table slot, and
+//!   the runtime can prefetch the slot of a record ahead ([`ObjectCache::prefetch`]) as it
+//!   does for the heap backend.
 //!
 //! Not cached, by design: list state (`add` is a RocksDB merge that never reads, which the
 //! cache could not improve) and TTL states (their last-access time lives in the stored bytes,
@@ -30,18 +38,17 @@
 
 use std::any::Any;
 use std::cell::RefCell;
-use std::hash::BuildHasherDefault;
 use std::rc::Rc;
 
 use eddy_core::{EddyError, Key, KeyGroup, Result, StateValue};
-use lru::LruCache;
 use rocksdb::WriteBatch;
-use rustc_hash::{FxHashMap, FxHasher};
+use rustc_hash::FxHashMap;
 
 use super::codec::encode_into;
 use super::core::StateCore;
 use super::db::{rocks_error, Db};
 use crate::namespace::Namespace;
+use crate::probe_table::ProbeTable;
 
 /// A cached value, or the knowledge that there is none.
 #[derive(Clone)]
@@ -130,11 +137,55 @@ impl<V> Group<V> {
     }
 }
 
-type Groups<V> = LruCache<Box<[u8]>, Group<V>, BuildHasherDefault<FxHasher>>;
+/// Prefixes up to this many bytes are kept inline (`[kg]` + a postcard `u64` key + a window
+/// namespace is at most 2 + 10 + 20 bytes; most are far shorter).
+const INLINE_PREFIX: usize = 22;
+
+/// The `[key group][key][namespace]` prefix of a cached group: inline when short, so that a
+/// lookup compares bytes in the table slot instead of following a pointer.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Prefix {
+    /// The first `len` bytes of `bytes`; the rest are zero, so equal prefixes are equal here.
+    Inline { len: u8, bytes: [u8; INLINE_PREFIX] },
+    /// Longer prefixes (only these allocate).
+    Boxed(Box<[u8]>),
+}
+
+impl Prefix {
+    #[inline]
+    fn new(prefix: &[u8]) -> Self {
+        match u8::try_from(prefix.len()) {
+            Ok(len) if prefix.len() <= INLINE_PREFIX => {
+                let mut bytes = [0u8; INLINE_PREFIX];
+                bytes[..prefix.len()].copy_from_slice(prefix);
+                Prefix::Inline { len, bytes }
+            }
+            _ => Prefix::Boxed(prefix.into()),
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Prefix::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Prefix::Boxed(bytes) => bytes,
+        }
+    }
+}
+
+/// A group with its CLOCK reference bit.
+struct Slot<V> {
+    group: Group<V>,
+    /// Used since the eviction hand last passed.
+    referenced: bool,
+}
+
+type Groups<V> = ProbeTable<Prefix, Slot<V>>;
 
 /// The object cache of one state (see the [module docs](self)).
 pub(crate) struct ObjectCache<V> {
     groups: Groups<V>,
+    /// The next slot the eviction hand looks at.
+    hand: usize,
     /// Entries over all groups.
     entries: usize,
     capacity: usize,
@@ -149,7 +200,8 @@ pub(crate) struct ObjectCache<V> {
 impl<V: StateValue> ObjectCache<V> {
     pub(crate) fn new(capacity: usize, db: &Rc<Db>, state: &str, cf_name: &str) -> Self {
         ObjectCache {
-            groups: LruCache::unbounded_with_hasher(BuildHasherDefault::default()),
+            groups: ProbeTable::new(),
+            hand: 0,
             entries: 0,
             capacity: capacity.max(1),
             db: Rc::clone(db),
@@ -160,11 +212,19 @@ impl<V: StateValue> ObjectCache<V> {
         }
     }
 
+    /// Starts loading the table slot of the group under `prefix` into the CPU caches;
+    /// changes nothing.
+    #[inline]
+    pub(crate) fn prefetch(&self, prefix: &[u8]) {
+        self.groups.prefetch(&Prefix::new(prefix));
+    }
+
     /// The cached entry of `user_key` under `prefix`, if cached (marking its group used).
     #[inline]
     pub(crate) fn get(&mut self, prefix: &[u8], user_key: &[u8]) -> Option<&Cached<V>> {
-        let group = self.groups.get_mut(prefix)?;
-        group.get_mut(user_key).map(|entry| &entry.value)
+        let slot = self.groups.get_mut(&Prefix::new(prefix))?;
+        slot.referenced = true;
+        slot.group.get_mut(user_key).map(|entry| &entry.value)
     }
 
     /// Caches what RocksDB holds for `user_key` under `prefix` (read on a miss): clean.
@@ -187,8 +247,8 @@ impl<V: StateValue> ObjectCache<V> {
         // Whether RocksDB may hold the key survives from the cached entry; unknown means yes.
         let in_db = self
             .groups
-            .peek_mut(prefix)
-            .and_then(|g| g.get_mut(user_key))
+            .get_mut(&Prefix::new(prefix))
+            .and_then(|slot| slot.group.get_mut(user_key))
             .is_none_or(|e| e.in_db);
         self.put(
             prefix,
@@ -202,11 +262,21 @@ impl<V: StateValue> ObjectCache<V> {
     }
 
     fn put(&mut self, prefix: &[u8], user_key: &[u8], entry: Entry<V>) -> Result<()> {
-        let grew = match self.groups.get_mut(prefix) {
-            Some(group) => group.insert(user_key, entry),
+        let prefix = Prefix::new(prefix);
+        let grew = match self.groups.get_mut(&prefix) {
+            Some(slot) => {
+                slot.referenced = true;
+                slot.group.insert(user_key, entry)
+            }
             None => {
-                self.groups
-                    .push(prefix.into(), Group::One(user_key.into(), entry));
+                let group = Group::One(user_key.into(), entry);
+                self.groups.insert(
+                    prefix,
+                    Slot {
+                        group,
+                        referenced: true,
+                    },
+                );
                 true
             }
         };
@@ -221,25 +291,27 @@ impl<V: StateValue> ObjectCache<V> {
 
     /// Whether a value is cached under `prefix` (so a map there is not empty).
     pub(crate) fn has_present(&mut self, prefix: &[u8]) -> bool {
-        self.groups.peek(prefix).is_some_and(Group::has_present)
+        self.groups
+            .get(&Prefix::new(prefix))
+            .is_some_and(|slot| slot.group.has_present())
     }
 
     /// Drops the entries under `prefix`, dirty or not (their key range is about to be deleted
     /// in RocksDB).
     pub(crate) fn drop_group(&mut self, prefix: &[u8]) {
-        if let Some(group) = self.groups.pop(prefix) {
-            self.entries -= group.len();
+        if let Some(slot) = self.groups.remove(&Prefix::new(prefix)) {
+            self.entries -= slot.group.len();
         }
     }
 
     /// Writes the dirty entries under `prefix` to RocksDB (before RocksDB is read there).
     pub(crate) fn flush_group(&mut self, prefix: &[u8]) -> Result<()> {
         let (groups, mut writer) = self.split();
-        let Some(group) = groups.peek_mut(prefix) else {
+        let Some(slot) = groups.get_mut(&Prefix::new(prefix)) else {
             return Ok(());
         };
         let mut batch = WriteBatch::default();
-        writer.add_group(&mut batch, prefix, group)?;
+        writer.add_group(&mut batch, prefix, &mut slot.group)?;
         writer.write(batch, prefix)
     }
 
@@ -247,29 +319,55 @@ impl<V: StateValue> ObjectCache<V> {
     pub(crate) fn flush_all(&mut self) -> Result<()> {
         let mut batch = WriteBatch::default();
         let (groups, mut writer) = self.split();
-        for (prefix, group) in groups.iter_mut() {
-            writer.add_group(&mut batch, prefix, group)?;
+        for (prefix, slot) in groups.iter_mut() {
+            writer.add_group(&mut batch, prefix.as_bytes(), &mut slot.group)?;
         }
         writer.write(batch, &[])
     }
 
-    /// Evicts least-recently-used groups down to 15/16 of the capacity, writing the dirty
-    /// entries among them to RocksDB in one batch.
+    /// Evicts groups not used since the hand last passed them down to 15/16 of the
+    /// capacity, writing the dirty entries among them to RocksDB in one batch.
     fn evict(&mut self) -> Result<()> {
         let target = self.capacity - self.capacity / 16;
+        let victims = self.choose_victims(target);
         let mut batch = WriteBatch::default();
         let mut entries = self.entries;
         let (groups, mut writer) = self.split();
-        while entries > target {
-            let Some((prefix, mut group)) = groups.pop_lru() else {
-                break;
-            };
-            entries -= group.len();
-            writer.add_group(&mut batch, &prefix, &mut group)?;
+        for prefix in &victims {
+            if let Some(mut slot) = groups.remove(prefix) {
+                entries -= slot.group.len();
+                writer.add_group(&mut batch, prefix.as_bytes(), &mut slot.group)?;
+            }
         }
         writer.write(batch, &[])?;
         self.entries = entries;
         Ok(())
+    }
+
+    /// Sweeps the CLOCK hand until the groups it picked hold enough entries to bring the
+    /// cache down to `target`: a group whose bit is set gets a second chance (the bit is
+    /// cleared), one whose bit is clear is picked. Two full turns clear every bit, so the
+    /// sweep ends.
+    fn choose_victims(&mut self, target: usize) -> Vec<Prefix> {
+        let slots = self.groups.slot_count();
+        let mut victims = Vec::new();
+        let mut remaining = self.entries;
+        let mut looked = 0;
+        while remaining > target && looked < 2 * slots {
+            let index = self.hand % slots;
+            self.hand = index + 1;
+            looked += 1;
+            let Some((prefix, slot)) = self.groups.slot_mut(index) else {
+                continue;
+            };
+            if slot.referenced {
+                slot.referenced = false;
+            } else {
+                remaining = remaining.saturating_sub(slot.group.len());
+                victims.push(prefix.clone());
+            }
+        }
+        victims
     }
 
     /// The groups and a writer, borrowed apart.
@@ -390,6 +488,8 @@ pub(crate) trait CacheControl {
     fn flush(&self) -> Result<()>;
     /// The number of cached entries.
     fn cached_entries(&self) -> usize;
+    /// Starts loading the slot of the group under `prefix` into the CPU caches.
+    fn prefetch(&self, prefix: &[u8]);
     /// The cache itself, for a handle that knows its value type.
     fn as_any(self: Rc<Self>) -> Rc<dyn Any>;
 }
@@ -406,6 +506,13 @@ impl<V: StateValue> CacheControl for SharedCache<V> {
 
     fn cached_entries(&self) -> usize {
         self.try_borrow().map_or(0, |cache| cache.len())
+    }
+
+    #[inline]
+    fn prefetch(&self, prefix: &[u8]) {
+        if let Ok(cache) = self.try_borrow() {
+            cache.prefetch(prefix);
+        }
     }
 
     fn as_any(self: Rc<Self>) -> Rc<dyn Any> {

@@ -75,7 +75,7 @@
 //!   memtables of every instance).
 //! * **Write-back object cache** (optional, [`RocksDbConfig::object_cache_entries`]): value,
 //!   reducing, aggregating and map state without TTL keep the deserialized values of hot
-//!   keys in a bounded LRU cache per state, written to RocksDB in batches when evicted and
+//!   keys in a bounded cache per state (CLOCK eviction), written to RocksDB in batches when evicted and
 //!   before anything reads RocksDB directly (snapshots, map iteration, scans). It never
 //!   changes a result: the conformance suite runs with it off, on, and with two entries.
 
@@ -93,18 +93,19 @@ mod ttl;
 mod value;
 
 use std::any::TypeId;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use eddy_core::{EddyError, Key, Result, StateValue};
+use eddy_core::{EddyError, Key, KeyGroup, Result, StateValue};
 use rocksdb::statistics::Ticker;
 use rocksdb::{Cache, DBWithThreadMode, MultiThreaded, ReadOptions};
 
 use self::cache::{CacheControl, ObjectCache, SharedCache};
+use self::codec::{encode_into, start_key};
 pub use self::config::RocksDbConfig;
 use self::core::{FailureSlot, StateCore};
 use self::db::Db;
@@ -140,6 +141,11 @@ pub struct RocksDbKeyedStateBackend<K> {
     ttl_clock: Option<SharedClock>,
     /// The event-time clock (the operator's watermark) of event-time TTL states.
     event_clock: Option<SharedClock>,
+    /// The object caches of states without a namespace, whose groups' prefix is
+    /// `[kg][key]` alone, so [`prefetch`](Self::prefetch) knows it from the key.
+    plain_caches: Vec<Rc<dyn CacheControl>>,
+    /// Reused to encode the prefix of a key being prefetched.
+    prefetch_buf: Cell<Vec<u8>>,
 }
 
 /// A registered state.
@@ -198,7 +204,29 @@ impl<K: Key> RocksDbKeyedStateBackend<K> {
             states: BTreeMap::new(),
             ttl_clock: None,
             event_clock: None,
+            plain_caches: Vec::new(),
+            prefetch_buf: Cell::new(Vec::with_capacity(32)),
         })
+    }
+
+    /// Starts loading the object-cache slots of `key` (in key group `kg`) of every state
+    /// without a namespace into the CPU caches; changes nothing. The runtime calls this for
+    /// records a few positions ahead, as for the heap backend. Without object caches there
+    /// is nothing to warm: RocksDB's own reads go through its block cache.
+    #[inline]
+    pub fn prefetch(&self, kg: KeyGroup, key: &K) {
+        if self.plain_caches.is_empty() {
+            return;
+        }
+        let mut buf = self.prefetch_buf.take();
+        start_key(&mut buf, kg);
+        // A key that cannot be encoded fails at its access, not here.
+        if encode_into(key, &mut buf).is_ok() {
+            for cache in &self.plain_caches {
+                cache.prefetch(&buf);
+            }
+        }
+        self.prefetch_buf.set(buf);
     }
 
     /// The instance directory (deleted when the backend and its handles are dropped).
@@ -381,7 +409,10 @@ impl<K: Key> RocksDbKeyedStateBackend<K> {
     /// The object cache of the state `name` holding values of type `V`, created on first use;
     /// `None` if the configuration has no cache or the state cannot have one (list and TTL
     /// states: see [`cache`]).
-    fn cache_for<V: StateValue>(&mut self, name: &str) -> Result<Option<Rc<SharedCache<V>>>> {
+    fn cache_for<N: Namespace, V: StateValue>(
+        &mut self,
+        name: &str,
+    ) -> Result<Option<Rc<SharedCache<V>>>> {
         let capacity = self.config.object_cache_entries;
         let db = Rc::clone(&self.db);
         let registered = self
@@ -392,12 +423,18 @@ impl<K: Key> RocksDbKeyedStateBackend<K> {
             return Ok(None);
         }
         let cf_name = &registered.cf_name;
+        let mut created = false;
         let control = registered.cache.get_or_insert_with(|| {
+            created = true;
             let cache: Rc<SharedCache<V>> =
                 Rc::new(RefCell::new(ObjectCache::new(capacity, &db, name, cf_name)));
             cache
         });
-        Rc::clone(control)
+        let control = Rc::clone(control);
+        if created && TypeId::of::<N>() == TypeId::of::<()>() {
+            self.plain_caches.push(Rc::clone(&control));
+        }
+        control
             .as_any()
             .downcast::<SharedCache<V>>()
             .map(Some)
@@ -546,7 +583,7 @@ impl<K: Key> RocksDbKeyedStateBackend<K> {
         namespace: Rc<NamespaceCell<N>>,
     ) -> Result<RocksValue<K, N, T>> {
         let registration = self.register::<N, T>(name, kind, ttl)?;
-        let cache = self.cache_for::<T>(name)?;
+        let cache = self.cache_for::<N, T>(name)?;
         Ok(RocksValue {
             core: self.core(name, &registration, namespace),
             ttl: registration.rules,
@@ -580,7 +617,7 @@ impl<K: Key> RocksDbKeyedStateBackend<K> {
     ) -> Result<RocksMap<K, N, UK, UV>> {
         let name = desc.name();
         let registration = self.register::<N, (UK, UV)>(name, StateKind::Map, desc.ttl())?;
-        let cache = self.cache_for::<UV>(name)?;
+        let cache = self.cache_for::<N, UV>(name)?;
         Ok(RocksMap {
             core: self.core(name, &registration, namespace),
             ttl: registration.rules,
