@@ -100,10 +100,11 @@ impl<K: Key, N: Namespace> TimerQueue<K, N> {
         let sequence = self.next_sequence;
         let group = self.group_mut(offset)?;
         let id = (timer.key.clone(), timer.namespace.clone(), timer.timestamp);
-        let registered = *group.get_or_insert_with(&id, || id.clone(), || sequence);
-        if registered != sequence {
+        if group.contains_key(&id) {
             return Ok(false);
         }
+        // The second probe finds the slot the first one just loaded.
+        group.insert(id, sequence);
         self.next_sequence += 1;
         self.order
             .insert((timer.timestamp, sequence), (offset, timer));
