@@ -75,9 +75,10 @@
 //!   memtables of every instance).
 //! * **Write-back object cache** (optional, [`RocksDbConfig::object_cache_entries`]): value,
 //!   reducing, aggregating and map state without TTL keep the deserialized values of hot
-//!   keys in a bounded cache per state (CLOCK eviction), written to RocksDB in batches when evicted and
-//!   before anything reads RocksDB directly (snapshots, map iteration, scans). It never
-//!   changes a result: the conformance suite runs with it off, on, and with two entries.
+//!   keys in a bounded cache per state (CLOCK eviction), written to RocksDB in batches when
+//!   evicted and before anything reads RocksDB directly (snapshots, map iteration, scans).
+//!   It never changes a result: the conformance suite runs with it off, on, and with two
+//!   entries.
 
 mod cache;
 mod codec;
