@@ -141,10 +141,21 @@ impl<K: Key, N: Namespace> TimerQueue<K, N> {
             return None;
         }
         let (_, (offset, timer)) = self.order.pop_first()?;
+        // The timer is owned here: its parts become the dedup key and come back out, so
+        // nothing is cloned (a `String` key would allocate).
+        let id = (timer.key, timer.namespace, timer.timestamp);
         if let Some(group) = self.groups.get_mut(offset) {
-            group.remove(&(timer.key.clone(), timer.namespace.clone(), timer.timestamp));
+            group.remove(&id);
         }
-        Some((offset, timer))
+        let (key, namespace, timestamp) = id;
+        Some((
+            offset,
+            Timer {
+                timestamp,
+                key,
+                namespace,
+            },
+        ))
     }
 
     /// Starts loading the dedup entry of the timer `ahead` places from the front, if it is
