@@ -138,17 +138,9 @@ impl<K: Key> KeyedStateBackend<K> {
     /// subtask's range (as timers report it).
     #[inline]
     pub fn prefetch_at_offset(&self, offset: usize, key: &K, depth: PrefetchDepth) {
-        match &self.inner {
-            BackendImpl::Heap(heap) => heap.prefetch(offset, key, depth),
-            #[cfg(feature = "rocksdb")]
-            BackendImpl::RocksDb(rocksdb) if depth == PrefetchDepth::Slot => {
-                let first = self.context.key_group_range().start();
-                if let Ok(kg) = KeyGroup::try_from(first + offset) {
-                    rocksdb.prefetch(kg, key);
-                }
-            }
-            #[cfg(feature = "rocksdb")]
-            BackendImpl::RocksDb(_) => {}
+        let first = self.context.key_group_range().start();
+        if let Ok(kg) = KeyGroup::try_from(first + offset) {
+            self.prefetch_in_group(key, kg, depth);
         }
     }
 

@@ -166,10 +166,7 @@ impl<K: Key, N: Namespace> TimerQueue<K, N> {
         if timestamp > time {
             return None;
         }
-        if let Some(group) = self.groups.get(*offset) {
-            // Hashes as the (K, N, u64) entry key does, without cloning the key.
-            group.prefetch_hashed(&(&timer.key, &timer.namespace, &timestamp));
-        }
+        self.prefetch_entry(*offset, &timer.key, &timer.namespace, timestamp);
         Some((*offset, timer))
     }
 
@@ -177,6 +174,7 @@ impl<K: Key, N: Namespace> TimerQueue<K, N> {
     /// the key group at `offset` will probe; changes nothing.
     pub fn prefetch_entry(&self, offset: usize, key: &K, namespace: &N, timestamp: u64) {
         if let Some(group) = self.groups.get(offset) {
+            // Hashes as the (K, N, u64) entry key does, without cloning the key.
             group.prefetch_hashed(&(key, namespace, &timestamp));
         }
     }

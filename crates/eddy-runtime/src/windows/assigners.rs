@@ -219,17 +219,6 @@ impl WindowAssigner {
         }
     }
 
-    /// The one window of a tumbling assigner that `timestamp` belongs to, without
-    /// allocating; `None` for sliding and session windows.
-    pub fn tumbling_window_of(&self, timestamp: u64) -> Option<TimeWindow> {
-        match *self {
-            WindowAssigner::Tumbling { size, offset, .. } => {
-                Some(tumbling_window(timestamp, offset, size))
-            }
-            _ => None,
-        }
-    }
-
     /// The window of an element with `timestamp` when there is exactly one (tumbling and
     /// session windows), without allocating; `None` for sliding windows.
     pub fn single_window(&self, timestamp: u64) -> Option<TimeWindow> {
@@ -311,14 +300,8 @@ mod tests {
                 );
             }
         }
-        let tumbling = WindowAssigner::tumbling_event_time(ms(60_000))?;
-        assert_eq!(
-            tumbling.tumbling_window_of(61_000),
-            tumbling.single_window(61_000)
-        );
         let sliding = WindowAssigner::sliding_event_time(ms(20), ms(10))?;
         assert_eq!(sliding.single_window(15), None);
-        assert_eq!(sliding.tumbling_window_of(15), None);
         Ok(())
     }
 

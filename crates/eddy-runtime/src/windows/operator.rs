@@ -392,19 +392,19 @@ where
         })
     }
 
-    /// Starts loading the state slot of `record`'s key and, for event-time tumbling windows,
-    /// the timer entry its window's registration will probe.
+    /// Starts loading the state slot of `record`'s key and, for event-time tumbling windows
+    /// (one window, never merged), the timer entry its window's registration will probe.
     fn prefetch(&self, record: &Stamped<In>) {
         let key = (self.key_selector)(&record.value);
         let kg = assign_to_key_group(&key, self.max_parallelism);
         self.backend
             .prefetch_in_group(&key, kg, PrefetchDepth::Slot);
-        if !self.event_time() {
+        if !self.event_time() || self.assigner.is_merging() {
             return;
         }
         let window = record
             .timestamp()
-            .and_then(|timestamp| self.assigner.tumbling_window_of(timestamp));
+            .and_then(|timestamp| self.assigner.single_window(timestamp));
         let offset = self.keys.key_group_range().offset_of(kg);
         if let (Some(window), Some(offset)) = (window, offset) {
             self.timers
@@ -475,10 +475,8 @@ where
             Some(_) => Vec::new(),
             None => self.assigner.assign(timestamp),
         };
-        let last = windows
-            .len()
-            .max(usize::from(single.is_some()))
-            .saturating_sub(1);
+        let count = if single.is_some() { 1 } else { windows.len() };
+        let last = count.saturating_sub(1);
         let windows = single.into_iter().chain(windows);
         // Moved into the last window, cloned into the others (sliding windows).
         let mut value = Some(record.value);
