@@ -20,10 +20,9 @@ use eddy_bench::{
     WorkloadArgs,
 };
 
-/// mimalloc: the heap backend allocates per key (lists, small maps); glibc's malloc made W2
-/// about a quarter slower in our measurements (see BENCHMARKS.md).
+/// mimalloc, tuned for checkpoints: see `eddy_alloc`.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: eddy_alloc::Allocator = eddy_alloc::Allocator;
 
 /// Runs one keyed-state workload of the Flink anchor on Eddy and prints one summary line.
 #[derive(Parser, Debug)]
@@ -44,6 +43,7 @@ struct Cli {
 }
 
 fn main() -> anyhow::Result<()> {
+    eddy_alloc::configure();
     let cli = Cli::parse();
     let mut flags = cli.job.clone();
     flags.state_backend = cli.backend;

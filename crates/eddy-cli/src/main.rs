@@ -29,9 +29,9 @@ use eddy_checkpoint::Checkpoints;
 use eddy_examples::customer_totals::{self, CustomerTotalsArgs};
 use eddy_examples::latest_transaction::{self, LatestTransactionArgs};
 
-/// The heap backend allocates per key; mimalloc keeps that cheap (see BENCHMARKS.md).
+/// mimalloc, tuned for checkpoints: see `eddy_alloc`.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: eddy_alloc::Allocator = eddy_alloc::Allocator;
 
 /// Eddy: stream processing with Flink-grade managed keyed state.
 #[derive(Parser, Debug)]
@@ -121,6 +121,7 @@ struct WorkloadJob {
 }
 
 fn main() -> anyhow::Result<()> {
+    eddy_alloc::configure();
     match Cli::parse().command {
         Command::Jobs => {
             println!("latest-transaction  the Cookbook's latest transaction per customer");

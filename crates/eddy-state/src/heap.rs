@@ -21,7 +21,7 @@ use std::any::Any;
 use std::cell::{Cell, Ref, RefCell, RefMut};
 use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use eddy_core::{EddyError, Key, KeyGroup, KeyGroupRange, Result, StateValue};
 
@@ -54,18 +54,33 @@ use crate::ttl::{
 /// encoding runs later on another thread. Copy on write per key group was measured here and
 /// cost the access path about 5 % on W1 (a branch on every lookup), paid on every record
 /// to save the copy once per checkpoint (BENCHMARKS.md).
+///
+/// The copies are recycled: a written snapshot hands its tables back ([`Spares`]) and the
+/// next freeze copies into them, so a checkpoint neither allocates nor faults in fresh pages
+/// for its copy (which cost more than the copying itself). In exchange, a job that
+/// checkpoints keeps one copy of its heap state allocated between checkpoints.
 #[derive(Debug)]
 pub struct ShardedTable<K, V> {
     shards: Vec<ProbeTable<K, V>>,
-    /// Copies a table (`V: Clone`, known where the table is created).
-    copy: fn(&ProbeTable<K, V>) -> ProbeTable<K, V>,
+    /// Copies a table into another (`V: Clone`, known where the table is created).
+    copy: CopyFn<K, V>,
+    /// Copies of earlier snapshots, written and handed back.
+    spares: Spares<K, V>,
 }
 
+/// Copies the first table into the second, reusing its memory (see [`ShardedTable::copy`]).
+type CopyFn<K, V> = fn(&ProbeTable<K, V>, &mut ProbeTable<K, V>);
+
+/// Tables of written snapshots, for the next snapshot to copy into; shared with the thread
+/// that writes snapshots, which hands the tables back when done with them.
+type Spares<K, V> = Arc<Mutex<Vec<ProbeTable<K, V>>>>;
+
 impl<K: Key, V> ShardedTable<K, V> {
-    fn new(range: KeyGroupRange, copy: fn(&ProbeTable<K, V>) -> ProbeTable<K, V>) -> Self {
+    fn new(range: KeyGroupRange, copy: CopyFn<K, V>) -> Self {
         ShardedTable {
             shards: (0..range.len()).map(|_| ProbeTable::new()).collect(),
             copy,
+            spares: Arc::default(),
         }
     }
 
@@ -85,12 +100,23 @@ impl<K: Key, V> ShardedTable<K, V> {
     }
 
     /// A copy of every key group's table as it is now, for a snapshot to encode on another
-    /// thread while this table goes on.
-    fn freeze(&self) -> Vec<Arc<ProbeTable<K, V>>> {
-        self.shards
+    /// thread while this table goes on; made in recycled tables where there are any.
+    fn freeze(&self) -> FrozenShards<K, V> {
+        let mut spares =
+            std::mem::take(&mut *self.spares.lock().unwrap_or_else(PoisonError::into_inner));
+        let shards = self
+            .shards
             .iter()
-            .map(|shard| Arc::new((self.copy)(shard)))
-            .collect()
+            .map(|shard| {
+                let mut copy = spares.pop().unwrap_or_default();
+                (self.copy)(shard, &mut copy);
+                copy
+            })
+            .collect();
+        FrozenShards {
+            shards,
+            spares: Arc::clone(&self.spares),
+        }
     }
 
     #[inline]
@@ -130,9 +156,27 @@ impl<K: Key, V> ShardedTable<K, V> {
     }
 }
 
-/// Copies a key group's table (for [`ShardedTable::copy`]).
-fn copy_table<K: Clone, V: Clone>(table: &ProbeTable<K, V>) -> ProbeTable<K, V> {
-    table.clone()
+/// Copies a key group's table into `into` (for [`ShardedTable::copy`]).
+fn copy_table<K: Clone, V: Clone>(table: &ProbeTable<K, V>, into: &mut ProbeTable<K, V>) {
+    into.clone_from(table);
+}
+
+/// A [`ShardedTable`]'s tables as of a snapshot's barrier. Dropping it hands the tables back
+/// to the table they were copied from, for its next snapshot.
+struct FrozenShards<K, V> {
+    shards: Vec<ProbeTable<K, V>>,
+    spares: Spares<K, V>,
+}
+
+impl<K, V> Drop for FrozenShards<K, V> {
+    fn drop(&mut self) {
+        let mut spares = self.spares.lock().unwrap_or_else(PoisonError::into_inner);
+        // One snapshot's worth is all the next freeze uses; a second snapshot written
+        // meanwhile (retries) frees its tables instead of keeping them.
+        if spares.is_empty() {
+            *spares = std::mem::take(&mut self.shards);
+        }
+    }
 }
 
 /// A registered state: its kind, its TTL and its type-erased table.
@@ -187,28 +231,28 @@ trait FrozenTable: Send {
 }
 
 struct Frozen<K, V> {
-    shards: Vec<Arc<ProbeTable<K, V>>>,
+    shards: FrozenShards<K, V>,
     codec: TableCodec<K, V>,
 }
 
-impl<K: Key, V: Send + Sync> FrozenTable for Frozen<K, V> {
+impl<K: Key, V: Send> FrozenTable for Frozen<K, V> {
     fn write_shard(
         &self,
         offset: usize,
         w: &mut EntryWriter,
         cut: Option<TtlCut>,
     ) -> std::result::Result<(), SnapshotError> {
-        match self.shards.get(offset) {
+        match self.shards.shards.get(offset) {
             Some(shard) => (self.codec.write)(shard, w, cut),
             None => Ok(()),
         }
     }
 }
 
-/// Boxes frozen tables (for [`Prefetcher::freeze`]: `V: Send + Sync` is known where the table
+/// Boxes frozen tables (for [`Prefetcher::freeze`]: `V: Send` is known where the table
 /// is created, not in the type-erased code).
-fn boxed_frozen<K: Key, V: Send + Sync + 'static>(
-    shards: Vec<Arc<ProbeTable<K, V>>>,
+fn boxed_frozen<K: Key, V: Send + 'static>(
+    shards: FrozenShards<K, V>,
     codec: TableCodec<K, V>,
 ) -> Box<dyn FrozenTable> {
     Box::new(Frozen { shards, codec })
@@ -283,7 +327,7 @@ struct Prefetcher<K, V> {
 }
 
 /// See [`Prefetcher::freeze`].
-type FreezeFn<K, V> = fn(Vec<Arc<ProbeTable<K, V>>>, TableCodec<K, V>) -> Box<dyn FrozenTable>;
+type FreezeFn<K, V> = fn(FrozenShards<K, V>, TableCodec<K, V>) -> Box<dyn FrozenTable>;
 
 impl<K: Key, V> ErasedTable<K> for Prefetcher<K, V> {
     fn len(&self) -> Option<usize> {
@@ -2218,10 +2262,60 @@ mod tests {
         table.put(0, &10, "new".to_string());
         assert_eq!(table.remove(1, &1), Some("before 1".to_string()));
         assert_eq!(table.get(0, &0).map(String::as_str), Some("after"));
-        assert_eq!(frozen[0].get(&0).map(String::as_str), Some("before 0"));
-        assert_eq!(frozen[0].get(&10), None);
-        assert_eq!(frozen[1].get(&1).map(String::as_str), Some("before 1"));
-        assert_eq!(frozen.iter().map(|shard| shard.len()).sum::<usize>(), 4);
+        assert_eq!(
+            frozen.shards[0].get(&0).map(String::as_str),
+            Some("before 0")
+        );
+        assert_eq!(frozen.shards[0].get(&10), None);
+        assert_eq!(
+            frozen.shards[1].get(&1).map(String::as_str),
+            Some("before 1")
+        );
+        assert_eq!(
+            frozen.shards.iter().map(|shard| shard.len()).sum::<usize>(),
+            4
+        );
         assert_eq!(table.len(), 4);
+    }
+
+    #[test]
+    fn a_recycled_copy_holds_exactly_the_new_state() {
+        let mut table = ShardedTable::new(KeyGroupRange::new(0, 1), copy_table::<u64, String>);
+        for key in 0..100u64 {
+            table.put((key % 2) as usize, &key, format!("first {key}"));
+        }
+        drop(table.freeze());
+        assert_eq!(table.spares.lock().map(|s| s.len()).ok(), Some(2));
+
+        // Fewer keys, other values: nothing of the first copy may show through.
+        for key in 0..100u64 {
+            let offset = (key % 2) as usize;
+            if key % 3 == 0 {
+                table.put(offset, &key, format!("second {key}"));
+            } else {
+                table.remove(offset, &key);
+            }
+        }
+        let second = table.freeze();
+        assert_eq!(table.spares.lock().map(|s| s.len()).ok(), Some(0));
+        for offset in 0..2 {
+            let mut copied: Vec<_> = second.shards[offset]
+                .iter()
+                .map(|(k, v)| (*k, v.clone()))
+                .collect();
+            copied.sort();
+            let mut live: Vec<_> = table.shards[offset]
+                .iter()
+                .map(|(k, v)| (*k, v.clone()))
+                .collect();
+            live.sort();
+            assert_eq!(copied, live);
+            assert_eq!(second.shards[offset].len(), live.len());
+        }
+        assert!(second.shards[0].get(&1).is_none() && second.shards[1].get(&1).is_none());
+        assert_eq!(
+            second.shards[0].get(&0).map(String::as_str),
+            Some("second 0")
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! Software prefetch: ask the CPU to start loading a cache line without waiting for it.
 //!
-//! This is the only `unsafe` in Eddy. It exists because a prefetch, unlike a load, retires
-//! at once: a loop can request the state of the next dozen records while it still works on the
+//! This is the only `unsafe` in Eddy besides `eddy-alloc`'s two calls of allocator options.
+//! It exists because a prefetch, unlike a load, retires at once: a loop can request the state of the next dozen records while it still works on the
 //! current one, so the memory latency of a table far larger than the caches overlaps with
 //! useful work. A plain load (the safe alternative) blocks retirement until its data arrives,
 //! which caps the overlap at a few records.

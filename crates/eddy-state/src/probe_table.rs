@@ -22,10 +22,27 @@ use crate::prefetch::prefetch_read;
 const MIN_SLOTS: usize = 8;
 
 /// A hash map from `K` to `V` with linear probing and backward-shift deletion.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ProbeTable<K, V> {
     slots: Vec<Option<(K, V)>>,
     len: usize,
+}
+
+impl<K: Clone, V: Clone> Clone for ProbeTable<K, V> {
+    fn clone(&self) -> Self {
+        ProbeTable {
+            slots: self.slots.clone(),
+            len: self.len,
+        }
+    }
+
+    /// Reuses `self`'s slot array when it is large enough: a snapshot copies its tables into
+    /// the previous snapshot's copies, which spares the allocation and, above all, the
+    /// kernel's zeroing of freshly mapped pages (most of a fresh copy's cost).
+    fn clone_from(&mut self, source: &Self) {
+        self.slots.clone_from(&source.slots);
+        self.len = source.len;
+    }
 }
 
 impl<K, V> Default for ProbeTable<K, V> {
