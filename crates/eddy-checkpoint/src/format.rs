@@ -105,17 +105,46 @@ impl std::fmt::Display for FileKind {
     }
 }
 
+/// The bytes a frame adds to its payload: a producer that leaves this much spare capacity
+/// behind a payload lets [`frame_owned`] frame it without reallocating.
+pub const FRAME_LEN: usize = HEADER_LEN + TRAILER_LEN;
+
 /// Frames `payload` as a checkpoint file of `kind` (current [`FORMAT_VERSION`]).
 pub fn frame(kind: FileKind, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(HEADER_LEN + payload.len() + TRAILER_LEN);
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    out.push(kind.code());
-    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    let mut out = Vec::with_capacity(FRAME_LEN + payload.len());
+    out.extend_from_slice(&header(kind, payload.len()));
     out.extend_from_slice(payload);
-    let crc = crc32c::crc32c(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
-    out
+    seal(out)
+}
+
+/// Frames `payload` like [`frame`], in its own buffer: the payload moves up behind the
+/// header in place, so a multi-megabyte snapshot is not copied into a second buffer (whose
+/// fresh pages the kernel would zero first). Reallocates only if `payload` has less than
+/// [`FRAME_LEN`] bytes of spare capacity.
+pub fn frame_owned(kind: FileKind, mut payload: Vec<u8>) -> Vec<u8> {
+    let len = payload.len();
+    payload.reserve_exact(FRAME_LEN);
+    payload.resize(HEADER_LEN + len, 0);
+    payload.copy_within(..len, HEADER_LEN);
+    payload[..HEADER_LEN].copy_from_slice(&header(kind, len));
+    seal(payload)
+}
+
+/// The header of a frame of `kind` around `payload_len` bytes.
+fn header(kind: FileKind, payload_len: usize) -> [u8; HEADER_LEN] {
+    let mut header = [0; HEADER_LEN];
+    header[..8].copy_from_slice(&MAGIC);
+    header[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header[10] = kind.code();
+    header[11..].copy_from_slice(&(payload_len as u64).to_le_bytes());
+    header
+}
+
+/// Appends the checksum of everything in `framed` (header and payload).
+fn seal(mut framed: Vec<u8>) -> Vec<u8> {
+    let crc = crc32c::crc32c(&framed);
+    framed.extend_from_slice(&crc.to_le_bytes());
+    framed
 }
 
 /// Checks the frame of a checkpoint file and returns its payload.
@@ -222,6 +251,28 @@ mod tests {
     }
 
     const LOC: &str = "chk-1/op/keyed-0.bin";
+
+    #[test]
+    fn framing_in_place_gives_the_same_bytes_and_reuses_the_buffer() {
+        for payload in [&b""[..], b"x", &[0xAB; 1000][..]] {
+            let mut owned = Vec::with_capacity(payload.len() + FRAME_LEN);
+            owned.extend_from_slice(payload);
+            let buffer = owned.as_ptr();
+            let framed = frame_owned(FileKind::KeyedState, owned);
+            assert_eq!(framed, frame(FileKind::KeyedState, payload));
+            assert_eq!(framed.as_ptr(), buffer, "framed without reallocating");
+            assert_eq!(
+                unframe(&framed, FileKind::KeyedState, "t").ok(),
+                Some(payload)
+            );
+        }
+        // Without spare capacity it still frames correctly.
+        let tight = b"tight".to_vec();
+        assert_eq!(
+            frame_owned(FileKind::OperatorState, tight),
+            frame(FileKind::OperatorState, b"tight")
+        );
+    }
 
     #[test]
     fn round_trip() {

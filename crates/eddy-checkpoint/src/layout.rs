@@ -40,7 +40,7 @@
 //!   and its kind and refuses a damaged file with an error naming it.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use eddy_core::{EddyError, Result};
 
@@ -134,7 +134,14 @@ pub struct CheckpointInfo {
 #[derive(Clone, Debug)]
 pub struct Checkpoints {
     storage: Arc<CheckpointStorage>,
+    /// Buffers of written parts, for the next parts to be encoded into (see
+    /// [`payload_buffer`](Checkpoints::payload_buffer)).
+    buffers: Arc<Mutex<Vec<Vec<u8>>>>,
 }
+
+/// Recycled part buffers kept at most: one per subtask writing parts at a time is what a job
+/// reuses; more would only hold memory.
+const MAX_RECYCLED_BUFFERS: usize = 16;
 
 impl Checkpoints {
     /// Opens the checkpoint root at `location` (see [`CheckpointStorage::open`] for the
@@ -153,6 +160,28 @@ impl Checkpoints {
     pub fn new(storage: CheckpointStorage) -> Self {
         Self {
             storage: Arc::new(storage),
+            buffers: Arc::default(),
+        }
+    }
+
+    /// An empty buffer to encode a part into before [`write_part_owned`](Self::write_part_owned):
+    /// the buffer of a part written earlier when there is one (the largest), so that a
+    /// checkpoint's multi-megabyte parts reuse memory the process already has mapped
+    /// instead of having the kernel zero fresh pages for every checkpoint.
+    pub fn payload_buffer(&self) -> Vec<u8> {
+        let mut buffers = self.buffers.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut buffer = buffers.pop().unwrap_or_default();
+        buffer.clear();
+        buffer
+    }
+
+    /// Keeps `buffer` for [`payload_buffer`](Self::payload_buffer), largest last.
+    fn recycle(&self, buffer: Vec<u8>) {
+        let mut buffers = self.buffers.lock().unwrap_or_else(PoisonError::into_inner);
+        let at = buffers.partition_point(|b| b.capacity() <= buffer.capacity());
+        buffers.insert(at, buffer);
+        if buffers.len() > MAX_RECYCLED_BUFFERS {
+            buffers.remove(0);
         }
     }
 
@@ -186,6 +215,43 @@ impl Checkpoints {
         kind: FileKind,
         payload: &[u8],
     ) -> Result<PartInfo> {
+        self.put_part(checkpoint, operator_uid, file_name, kind, |kind| {
+            format::frame(kind, payload)
+        })
+        .map(|(info, _)| info)
+    }
+
+    /// [`write_part`](Self::write_part) for a payload the caller gives up: it is framed in
+    /// its own buffer ([`format::frame_owned`]; leave [`format::FRAME_LEN`] bytes of spare
+    /// capacity to spare a reallocation), so a large part is never copied whole, and the
+    /// buffer is kept for [`payload_buffer`](Self::payload_buffer) once written.
+    pub fn write_part_owned(
+        &self,
+        checkpoint: &CheckpointRef,
+        operator_uid: &str,
+        file_name: &str,
+        kind: FileKind,
+        payload: Vec<u8>,
+    ) -> Result<PartInfo> {
+        let (info, written) = self.put_part(checkpoint, operator_uid, file_name, kind, |kind| {
+            format::frame_owned(kind, payload)
+        })?;
+        if let Some(buffer) = written {
+            self.recycle(buffer);
+        }
+        Ok(info)
+    }
+
+    /// Checks the names, frames the part with `framed` and stores it; returns the part's
+    /// entry and the written buffer if the store gave it back.
+    fn put_part(
+        &self,
+        checkpoint: &CheckpointRef,
+        operator_uid: &str,
+        file_name: &str,
+        kind: FileKind,
+        framed: impl FnOnce(FileKind) -> Vec<u8>,
+    ) -> Result<(PartInfo, Option<Vec<u8>>)> {
         if kind == FileKind::Metadata {
             return Err(EddyError::Internal(
                 "write_part cannot write metadata: use Checkpoints::commit".into(),
@@ -194,11 +260,12 @@ impl Checkpoints {
         check_segment(operator_uid, "operator uid")?;
         check_segment(file_name, "checkpoint file name")?;
         let path = format!("{operator_uid}/{file_name}");
-        let framed = format::frame(kind, payload);
+        let framed = framed(kind);
         let size = framed.len() as u64;
-        self.storage
-            .put(&format!("{}/{path}", checkpoint.dir_name()), framed)?;
-        Ok(PartInfo { path, size, kind })
+        let written = self
+            .storage
+            .put_reclaiming(&format!("{}/{path}", checkpoint.dir_name()), framed)?;
+        Ok((PartInfo { path, size, kind }, written))
     }
 
     /// The path of a shared file, relative to the checkpoint root: `shared/<operator_uid>/
@@ -814,6 +881,42 @@ pub(crate) fn check_relative_path(path: &str, location: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_written_part_buffer_is_reused_and_the_file_is_intact() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| EddyError::io("tempdir", e))?;
+        let checkpoints = Checkpoints::open(&dir.path().display().to_string())?;
+        let chk = CheckpointRef::Checkpoint(1);
+        let mut first = checkpoints.payload_buffer();
+        assert_eq!(first.capacity(), 0, "nothing written yet");
+        first.reserve(100_000 + format::FRAME_LEN);
+        first.extend((0..100_000u32).map(|i| i as u8));
+        let expected = first.clone();
+        let address = first.as_ptr();
+        let info =
+            checkpoints.write_part_owned(&chk, "op", "a.bin", FileKind::KeyedState, first)?;
+        assert_eq!(
+            checkpoints.read_part(&chk, &info.path, FileKind::KeyedState)?,
+            expected
+        );
+
+        // The next part goes into the same memory, and the first file is unaffected.
+        let mut second = checkpoints.payload_buffer();
+        assert!(second.is_empty());
+        assert_eq!(second.as_ptr(), address, "the written buffer came back");
+        second.extend_from_slice(b"second");
+        let info2 =
+            checkpoints.write_part_owned(&chk, "op", "b.bin", FileKind::KeyedState, second)?;
+        assert_eq!(
+            checkpoints.read_part(&chk, &info2.path, FileKind::KeyedState)?,
+            b"second"
+        );
+        assert_eq!(
+            checkpoints.read_part(&chk, &info.path, FileKind::KeyedState)?,
+            expected
+        );
+        Ok(())
+    }
 
     #[test]
     fn directory_names() {

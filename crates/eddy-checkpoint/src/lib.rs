@@ -64,7 +64,9 @@ pub mod layout;
 pub mod metadata;
 pub mod storage;
 
-pub use format::{frame, unframe, FileKind, FORMAT_VERSION, OLDEST_READABLE_VERSION};
+pub use format::{
+    frame, frame_owned, unframe, FileKind, FORMAT_VERSION, FRAME_LEN, OLDEST_READABLE_VERSION,
+};
 pub use layout::{
     resolve, CheckpointInfo, CheckpointRef, Checkpoints, RestorePoint, METADATA_FILE, SHARED_DIR,
 };

@@ -31,6 +31,7 @@ use std::future::Future;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use eddy_core::{EddyError, Result};
 use futures::{StreamExt, TryStreamExt};
 use object_store::local::LocalFileSystem;
@@ -263,12 +264,25 @@ impl CheckpointStorage {
     /// (see the module docs). Large objects go up as a multipart upload, at most
     /// 4 parts of 8 MiB in flight at a time; a failed one is aborted.
     pub fn put(&self, path: &str, bytes: Vec<u8>) -> Result<()> {
+        self.put_reclaiming(path, bytes).map(drop)
+    }
+
+    /// [`put`](Self::put), returning the buffer once the store has let go of it (`None` when
+    /// it still holds on, or after a multipart upload), for the caller to fill again: a
+    /// buffer of many megabytes allocated afresh for every checkpoint costs the kernel's
+    /// zeroing of its pages each time.
+    pub fn put_reclaiming(&self, path: &str, bytes: Vec<u8>) -> Result<Option<Vec<u8>>> {
         let key = self.key(path);
         let store = Arc::clone(&self.store);
         let threshold = self.multipart_threshold;
         self.block_on("put", async move {
             if bytes.len() <= threshold {
-                return store.put(&key, PutPayload::from(bytes)).await.map(drop);
+                let bytes = Bytes::from(bytes);
+                store
+                    .put(&key, PutPayload::from(bytes.clone()))
+                    .await
+                    .map(drop)?;
+                return Ok(bytes.try_into_mut().ok().map(Vec::from));
             }
             let upload = store.put_multipart(&key).await?;
             let mut writer = WriteMultipart::new_with_chunk_size(upload, MULTIPART_CHUNK);
@@ -281,7 +295,7 @@ impl CheckpointStorage {
                 }
                 writer.write(chunk);
             }
-            writer.finish().await.map(drop)
+            writer.finish().await.map(|_| None)
         })?
         .map_err(|e| self.error(path, "cannot write", e))
     }

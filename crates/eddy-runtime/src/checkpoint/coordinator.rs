@@ -53,7 +53,8 @@ impl PartKind {
 /// One subtask's contribution to one checkpoint.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Part {
-    /// The encoded payload (framed by the storage layer).
+    /// The encoded payload (framed by the storage layer, in place: leave
+    /// [`eddy_checkpoint::FRAME_LEN`] bytes of spare capacity behind a large one).
     pub payload: Vec<u8>,
     /// What it holds.
     pub kind: PartKind,
@@ -577,12 +578,12 @@ impl Writer {
             if part.kind == PartKind::Committables {
                 committables = decode_committables(&part.payload, &participant.uid)?;
             }
-            let info = self.storage.write_part(
+            let info = self.storage.write_part_owned(
                 &reference,
                 &participant.uid,
                 &part.kind.file_name(participant.subtask),
                 part.kind.file_kind(),
-                &part.payload,
+                part.payload,
             )?;
             subtask.files.push(info);
             if let Some(range) = part.key_groups.as_ref() {

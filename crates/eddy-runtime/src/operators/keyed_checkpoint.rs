@@ -9,7 +9,7 @@ use eddy_state::{KeyedStateBackend, KeyedStateSnapshot};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::hash::{BuildHasher, RandomState};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -159,15 +159,16 @@ pub(crate) fn keyed_state_part<K: Key>(backend: &KeyedStateBackend<K>) -> Result
         }
         Err(pending) => *pending,
     };
-    Ok(PendingParts::Later(Box::new(move |_| {
-        parts_of(pending.complete()?)
+    Ok(PendingParts::Later(Box::new(move |uploads| {
+        parts_of(pending.complete()?, uploads.checkpoints.payload_buffer())
     })))
 }
 
-/// A finished keyed-state snapshot as the one part of a checkpoint it is.
-fn parts_of(snapshot: KeyedStateSnapshot) -> Result<Vec<Part>> {
+/// A finished keyed-state snapshot as the one part of a checkpoint it is, encoded into
+/// `buffer` (see [`Checkpoints::payload_buffer`]).
+fn parts_of(snapshot: KeyedStateSnapshot, buffer: Vec<u8>) -> Result<Vec<Part>> {
     Ok(vec![Part {
-        payload: snapshot.encode()?,
+        payload: snapshot.encode_into(buffer, eddy_checkpoint::FRAME_LEN)?,
         kind: PartKind::Keyed,
         key_groups: Some(snapshot.key_group_range()),
         states: state_infos(&snapshot),
@@ -256,7 +257,39 @@ pub(crate) struct SnapshotUploader {
     subtask: usize,
     /// Used by one snapshot at a time (the next one waits for the previous one).
     uploads: Arc<Mutex<SharedUploads>>,
-    running: Option<JoinHandle<()>>,
+    /// The subtask's snapshot thread, started by its first pending snapshot.
+    thread: Option<SnapshotThread>,
+    /// Whether the thread has a snapshot that has not reported back yet.
+    running: bool,
+}
+
+/// One thread per subtask for all its snapshots, not one per snapshot: the allocator keeps
+/// per-thread memory, so a new thread per checkpoint got fresh pages for every snapshot's
+/// buffers (which the kernel zeroes first), where one thread reuses the previous one's.
+struct SnapshotThread {
+    jobs: mpsc::Sender<SnapshotJob>,
+    /// One message per finished job.
+    done: mpsc::Receiver<()>,
+    handle: JoinHandle<()>,
+}
+
+/// A snapshot to complete and submit (it reports its own failures).
+type SnapshotJob = Box<dyn FnOnce() + Send>;
+
+impl SnapshotThread {
+    fn start(name: String) -> std::io::Result<Self> {
+        let (jobs, incoming) = mpsc::channel::<SnapshotJob>();
+        let (finished, done) = mpsc::channel();
+        let handle = std::thread::Builder::new().name(name).spawn(move || {
+            for job in incoming {
+                job();
+                if finished.send(()).is_err() {
+                    break;
+                }
+            }
+        })?;
+        Ok(SnapshotThread { jobs, done, handle })
+    }
 }
 
 impl SnapshotUploader {
@@ -279,7 +312,8 @@ impl SnapshotUploader {
             job: worker.job_name.clone(),
             name: name.to_string(),
             subtask: worker.index,
-            running: None,
+            thread: None,
+            running: false,
         }
     }
 
@@ -309,25 +343,44 @@ impl SnapshotUploader {
                 };
                 let upload = move || match catch_panic(complete) {
                     Ok(parts) => {
-                        for id in ids {
-                            coordinator.submit(&participant, id, parts.clone());
+                        // Usually one checkpoint: its parts move, uncopied (they hold the
+                        // whole encoded state).
+                        if let Some((last, earlier)) = ids.split_last() {
+                            for &id in earlier {
+                                coordinator.submit(&participant, id, parts.clone());
+                            }
+                            coordinator.submit(&participant, *last, parts);
                         }
                     }
                     Err(error) => failures.fail(&job, &name, subtask, error),
                 };
-                let thread = std::thread::Builder::new()
-                    .name(format!("eddy-snapshot-{}-{}", self.name, self.subtask))
-                    .spawn(upload);
-                match thread {
-                    Ok(handle) => self.running = Some(handle),
-                    Err(error) => self.failures.fail(
-                        &self.job,
-                        &self.name,
-                        self.subtask,
-                        EddyError::Internal(format!("cannot start a snapshot thread: {error}")),
-                    ),
-                }
+                self.run_in_background(Box::new(upload));
                 None
+            }
+        }
+    }
+
+    /// Hands `job` to the snapshot thread, starting it first if needed.
+    fn run_in_background(&mut self, job: SnapshotJob) {
+        if self.thread.is_none() {
+            let name = format!("eddy-snapshot-{}-{}", self.name, self.subtask);
+            match SnapshotThread::start(name) {
+                Ok(thread) => self.thread = Some(thread),
+                Err(error) => {
+                    let error = format!("cannot start a snapshot thread: {error}");
+                    let (job, name) = (&self.job, &self.name);
+                    return self
+                        .failures
+                        .fail(job, name, self.subtask, EddyError::Internal(error));
+                }
+            }
+        }
+        if let Some(thread) = &self.thread {
+            self.running = thread.jobs.send(job).is_ok();
+            if !self.running {
+                let error = EddyError::Internal("the snapshot thread has stopped".into());
+                self.failures
+                    .fail(&self.job, &self.name, self.subtask, error);
             }
         }
     }
@@ -349,9 +402,12 @@ impl SnapshotUploader {
 
     /// Waits for the snapshot running in the background, if any.
     pub(crate) fn wait(&mut self) {
-        if let Some(handle) = self.running.take() {
-            // A panic there was caught and reported already.
-            let _ = handle.join();
+        if std::mem::take(&mut self.running) {
+            if let Some(thread) = &self.thread {
+                // An error means the thread is gone, its job with it (a panic in a job was
+                // caught and reported already): nothing left to wait for.
+                let _ = thread.done.recv();
+            }
         }
     }
 }
@@ -359,5 +415,10 @@ impl SnapshotUploader {
 impl Drop for SnapshotUploader {
     fn drop(&mut self) {
         self.wait();
+        if let Some(SnapshotThread { jobs, handle, .. }) = self.thread.take() {
+            // Closing the channel ends the thread's loop.
+            drop(jobs);
+            let _ = handle.join();
+        }
     }
 }

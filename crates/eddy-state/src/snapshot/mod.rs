@@ -215,17 +215,31 @@ impl KeyedStateSnapshot {
 
     /// The snapshot as `postcard` bytes: the payload of a keyed-state checkpoint file.
     pub fn encode(&self) -> Result<Vec<u8>> {
+        self.encode_into(Vec::new(), 0)
+    }
+
+    /// [`encode`](Self::encode) into `buffer` (cleared first; a recycled buffer spares the
+    /// allocation), with `spare` bytes of capacity left behind the bytes (room for the file
+    /// frame the storage layer adds in place).
+    pub fn encode_into(&self, mut buffer: Vec<u8>, spare: usize) -> Result<Vec<u8>> {
         let fail = |e: postcard::Error| {
             EddyError::checkpoint(
                 "keyed state snapshot",
                 format!("cannot encode the snapshot: {e}"),
             )
         };
-        // Sized first (a walk over the blocks, not their bytes): one allocation instead of
-        // a doubling buffer that copies the whole state again at every step.
+        // Sized first (a walk over the blocks, not their bytes): one allocation at most,
+        // instead of a doubling buffer that copies the whole state again at every step.
         let size = postcard::serialize_with_flavor(self, postcard::ser_flavors::Size::default())
             .map_err(fail)?;
-        postcard::to_extend(self, Vec::with_capacity(size)).map_err(fail)
+        buffer.clear();
+        let needed = size.saturating_add(spare);
+        if buffer.capacity() < needed {
+            // A recycled buffer a little too small for a grown state: room for some growth
+            // too, so that the next snapshots fit again instead of reallocating each time.
+            buffer.reserve_exact(needed.saturating_add(needed / 16));
+        }
+        postcard::to_extend(self, buffer).map_err(fail)
     }
 
     /// Decodes what [`encode`](Self::encode) wrote; `location` (the file) names the
