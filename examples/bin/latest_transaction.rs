@@ -8,8 +8,9 @@ use clap::Parser;
 use eddy::{JobFlags, StreamExecutionEnvironment};
 use eddy_examples::latest_transaction::{run, LatestTransactionArgs};
 
+/// mimalloc, tuned for checkpoints: see `eddy_alloc`.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: eddy_alloc::Allocator = eddy_alloc::Allocator;
 
 /// The latest transaction per customer, on generated transactions.
 #[derive(Parser, Debug)]
@@ -21,6 +22,7 @@ struct Cli {
 }
 
 fn main() -> anyhow::Result<()> {
+    eddy_alloc::configure();
     let cli = Cli::parse();
     let env = StreamExecutionEnvironment::from_flags(&cli.job)?;
     let summary = run(&env, &cli.args)?;

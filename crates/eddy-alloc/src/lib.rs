@@ -1,5 +1,5 @@
-//! `eddy-alloc`: the memory allocator of Eddy's binaries (`eddy`, `eddy-bench`) and how it is
-//! tuned.
+//! `eddy-alloc`: the memory allocator of Eddy's binaries (`eddy`, `eddy-bench`, the examples'
+//! programs) and how it is tuned.
 //!
 //! Owns the choice of [mimalloc] and its options. It must not depend on any other Eddy crate,
 //! and no Eddy library depends on it: an application embedding Eddy picks its own
