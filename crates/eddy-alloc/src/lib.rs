@@ -2,8 +2,8 @@
 //! programs) and how it is tuned.
 //!
 //! Owns the choice of [mimalloc] and its options. It must not depend on any other Eddy crate,
-//! and no Eddy library depends on it: an application embedding Eddy picks its own
-//! allocator; the binaries opt in by declaring [`Allocator`] their global allocator and
+//! and no Eddy library code uses it (`eddy-examples` lists it for its programs only): an
+//! application embedding Eddy picks its own allocator; the binaries opt in by declaring [`Allocator`] their global allocator and
 //! calling [`configure`] first thing in `main`.
 //!
 //! Why mimalloc: the heap state backend allocates per key (lists, small maps); glibc's
