@@ -3,8 +3,8 @@
 //!
 //! Owns the choice of [mimalloc] and its options. It must not depend on any other Eddy crate,
 //! and no Eddy library code uses it (`eddy-examples` lists it for its programs only): an
-//! application embedding Eddy picks its own allocator; the binaries opt in by declaring [`Allocator`] their global allocator and
-//! calling [`configure`] first thing in `main`.
+//! application embedding Eddy picks its own allocator. The binaries opt in by declaring
+//! [`Allocator`] their global allocator and calling [`configure`] first thing in `main`.
 //!
 //! Why mimalloc: the heap state backend allocates per key (lists, small maps); glibc's
 //! malloc made W2 about a quarter slower (BENCHMARKS.md).
