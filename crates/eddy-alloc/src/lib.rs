@@ -48,8 +48,10 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// (`MIMALLOC_PURGE_DELAY=...` still wins, for experiments). Call it first thing in `main`.
 #[allow(unsafe_code)] // a foreign call; see the SAFETY argument
 pub fn configure() {
-    // SAFETY: `mi_option_set_default` only stores an integer in mimalloc's option table (an
-    // atomic store; safe from any thread, at any time) and takes no pointers. Option 15 is
+    // SAFETY: `mi_option_set_default` takes no pointers: it bounds-checks the option index
+    // and stores one aligned `long` in mimalloc's option table (mimalloc documents its option
+    // setters as callable at any time; `configure` is meant for the start of `main`, before
+    // other threads exist, so nothing reads the word while it changes). Option 15 is
     // `mi_option_purge_delay` in the bundled mimalloc (checked by the tests below).
     unsafe {
         libmimalloc_sys::mi_option_set_default(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS);
@@ -59,8 +61,9 @@ pub fn configure() {
 /// The purge delay mimalloc uses now, in milliseconds.
 #[allow(unsafe_code)] // a foreign call; see the SAFETY argument
 pub fn purge_delay_ms() -> c_long {
-    // SAFETY: `mi_option_get` reads an integer from mimalloc's option table (initialising it
-    // from the environment on first use); it takes no pointers and is thread-safe.
+    // SAFETY: `mi_option_get` takes no pointers: it bounds-checks the option index and reads
+    // one `long` from mimalloc's option table (reading the environment first if the option
+    // was never read).
     unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) }
 }
 

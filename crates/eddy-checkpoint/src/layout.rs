@@ -136,7 +136,18 @@ pub struct Checkpoints {
     storage: Arc<CheckpointStorage>,
     /// Buffers of written parts, for the next parts to be encoded into (see
     /// [`payload_buffer`](Checkpoints::payload_buffer)).
-    buffers: Arc<Mutex<Vec<Vec<u8>>>>,
+    buffers: Arc<BufferPool>,
+}
+
+/// Recycled part buffers, smallest first. Its `Debug` shows how many, not their bytes.
+#[derive(Default)]
+struct BufferPool(Mutex<Vec<Vec<u8>>>);
+
+impl std::fmt::Debug for BufferPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let count = self.0.lock().map_or(0, |buffers| buffers.len());
+        write!(f, "BufferPool({count} buffers)")
+    }
 }
 
 /// Recycled part buffers kept at most: one per subtask writing parts at a time is what a job
@@ -169,7 +180,11 @@ impl Checkpoints {
     /// checkpoint's multi-megabyte parts reuse memory the process already has mapped
     /// instead of having the kernel zero fresh pages for every checkpoint.
     pub fn payload_buffer(&self) -> Vec<u8> {
-        let mut buffers = self.buffers.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut buffers = self
+            .buffers
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let mut buffer = buffers.pop().unwrap_or_default();
         buffer.clear();
         buffer
@@ -177,7 +192,11 @@ impl Checkpoints {
 
     /// Keeps `buffer` for [`payload_buffer`](Self::payload_buffer), largest last.
     fn recycle(&self, buffer: Vec<u8>) {
-        let mut buffers = self.buffers.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut buffers = self
+            .buffers
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let at = buffers.partition_point(|b| b.capacity() <= buffer.capacity());
         buffers.insert(at, buffer);
         if buffers.len() > MAX_RECYCLED_BUFFERS {
