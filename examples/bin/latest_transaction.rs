@@ -22,8 +22,8 @@ struct Cli {
 }
 
 fn main() -> anyhow::Result<()> {
-    eddy_alloc::configure();
     let cli = Cli::parse();
+    eddy_alloc::configure(cli.job.checkpoint_interval());
     let env = StreamExecutionEnvironment::from_flags(&cli.job)?;
     let summary = run(&env, &cli.args)?;
     println!(

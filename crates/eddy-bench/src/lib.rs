@@ -92,6 +92,16 @@ pub struct WorkloadArgs {
     pub sink_rate: Option<u64>,
 }
 
+impl WorkloadArgs {
+    /// How often a run with these arguments and `flags` checkpoints (`--checkpoint-ms`, else
+    /// `--checkpoint-interval-ms`), if it does.
+    pub fn checkpoint_interval(&self, flags: &JobFlags) -> Option<Duration> {
+        (self.checkpoint_ms > 0)
+            .then(|| Duration::from_millis(self.checkpoint_ms))
+            .or_else(|| flags.checkpoint_interval())
+    }
+}
+
 /// What one run measured.
 #[derive(Clone, Debug)]
 pub struct Report {

@@ -43,8 +43,8 @@ struct Cli {
 }
 
 fn main() -> anyhow::Result<()> {
-    eddy_alloc::configure();
     let cli = Cli::parse();
+    eddy_alloc::configure(cli.args.checkpoint_interval(&cli.job));
     let mut flags = cli.job.clone();
     flags.state_backend = cli.backend;
     if cli.restore.measure_restore {

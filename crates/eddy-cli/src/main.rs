@@ -96,6 +96,19 @@ enum Job {
     CustomerTotals(CustomerTotalsJob),
 }
 
+impl Job {
+    /// How often the job checkpoints, if it does.
+    fn checkpoint_interval(&self) -> Option<Duration> {
+        match self {
+            Job::LatestTransaction(job) => job.job.checkpoint_interval(),
+            Job::CustomerTotals(job) => job.job.checkpoint_interval(),
+            Job::W0(job) | Job::W1(job) | Job::W2(job) | Job::W3(job) | Job::W4(job) => {
+                job.args.checkpoint_interval(&job.job)
+            }
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 struct CustomerTotalsJob {
     #[command(flatten)]
@@ -121,7 +134,6 @@ struct WorkloadJob {
 }
 
 fn main() -> anyhow::Result<()> {
-    eddy_alloc::configure();
     match Cli::parse().command {
         Command::Jobs => {
             println!("latest-transaction  the Cookbook's latest transaction per customer");
@@ -132,6 +144,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run { job } => {
+            eddy_alloc::configure(job.checkpoint_interval());
             cluster::exit_with_supervisor();
             run(*job)
         }

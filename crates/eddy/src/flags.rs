@@ -177,6 +177,11 @@ fn default_parallelism() -> u64 {
 }
 
 impl JobFlags {
+    /// How often the job checkpoints (`--checkpoint-interval-ms`), if it does.
+    pub fn checkpoint_interval(&self) -> Option<Duration> {
+        self.checkpoint_interval_ms.map(Duration::from_millis)
+    }
+
     /// The job configuration these flags describe; every error names the flag.
     pub fn to_config(&self) -> Result<JobConfig> {
         let cluster = self.cluster_config()?;
