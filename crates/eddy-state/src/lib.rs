@@ -58,6 +58,7 @@
 //! assert_eq!(count.value().unwrap(), Some(1));
 //! ```
 
+mod append;
 mod backend;
 mod descriptor;
 mod handle;

@@ -23,10 +23,7 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
     value: &T,
     buf: &mut Vec<u8>,
 ) -> postcard::Result<()> {
-    // `to_extend` takes its writer by value; moving the vector in and out keeps its capacity.
-    let taken = std::mem::take(buf);
-    *buf = postcard::to_extend(value, taken)?;
-    Ok(())
+    crate::append::append(value, buf)
 }
 
 /// Decodes exactly one `T` from `bytes`: trailing bytes mean the value was written as another

@@ -79,9 +79,7 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
     value: &T,
     buf: &mut Vec<u8>,
 ) -> Result<(), SnapshotError> {
-    let taken = std::mem::take(buf);
-    *buf = postcard::to_extend(value, taken)?;
-    Ok(())
+    Ok(crate::append::append(value, buf)?)
 }
 
 /// Decodes exactly one `T` (trailing bytes mean another type, or corruption).
@@ -117,6 +115,10 @@ fn ttl_parts(payload: &[u8]) -> Result<(u64, &[u8]), SnapshotError> {
 pub(crate) type WriteShard<K, V> =
     fn(&ProbeTable<K, V>, &mut EntryWriter, Option<TtlCut>) -> Result<(), SnapshotError>;
 
+/// Writes the entries of one key group copied out of its table (a frozen snapshot's copy).
+pub(crate) type WriteEntries<K, V> =
+    fn(&[(K, V)], &mut EntryWriter, Option<TtlCut>) -> Result<(), SnapshotError>;
+
 /// Folds one restored entry into one key group of a table.
 pub(crate) type ReadEntry<K, V> =
     fn(&mut ProbeTable<K, V>, &StateEntry<'_>, &KeyCheck) -> Result<(), SnapshotError>;
@@ -124,6 +126,7 @@ pub(crate) type ReadEntry<K, V> =
 /// How a heap table of stored values `V` converts to and from snapshot entries.
 pub(crate) struct TableCodec<K, V> {
     pub(crate) write: WriteShard<K, V>,
+    pub(crate) write_copied: WriteEntries<K, V>,
     pub(crate) read: ReadEntry<K, V>,
 }
 
@@ -414,7 +417,10 @@ impl<UK: Key, UV: StateValue> Inner for TtlMap<UK, UV> {
 /// The codec of a plain (default-namespace) table of `I`.
 pub(crate) fn plain<K: Key, I: Inner>() -> TableCodec<K, I::Stored> {
     TableCodec {
-        write: write_plain::<K, I>,
+        write: |shard, w, cut| write_plain::<K, I>(shard.iter(), w, cut),
+        write_copied: |entries, w, cut| {
+            write_plain::<K, I>(entries.iter().map(|(k, v)| (k, v)), w, cut)
+        },
         read: read_plain::<K, I>,
     }
 }
@@ -423,18 +429,21 @@ pub(crate) fn plain<K: Key, I: Inner>() -> TableCodec<K, I::Stored> {
 pub(crate) fn namespaced<K: Key, N: Namespace, I: Inner>() -> TableCodec<K, SmallMap<N, I::Stored>>
 {
     TableCodec {
-        write: write_namespaced::<K, N, I>,
+        write: |shard, w, cut| write_namespaced::<K, N, I>(shard.iter(), w, cut),
+        write_copied: |entries, w, cut| {
+            write_namespaced::<K, N, I>(entries.iter().map(|(k, v)| (k, v)), w, cut)
+        },
         read: read_namespaced::<K, N, I>,
     }
 }
 
-fn write_plain<K: Key, I: Inner>(
-    shard: &ProbeTable<K, I::Stored>,
+fn write_plain<'a, K: Key, I: Inner>(
+    entries: impl Iterator<Item = (&'a K, &'a I::Stored)>,
     w: &mut EntryWriter,
     cut: Option<TtlCut>,
 ) -> Result<(), SnapshotError> {
     let mut key_bytes = Vec::new();
-    for (key, stored) in shard.iter() {
+    for (key, stored) in entries {
         key_bytes.clear();
         encode_into(key, &mut key_bytes)?;
         // The default namespace `()` encodes to no bytes.
@@ -467,13 +476,13 @@ fn read_plain<K: Key, I: Inner>(
     Ok(())
 }
 
-fn write_namespaced<K: Key, N: Namespace, I: Inner>(
-    shard: &ProbeTable<K, SmallMap<N, I::Stored>>,
+fn write_namespaced<'a, K: Key, N: Namespace, I: Inner>(
+    entries: impl Iterator<Item = (&'a K, &'a SmallMap<N, I::Stored>)>,
     w: &mut EntryWriter,
     cut: Option<TtlCut>,
 ) -> Result<(), SnapshotError> {
     let (mut key_bytes, mut ns_bytes) = (Vec::new(), Vec::new());
-    for (key, namespaces) in shard.iter() {
+    for (key, namespaces) in entries {
         key_bytes.clear();
         encode_into(key, &mut key_bytes)?;
         for (ns, stored) in namespaces.iter() {

@@ -239,7 +239,8 @@ impl KeyedStateSnapshot {
             // too, so that the next snapshots fit again instead of reallocating each time.
             buffer.reserve_exact(needed.saturating_add(needed / 16));
         }
-        postcard::to_extend(self, buffer).map_err(fail)
+        crate::append::append(self, &mut buffer).map_err(fail)?;
+        Ok(buffer)
     }
 
     /// Decodes what [`encode`](Self::encode) wrote; `location` (the file) names the
@@ -690,26 +691,45 @@ fn write_field(buf: &mut Vec<u8>, bytes: &[u8]) {
 
 /// Appends one `[length][payload]` field whose payload `payload` writes into `buf`.
 ///
-/// The payload is written behind room for the longest length and moved down once its length
-/// is known: one small copy instead of encoding twice.
+/// The payload is written behind one byte of room for its length: a payload under 128 bytes
+/// (most values) is then never moved; a longer one moves up once its length is known (one
+/// copy, instead of encoding twice).
 pub(crate) fn write_field_with<E: From<SnapshotError>>(
     buf: &mut Vec<u8>,
     payload: impl FnOnce(&mut Vec<u8>) -> std::result::Result<(), E>,
 ) -> std::result::Result<(), E> {
     let start = buf.len();
-    buf.resize(start + MAX_FIELD_VARINT, 0);
+    buf.push(0);
     payload(buf)?;
-    let len = buf.len() - start - MAX_FIELD_VARINT;
+    let end = buf.len();
+    let len = end - start - 1;
+    if len < 0x80 {
+        // One varint byte, already in place.
+        buf[start] = len as u8;
+        return Ok(());
+    }
     if len >= 1 << (7 * MAX_FIELD_VARINT) {
         return Err(SnapshotError(format!("a value of {len} bytes is too large")).into());
     }
-    let mut header = Vec::with_capacity(MAX_FIELD_VARINT);
-    write_varint(&mut header, len as u64);
-    let n = header.len();
-    buf.copy_within(start + MAX_FIELD_VARINT.., start + n);
-    buf.truncate(buf.len() - (MAX_FIELD_VARINT - n));
-    buf[start..start + n].copy_from_slice(&header);
+    let mut header = [0u8; MAX_FIELD_VARINT];
+    let n = varint_into(&mut header, len as u64);
+    buf.resize(end + n - 1, 0);
+    buf.copy_within(start + 1..end, start + n);
+    buf[start..start + n].copy_from_slice(&header[..n]);
     Ok(())
+}
+
+/// Writes `value` as an unsigned LEB128 varint at the front of `out`; returns its length.
+/// `out` must hold the varint (`MAX_FIELD_VARINT` bytes for values below 2^35).
+fn varint_into(out: &mut [u8; MAX_FIELD_VARINT], mut value: u64) -> usize {
+    let mut n = 0;
+    while value >= 0x80 && n + 1 < MAX_FIELD_VARINT {
+        out[n] = (value & 0x7F) as u8 | 0x80;
+        value >>= 7;
+        n += 1;
+    }
+    out[n] = value as u8;
+    n + 1
 }
 
 /// Builds the arena of one [`EntryBlock`].
@@ -1131,6 +1151,26 @@ mod tests {
             }
         }
         assert!(old_subtasks_for(128, 2, KeyGroupRange::empty()).is_empty());
+    }
+
+    #[test]
+    fn a_field_written_in_place_is_the_same_as_one_written_from_its_bytes() {
+        // Lengths around each varint width, where the in-place write moves the payload.
+        for len in [0usize, 1, 126, 127, 128, 129, 300, 16_383, 16_384, 70_000] {
+            let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let mut expected = vec![7u8];
+            write_field(&mut expected, &payload);
+            let mut written = vec![7u8];
+            write_field_with(&mut written, |buf| {
+                buf.extend_from_slice(&payload);
+                Ok::<(), SnapshotError>(())
+            })
+            .unwrap();
+            assert_eq!(written, expected, "length {len}");
+            let mut rest = &written[1..];
+            assert_eq!(read_field(&mut rest), Some(&payload[..]), "length {len}");
+            assert!(rest.is_empty());
+        }
     }
 
     #[test]
