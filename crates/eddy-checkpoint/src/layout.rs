@@ -319,6 +319,23 @@ impl Checkpoints {
         })
     }
 
+    /// [`write_shared`](Self::write_shared) of a payload in its own buffer: framed in place
+    /// ([`format::frame_owned`]; leave [`format::FRAME_LEN`] bytes of spare capacity), and
+    /// the buffer kept for [`payload_buffer`](Self::payload_buffer) once written, as
+    /// [`write_part_owned`](Self::write_part_owned) does for parts.
+    pub fn write_shared_owned(&self, path: &str, payload: Vec<u8>) -> Result<SharedFile> {
+        check_shared_path(path, &self.storage.describe(path))?;
+        let framed = format::frame_owned(FileKind::SharedState, payload);
+        let size = framed.len() as u64;
+        if let Some(buffer) = self.storage.put_reclaiming(path, framed)? {
+            self.recycle(buffer);
+        }
+        Ok(SharedFile {
+            path: path.to_string(),
+            size,
+        })
+    }
+
     /// Reads the shared file at `path` (a [`SharedFile::path`], relative to the checkpoint
     /// root), checks its frame and kind, and returns its payload. A missing file is an error
     /// naming it: the checkpoint that refers to it cannot be restored.
@@ -934,6 +951,30 @@ mod tests {
             checkpoints.read_part(&chk, &info.path, FileKind::KeyedState)?,
             expected
         );
+        Ok(())
+    }
+
+    #[test]
+    fn a_shared_file_written_from_its_own_buffer_reads_back_and_the_buffer_returns() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(|e| EddyError::io("tempdir", e))?;
+        let checkpoints = Checkpoints::open(&dir.path().display().to_string())?;
+        let mut contents = Vec::with_capacity(70_000 + format::FRAME_LEN);
+        contents.extend((0..70_000u32).map(|i| (i % 253) as u8));
+        let expected = contents.clone();
+        let address = contents.as_ptr();
+        let path = Checkpoints::shared_path("op", "sst-000042.sst")?;
+        let shared = checkpoints.write_shared_owned(&path, contents)?;
+        assert_eq!(shared.size, (expected.len() + format::FRAME_LEN) as u64);
+        assert_eq!(checkpoints.read_shared(&shared.path)?, expected);
+        // The same bytes as the copying write, byte for byte.
+        let copied = Checkpoints::shared_path("op", "sst-000043.sst")?;
+        checkpoints.write_shared(&copied, &expected)?;
+        assert_eq!(
+            checkpoints.storage().get_opt(&copied)?,
+            checkpoints.storage().get_opt(&path)?
+        );
+        let returned = checkpoints.payload_buffer();
+        assert_eq!(returned.as_ptr(), address, "the written buffer came back");
         Ok(())
     }
 

@@ -36,9 +36,9 @@ impl<K: Clone, V: Clone> Clone for ProbeTable<K, V> {
         }
     }
 
-    /// Reuses `self`'s slot array when it is large enough: a snapshot copies its tables into
-    /// the previous snapshot's copies, which spares the allocation and, above all, the
-    /// kernel's zeroing of freshly mapped pages (most of a fresh copy's cost).
+    /// Reuses `self`'s slot array when it is large enough, sparing the allocation and the
+    /// kernel's zeroing of freshly mapped pages. (Snapshots no longer clone whole tables:
+    /// `ShardedTable::freeze` copies entries; this stays correct for any caller.)
     fn clone_from(&mut self, source: &Self) {
         self.slots.clone_from(&source.slots);
         self.len = source.len;

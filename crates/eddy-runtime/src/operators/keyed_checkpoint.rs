@@ -104,9 +104,14 @@ impl SharedUploads {
             }
             let file_name = format!("{}-{name}", self.prefix);
             let path = Checkpoints::shared_path(&self.dir, &file_name)?;
-            let stored = self
-                .checkpoints
-                .write_shared(&path, &checkpoint.read_file(name)?)?;
+            // Read into a recycled buffer and framed in place: an SST file is copied once
+            // (from the page cache), not three times into fresh memory.
+            let contents = checkpoint.read_file_into(
+                name,
+                self.checkpoints.payload_buffer(),
+                eddy_checkpoint::FRAME_LEN,
+            )?;
+            let stored = self.checkpoints.write_shared_owned(&path, contents)?;
             self.stored.insert(name.to_string(), stored);
         }
         let paths = self

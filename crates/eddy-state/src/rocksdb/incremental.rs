@@ -149,8 +149,25 @@ impl IncrementalCheckpoint {
 
     /// The contents of the file `name` (one of [`files`](Self::files)).
     pub fn read_file(&self, name: &str) -> Result<Vec<u8>> {
+        self.read_file_into(name, Vec::new(), 0)
+    }
+
+    /// [`read_file`](Self::read_file) into `buffer` (cleared first; a recycled buffer spares
+    /// the allocation), with `spare` bytes of capacity left behind the contents (room for
+    /// a file frame added in place).
+    pub fn read_file_into(&self, name: &str, mut buffer: Vec<u8>, spare: usize) -> Result<Vec<u8>> {
+        use std::io::Read;
         let path = self.path_of(name)?;
-        std::fs::read(&path).map_err(|e| EddyError::io(&path, e))
+        let mut file = std::fs::File::open(&path).map_err(|e| EddyError::io(&path, e))?;
+        let len = file.metadata().map_err(|e| EddyError::io(&path, e))?.len();
+        buffer.clear();
+        let needed = usize::try_from(len)
+            .unwrap_or(usize::MAX)
+            .saturating_add(spare);
+        buffer.reserve_exact(needed);
+        file.read_to_end(&mut buffer)
+            .map_err(|e| EddyError::io(&path, e))?;
+        Ok(buffer)
     }
 
     /// The part's payload: every file of [`files`](Self::files) that `shared` maps to a
