@@ -278,3 +278,21 @@ fn a_part_is_rebuilt_under_the_given_directory_and_removed_after() -> Result<(),
     assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
     Ok(())
 }
+
+#[test]
+fn a_file_read_into_a_used_buffer_is_the_file_with_room_to_spare() -> Result<(), EddyError> {
+    let mut b = backend();
+    let states = States::register(&mut b)?;
+    states.fill(&b, 0..200)?;
+    let checkpoint = incremental(&b);
+    let mut buffer = vec![0xAB; 3];
+    for file in checkpoint.files() {
+        let expected = checkpoint.read_file(&file.name)?;
+        assert_eq!(expected.len() as u64, file.size, "{}", file.name);
+        // A recycled buffer: what it held before must not leak into the file's contents.
+        buffer = checkpoint.read_file_into(&file.name, buffer, 64)?;
+        assert_eq!(buffer, expected, "{}", file.name);
+        assert!(buffer.capacity() - buffer.len() >= 64, "{}", file.name);
+    }
+    Ok(())
+}
