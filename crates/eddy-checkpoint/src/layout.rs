@@ -309,14 +309,8 @@ impl Checkpoints {
     /// alone (a checkpoint in flight may be about to refer to it) and
     /// [`unreferenced_shared`](Self::unreferenced_shared) lists it.
     pub fn write_shared(&self, path: &str, payload: &[u8]) -> Result<SharedFile> {
-        check_shared_path(path, &self.storage.describe(path))?;
-        let framed = format::frame(FileKind::SharedState, payload);
-        let size = framed.len() as u64;
-        self.storage.put(path, framed)?;
-        Ok(SharedFile {
-            path: path.to_string(),
-            size,
-        })
+        let (shared, _) = self.put_shared(path, |kind| format::frame(kind, payload))?;
+        Ok(shared)
     }
 
     /// [`write_shared`](Self::write_shared) of a payload in its own buffer: framed in place
@@ -324,16 +318,29 @@ impl Checkpoints {
     /// the buffer kept for [`payload_buffer`](Self::payload_buffer) once written, as
     /// [`write_part_owned`](Self::write_part_owned) does for parts.
     pub fn write_shared_owned(&self, path: &str, payload: Vec<u8>) -> Result<SharedFile> {
-        check_shared_path(path, &self.storage.describe(path))?;
-        let framed = format::frame_owned(FileKind::SharedState, payload);
-        let size = framed.len() as u64;
-        if let Some(buffer) = self.storage.put_reclaiming(path, framed)? {
+        let (shared, written) = self.put_shared(path, |kind| format::frame_owned(kind, payload))?;
+        if let Some(buffer) = written {
             self.recycle(buffer);
         }
-        Ok(SharedFile {
+        Ok(shared)
+    }
+
+    /// Checks `path`, frames the shared file with `framed` and stores it; returns its entry
+    /// and the written buffer if the store gave it back.
+    fn put_shared(
+        &self,
+        path: &str,
+        framed: impl FnOnce(FileKind) -> Vec<u8>,
+    ) -> Result<(SharedFile, Option<Vec<u8>>)> {
+        check_shared_path(path, &self.storage.describe(path))?;
+        let framed = framed(FileKind::SharedState);
+        let size = framed.len() as u64;
+        let written = self.storage.put_reclaiming(path, framed)?;
+        let shared = SharedFile {
             path: path.to_string(),
             size,
-        })
+        };
+        Ok((shared, written))
     }
 
     /// Reads the shared file at `path` (a [`SharedFile::path`], relative to the checkpoint

@@ -161,10 +161,20 @@ impl IncrementalCheckpoint {
         let mut file = std::fs::File::open(&path).map_err(|e| EddyError::io(&path, e))?;
         let len = file.metadata().map_err(|e| EddyError::io(&path, e))?.len();
         buffer.clear();
+        // `try_reserve_exact`: a size past what the process can allocate is an error naming
+        // the file, not a capacity-overflow panic.
         let needed = usize::try_from(len)
-            .unwrap_or(usize::MAX)
-            .saturating_add(spare);
-        buffer.reserve_exact(needed);
+            .ok()
+            .and_then(|len| len.checked_add(spare));
+        needed
+            .and_then(|needed| buffer.try_reserve_exact(needed).ok())
+            .ok_or_else(|| {
+                let message = format!("{len} bytes do not fit in memory");
+                EddyError::io(
+                    &path,
+                    std::io::Error::new(std::io::ErrorKind::OutOfMemory, message),
+                )
+            })?;
         file.read_to_end(&mut buffer)
             .map_err(|e| EddyError::io(&path, e))?;
         Ok(buffer)
