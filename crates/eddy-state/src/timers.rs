@@ -73,17 +73,34 @@ pub struct Timer<K, N> {
 ///
 /// An ordered index over all timers finds the next due one in O(log n); per-key-group maps
 /// deduplicate and give each key group's timers for snapshots. The maps are linear-probing
-/// tables, so the operator can prefetch the entry of a timer before it fires
-/// ([`prefetch_due`](Self::prefetch_due)): with millions of timers, each entry is a cache
-/// miss otherwise.
+/// tables, so [`poll_due`](Self::poll_due) prefetches the entries of the timers it is about
+/// to take and the caller can prefetch what they will touch: with millions of timers, each
+/// is a cache miss otherwise.
+///
+/// Deleting a timer removes only its dedup entry. Its place in the index goes stale and is
+/// dropped when it reaches the front, or with all others once stale places outnumber live
+/// timers. So a deletion is one hash-table removal instead of a search in the middle of a
+/// B-tree, which session windows pay on every merge. A place is live while its group's
+/// dedup entry carries the place's registration sequence: a timer deleted and registered
+/// again fires once, in the order of its second registration.
 #[derive(Debug)]
 pub struct TimerQueue<K, N> {
-    /// Every live timer with its key group offset, by (timestamp, registration sequence).
+    /// Every registered timer, and the stale places of deleted ones, with its key group
+    /// offset, by (timestamp, registration sequence).
     order: BTreeMap<(u64, u64), (usize, Timer<K, N>)>,
     /// Per key group offset: (key, namespace, timestamp) -> registration sequence.
     groups: Vec<ProbeTable<(K, N, u64), u64>>,
     next_sequence: u64,
+    /// Registered timers (the dedup entries); `order.len()` counts stale places too.
+    live: usize,
 }
+
+/// Stale places the index keeps in any case; beyond this it drops them all once they
+/// outnumber the live timers, so each compaction is paid for by as many deletions.
+const STALE_SLACK: usize = 4096;
+
+/// How far ahead of the timer it takes [`TimerQueue::poll_due`] prefetches dedup entries.
+const POLL_PREFETCH: usize = 8;
 
 impl<K: Key, N: Namespace> TimerQueue<K, N> {
     /// An empty queue for a subtask owning `key_groups` key groups.
@@ -92,6 +109,7 @@ impl<K: Key, N: Namespace> TimerQueue<K, N> {
             order: BTreeMap::new(),
             groups: (0..key_groups).map(|_| ProbeTable::new()).collect(),
             next_sequence: 0,
+            live: 0,
         }
     }
 
@@ -106,6 +124,7 @@ impl<K: Key, N: Namespace> TimerQueue<K, N> {
         // The second probe finds the slot the first one just loaded.
         group.insert(id, sequence);
         self.next_sequence += 1;
+        self.live += 1;
         self.order
             .insert((timer.timestamp, sequence), (offset, timer));
         Ok(true)
@@ -120,54 +139,81 @@ impl<K: Key, N: Namespace> TimerQueue<K, N> {
         timestamp: u64,
     ) -> Result<bool> {
         let id = (key.clone(), namespace.clone(), timestamp);
-        let Some(sequence) = self.group_mut(offset)?.remove(&id) else {
+        if self.group_mut(offset)?.remove(&id).is_none() {
             return Ok(false);
-        };
-        self.order.remove(&(timestamp, sequence));
+        }
+        self.live -= 1;
+        let stale = self.order.len() - self.live;
+        if stale > STALE_SLACK && stale > self.live {
+            self.drop_stale();
+        }
         Ok(true)
     }
 
-    /// The earliest timestamp of any timer.
-    pub fn peek_timestamp(&self) -> Option<u64> {
-        self.order
-            .first_key_value()
-            .map(|((timestamp, _), _)| *timestamp)
+    /// The earliest timestamp of any timer (dropping the stale places in front of it).
+    pub fn peek_timestamp(&mut self) -> Option<u64> {
+        loop {
+            let (&(timestamp, sequence), (offset, timer)) = self.order.first_key_value()?;
+            if self.is_live(*offset, timer, sequence) {
+                return Some(timestamp);
+            }
+            self.order.pop_first();
+        }
     }
 
     /// Removes and returns the earliest timer if it is due at `time` (timestamp <= time).
     pub fn poll(&mut self, time: u64) -> Option<(usize, Timer<K, N>)> {
-        let (&(timestamp, _), _) = self.order.first_key_value()?;
-        if timestamp > time {
-            return None;
+        while let Some(((_, sequence), (offset, timer))) = self.pop_due(time) {
+            if let Some(timer) = self.take_if_live(offset, timer, sequence) {
+                return Some((offset, timer));
+            }
         }
-        let (_, (offset, timer)) = self.order.pop_first()?;
-        // The timer is owned here: its parts become the dedup key and come back out, so
-        // nothing is cloned (a `String` key would allocate).
-        let id = (timer.key, timer.namespace, timer.timestamp);
-        if let Some(group) = self.groups.get_mut(offset) {
-            group.remove(&id);
-        }
-        let (key, namespace, timestamp) = id;
-        Some((
-            offset,
-            Timer {
-                timestamp,
-                key,
-                namespace,
-            },
-        ))
+        None
     }
 
-    /// Starts loading the dedup entry of the timer `ahead` places from the front, if it is
-    /// due at `time`, and returns it with its key group offset, so that the caller can
-    /// prefetch the state that timer will touch; changes nothing.
-    pub fn prefetch_due(&self, time: u64, ahead: usize) -> Option<(usize, &Timer<K, N>)> {
-        let (&(timestamp, _), (offset, timer)) = self.order.iter().nth(ahead)?;
-        if timestamp > time {
-            return None;
+    /// Removes up to `max` timers due at `time` (timestamp <= time) and appends them, with
+    /// their key group offsets, to `due` in firing order; returns how many.
+    ///
+    /// The same timers in the same order as `max` calls of [`poll`](Self::poll), unless a
+    /// timer is registered between those calls: for callers whose firing registers no
+    /// earlier timers (window operators), which take a batch at a time and prefetch the
+    /// state of the timers ahead in it.
+    pub fn poll_due(
+        &mut self,
+        time: u64,
+        max: usize,
+        due: &mut Vec<(usize, Timer<K, N>)>,
+    ) -> usize {
+        let start = due.len();
+        let mut popped = Vec::new();
+        while due.len() - start < max {
+            // The index gives up its front without cache misses; the dedup entries are
+            // random, so each is prefetched `POLL_PREFETCH` places before its removal.
+            let wanted = max - (due.len() - start);
+            popped.clear();
+            popped.extend(std::iter::from_fn(|| self.pop_due(time)).take(wanted));
+            if popped.is_empty() {
+                break;
+            }
+            for (_, (offset, timer)) in popped.iter().take(POLL_PREFETCH) {
+                self.prefetch_entry(*offset, &timer.key, &timer.namespace, timer.timestamp);
+            }
+            let mut places = popped.drain(..);
+            while let Some(((_, sequence), (offset, timer))) = places.next() {
+                if let Some((_, (ahead_offset, ahead))) = places.as_slice().get(POLL_PREFETCH - 1) {
+                    self.prefetch_entry(
+                        *ahead_offset,
+                        &ahead.key,
+                        &ahead.namespace,
+                        ahead.timestamp,
+                    );
+                }
+                if let Some(timer) = self.take_if_live(offset, timer, sequence) {
+                    due.push((offset, timer));
+                }
+            }
         }
-        self.prefetch_entry(*offset, &timer.key, &timer.namespace, timestamp);
-        Some((*offset, timer))
+        due.len() - start
     }
 
     /// Starts loading the dedup entry a registration of (`key`, `namespace`, `timestamp`) in
@@ -181,12 +227,12 @@ impl<K: Key, N: Namespace> TimerQueue<K, N> {
 
     /// The number of timers.
     pub fn len(&self) -> usize {
-        self.order.len()
+        self.live
     }
 
     /// Whether there is no timer.
     pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
+        self.live == 0
     }
 
     /// The timers of the key group at `offset`, in no particular order (for snapshots).
@@ -196,8 +242,11 @@ impl<K: Key, N: Namespace> TimerQueue<K, N> {
         };
         group
             .iter()
-            .filter_map(|((_, _, timestamp), sequence)| self.order.get(&(*timestamp, *sequence)))
-            .map(|(_, timer)| timer.clone())
+            .map(|((key, namespace, timestamp), _)| Timer {
+                timestamp: *timestamp,
+                key: key.clone(),
+                namespace: namespace.clone(),
+            })
             .collect()
     }
 
@@ -225,6 +274,57 @@ impl<K: Key, N: Namespace> TimerQueue<K, N> {
             w.timer(domain, &key, &ns, *timestamp);
         }
         Ok(())
+    }
+
+    /// Takes the front place of the index if its timestamp is due at `time`, live or stale.
+    #[allow(clippy::type_complexity)]
+    fn pop_due(&mut self, time: u64) -> Option<((u64, u64), (usize, Timer<K, N>))> {
+        let (&(timestamp, _), _) = self.order.first_key_value()?;
+        if timestamp > time {
+            return None;
+        }
+        self.order.pop_first()
+    }
+
+    /// Whether the place (`offset`, `timer`, `sequence`) is the timer's live registration.
+    fn is_live(&self, offset: usize, timer: &Timer<K, N>, sequence: u64) -> bool {
+        let id = (timer.key.clone(), timer.namespace.clone(), timer.timestamp);
+        self.groups.get(offset).and_then(|group| group.get(&id)) == Some(&sequence)
+    }
+
+    /// Unregisters and returns the timer of a place taken from the index if the place is
+    /// live; `None` for a stale place (the timer was deleted, perhaps registered again).
+    fn take_if_live(
+        &mut self,
+        offset: usize,
+        timer: Timer<K, N>,
+        sequence: u64,
+    ) -> Option<Timer<K, N>> {
+        // The timer is owned here: its parts become the dedup key and come back out, so
+        // nothing is cloned (a `String` key would allocate).
+        let id = (timer.key, timer.namespace, timer.timestamp);
+        let group = self.groups.get_mut(offset)?;
+        if group.get(&id) != Some(&sequence) {
+            return None;
+        }
+        group.remove(&id);
+        self.live -= 1;
+        let (key, namespace, timestamp) = id;
+        Some(Timer {
+            timestamp,
+            key,
+            namespace,
+        })
+    }
+
+    /// Drops every stale place from the index.
+    fn drop_stale(&mut self) {
+        let groups = &self.groups;
+        self.order
+            .retain(|&(timestamp, sequence), (offset, timer)| {
+                let id = (timer.key.clone(), timer.namespace.clone(), timestamp);
+                groups.get(*offset).and_then(|group| group.get(&id)) == Some(&sequence)
+            });
     }
 
     fn group_mut(&mut self, offset: usize) -> Result<&mut ProbeTable<(K, N, u64), u64>> {
@@ -281,12 +381,25 @@ impl<K: Key, N: Namespace> Queue<K, N> {
         Ok(polled.map(|(_, timer)| timer))
     }
 
-    fn prefetch_due(&self, time: u64, ahead: usize) -> Option<(usize, &Timer<K, N>)> {
+    fn poll_due(
+        &mut self,
+        time: u64,
+        max: usize,
+        due: &mut Vec<(usize, Timer<K, N>)>,
+    ) -> Result<usize> {
         match self {
-            Queue::Heap(queue) => queue.prefetch_due(time, ahead),
-            // RocksDB reads through its block cache; a software prefetch cannot reach it.
+            Queue::Heap(queue) => Ok(queue.poll_due(time, max, due)),
             #[cfg(feature = "rocksdb")]
-            Queue::RocksDb(_) => None,
+            Queue::RocksDb(queue) => {
+                let start = due.len();
+                while due.len() - start < max {
+                    let Some(timer) = queue.poll(time)? else {
+                        break;
+                    };
+                    due.push(timer);
+                }
+                Ok(due.len() - start)
+            }
         }
     }
 
@@ -400,23 +513,23 @@ impl<K: Key, N: Namespace> TimerService<K, N> {
         self.borrow_queue(TimeDomain::ProcessingTime)?.poll(now)
     }
 
-    /// Starts loading the bookkeeping of the event-time timer `ahead` places from the next
-    /// one, if it is due at `watermark`, and hands its key group offset and key to
-    /// `prefetch_state` so the caller can warm the state it will touch; changes nothing.
-    /// An operator firing many timers calls this before each, as it prefetches the state
-    /// of records ahead.
-    pub fn prefetch_due_event_time(
+    /// Removes up to `max` event-time timers due at `watermark` and appends them, with the
+    /// offsets of their key groups in the subtask's range, to `due` in firing order; returns
+    /// how many.
+    ///
+    /// For operators that fire many timers at once and whose firing registers no timer
+    /// earlier than the ones taken (window operators): they prefetch the state of the timers
+    /// ahead in the batch, as they do for records. Any other caller polls one at a time
+    /// ([`poll_event_time`](Self::poll_event_time)) so that a timer registered while firing
+    /// takes its place among the due ones.
+    pub fn poll_event_time_due(
         &self,
         watermark: u64,
-        ahead: usize,
-        prefetch_state: impl FnOnce(usize, &K),
-    ) {
-        let Ok(queue) = self.event_time.try_borrow() else {
-            return;
-        };
-        if let Some((offset, timer)) = queue.prefetch_due(watermark, ahead) {
-            prefetch_state(offset, &timer.key);
-        }
+        max: usize,
+        due: &mut Vec<(usize, Timer<K, N>)>,
+    ) -> Result<usize> {
+        self.borrow_queue(TimeDomain::EventTime)?
+            .poll_due(watermark, max, due)
     }
 
     /// Starts loading what registering the event-time timer (`key`, `namespace`,
@@ -567,5 +680,99 @@ impl<K: Key, N: Namespace> ErasedTimers for TimerService<K, N> {
         check: &KeyCheck,
     ) -> std::result::Result<(), SnapshotError> {
         self.restore_block(offset, block, check)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timer(key: u64, timestamp: u64) -> Timer<u64, ()> {
+        Timer {
+            timestamp,
+            key,
+            namespace: (),
+        }
+    }
+
+    fn drain(queue: &mut TimerQueue<u64, ()>, time: u64) -> Vec<(u64, u64)> {
+        std::iter::from_fn(|| queue.poll(time))
+            .map(|(_, t)| (t.key, t.timestamp))
+            .collect()
+    }
+
+    #[test]
+    fn a_deleted_timer_registered_again_fires_once_in_its_second_place() -> Result<()> {
+        let mut queue = TimerQueue::new(1);
+        queue.add(0, timer(1, 10))?;
+        queue.add(0, timer(2, 10))?;
+        assert!(queue.remove(0, &1, &(), 10)?);
+        assert!(!queue.remove(0, &1, &(), 10)?);
+        queue.add(0, timer(1, 10))?;
+        assert_eq!(queue.len(), 2);
+        assert_eq!(drain(&mut queue, 10), vec![(2, 10), (1, 10)]);
+        assert!(queue.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn the_next_timestamp_skips_deleted_timers() -> Result<()> {
+        let mut queue = TimerQueue::new(1);
+        queue.add(0, timer(1, 5))?;
+        queue.add(0, timer(2, 7))?;
+        queue.remove(0, &1, &(), 5)?;
+        assert_eq!(queue.peek_timestamp(), Some(7));
+        queue.remove(0, &2, &(), 7)?;
+        assert_eq!(queue.peek_timestamp(), None);
+        assert_eq!(queue.poll(u64::MAX), None);
+        Ok(())
+    }
+
+    #[test]
+    fn many_deletions_compact_the_index_and_keep_the_live_timers_in_order() -> Result<()> {
+        let mut queue = TimerQueue::new(2);
+        let n = 3 * STALE_SLACK as u64;
+        for key in 0..n {
+            queue.add((key % 2) as usize, timer(key, 1000 - key % 7))?;
+        }
+        for key in (0..n).filter(|key| key % 10 != 0) {
+            queue.remove((key % 2) as usize, &key, &(), 1000 - key % 7)?;
+        }
+        // Stale places were dropped, not merely skipped: at most the slack or as many as
+        // there are live timers remain (10 % of 12,288 timers live, 11,059 deleted).
+        let stale = queue.order.len() - queue.len();
+        assert_eq!(queue.len(), 1229);
+        assert!(stale <= STALE_SLACK.max(queue.len()), "{stale} stale places");
+        let mut expected: Vec<(u64, u64)> = (0..n)
+            .filter(|key| key % 10 == 0)
+            .map(|key| (key, 1000 - key % 7))
+            .collect();
+        expected.sort_by_key(|&(key, timestamp)| (timestamp, key));
+        assert_eq!(drain(&mut queue, u64::MAX), expected);
+        Ok(())
+    }
+
+    #[test]
+    fn a_batch_of_due_timers_is_what_single_polls_give() -> Result<()> {
+        let build = || -> Result<TimerQueue<u64, ()>> {
+            let mut queue = TimerQueue::new(3);
+            for key in 0..1000u64 {
+                queue.add((key % 3) as usize, timer(key, key % 13))?;
+            }
+            for key in (0..1000u64).step_by(3) {
+                queue.remove((key % 3) as usize, &key, &(), key % 13)?;
+            }
+            Ok(queue)
+        };
+        let mut single = build()?;
+        let mut batched = build()?;
+        let expected: Vec<(usize, Timer<u64, ()>)> =
+            std::iter::from_fn(|| single.poll(9)).collect();
+        let mut due = Vec::new();
+        while batched.poll_due(9, 50, &mut due) > 0 {}
+        assert_eq!(due, expected);
+        assert_eq!(batched.len(), single.len());
+        assert_eq!(batched.peek_timestamp(), Some(10));
+        Ok(())
     }
 }

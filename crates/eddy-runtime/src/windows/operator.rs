@@ -34,6 +34,8 @@ const CONTENTS: &str = "_window_contents";
 const MERGING_WINDOWS: &str = "_merging_windows";
 /// How many elements ahead the state slot of an element is prefetched.
 const PREFETCH: usize = 8;
+/// How many due timers the operator takes from the timer service at a time.
+const FIRE_BATCH: usize = 256;
 /// The name of the window timers' service.
 const WINDOW_TIMERS: &str = "_window_timers";
 
@@ -343,6 +345,8 @@ struct WindowTask<K: Key, In, C: WindowContents<In>, Out, KS> {
     watermark: Cell<u64>,
     clock: ProcessingClock,
     output: Vec<Stamped<Out>>,
+    /// The batch of due timers being fired (kept for its allocation).
+    due: Vec<(usize, Timer<K, TimeWindow>)>,
     max_parallelism: usize,
     metrics: Arc<OperatorMetrics>,
 }
@@ -387,6 +391,7 @@ where
             watermark: Cell::new(MIN_WATERMARK),
             clock,
             output: Vec::new(),
+            due: Vec::new(),
             max_parallelism: worker.max_parallelism,
             metrics: Arc::clone(&node.metrics),
         })
@@ -412,12 +417,10 @@ where
         }
     }
 
-    fn prefetch_due_timer(&self, watermark: u64, ahead: usize) {
-        let backend = &self.backend;
-        self.timers
-            .prefetch_due_event_time(watermark, ahead, |offset, key| {
-                backend.prefetch_at_offset(offset, key, PrefetchDepth::Slot)
-            });
+    /// Starts loading the state slot of the key a due timer will fire for.
+    fn prefetch_timer_state(&self, offset: usize, key: &K) {
+        self.backend
+            .prefetch_at_offset(offset, key, PrefetchDepth::Slot);
     }
 
     fn event_time(&self) -> bool {
@@ -650,15 +653,31 @@ where
     fn advance_watermark(&mut self, watermark: u64) -> Result<()> {
         let _running = self.keys.enter();
         self.watermark.set(watermark);
-        // A watermark can make millions of windows due at once; as for records, the state
-        // and the timer entry of the timer `PREFETCH` ahead load while this one fires.
-        for ahead in 0..PREFETCH {
-            self.prefetch_due_timer(watermark, ahead);
+        // A watermark can make millions of windows due at once. They are taken a batch at a
+        // time (firing a window registers no timer) so that, as for records, the state of
+        // the timer `PREFETCH` ahead loads while this one fires.
+        let mut due = std::mem::take(&mut self.due);
+        loop {
+            due.clear();
+            if self
+                .timers
+                .poll_event_time_due(watermark, FIRE_BATCH, &mut due)?
+                == 0
+            {
+                break;
+            }
+            for (offset, timer) in due.iter().take(PREFETCH) {
+                self.prefetch_timer_state(*offset, &timer.key);
+            }
+            let mut timers = due.drain(..);
+            while let Some((_, timer)) = timers.next() {
+                if let Some((offset, ahead)) = timers.as_slice().get(PREFETCH - 1) {
+                    self.prefetch_timer_state(*offset, &ahead.key);
+                }
+                self.on_timer(timer)?;
+            }
         }
-        while let Some(timer) = self.timers.poll_event_time(watermark)? {
-            self.prefetch_due_timer(watermark, PREFETCH - 1);
-            self.on_timer(timer)?;
-        }
+        self.due = due;
         Ok(())
     }
 
