@@ -742,7 +742,10 @@ mod tests {
         // there are live timers remain (10 % of 12,288 timers live, 11,059 deleted).
         let stale = queue.order.len() - queue.len();
         assert_eq!(queue.len(), 1229);
-        assert!(stale <= STALE_SLACK.max(queue.len()), "{stale} stale places");
+        assert!(
+            stale <= STALE_SLACK.max(queue.len()),
+            "{stale} stale places"
+        );
         let mut expected: Vec<(u64, u64)> = (0..n)
             .filter(|key| key % 10 == 0)
             .map(|key| (key, 1000 - key % 7))
