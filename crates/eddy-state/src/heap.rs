@@ -927,7 +927,11 @@ impl<K: Key> HeapKeyedStateBackend<K> {
         kind: StateKind,
     ) -> Result<NamespacedHandleParts<K, N, I::Stored>> {
         let codec = heap_codec::namespaced::<K, N, I>();
-        let table = self.table::<SmallMap<N, I::Stored>>(name, kind, None, None, codec)?;
+        // A key's namespaces (a window operator's windows) outside the slot are a second,
+        // dependent cache miss: the operator prefetches them once the slot has landed.
+        let contents: fn(&SmallMap<N, I::Stored>) = SmallMap::prefetch;
+        let table =
+            self.table::<SmallMap<N, I::Stored>>(name, kind, None, Some(contents), codec)?;
         let layout = InNamespace {
             current: Rc::new(NamespaceCell::new()),
         };

@@ -168,13 +168,18 @@ impl<UK: Hash + Eq, UV> SmallMap<UK, UV> {
         }
     }
 
-    /// Starts loading the first entries into the CPU caches.
+    /// Starts loading the first entries and the last one into the CPU caches.
     #[inline]
     pub fn prefetch(&self) {
         if let SmallMap::Inline(v) = self {
             // A linear scan reads consecutive lines; the hardware prefetcher follows the first.
             prefetch_read(v.as_ptr());
             prefetch_read(v.as_ptr().wrapping_add(4));
+            // The newest entry, and where the next one goes: namespaced state (windows) adds
+            // to its newest namespace or appends one.
+            if v.len() > 4 {
+                prefetch_read(v.as_ptr().wrapping_add(v.len() - 1));
+            }
         }
     }
 

@@ -32,8 +32,11 @@ use crate::Epoch;
 const CONTENTS: &str = "_window_contents";
 /// The name of the session windows' bookkeeping state.
 const MERGING_WINDOWS: &str = "_merging_windows";
-/// How many elements ahead the state slot of an element is prefetched.
-const PREFETCH: usize = 8;
+/// How many elements (or due timers) ahead the state slot of an element is prefetched.
+const SLOT_DISTANCE: usize = 8;
+/// How many elements ahead what the slot points to (the key's windows) is prefetched: by
+/// then the slot prefetched `SLOT_DISTANCE` ahead has landed.
+const CONTENTS_DISTANCE: usize = 4;
 /// How many due timers the operator takes from the timer service at a time.
 const FIRE_BATCH: usize = 256;
 /// The name of the window timers' service.
@@ -417,10 +420,24 @@ where
         }
     }
 
-    /// Starts loading the state slot of the key a due timer will fire for.
-    fn prefetch_timer_state(&self, offset: usize, key: &K) {
+    /// Starts loading the key's windows, whose slot [`prefetch`](Self::prefetch) loaded.
+    fn prefetch_contents(&self, record: &Stamped<In>) {
+        let key = (self.key_selector)(&record.value);
+        let kg = assign_to_key_group(&key, self.max_parallelism);
         self.backend
-            .prefetch_at_offset(offset, key, PrefetchDepth::Slot);
+            .prefetch_in_group(&key, kg, PrefetchDepth::Contents);
+    }
+
+    /// Starts loading the state slot of the key a due timer will fire for.
+    fn prefetch_timer_slot(&self, (offset, timer): &(usize, Timer<K, TimeWindow>)) {
+        self.backend
+            .prefetch_at_offset(*offset, &timer.key, PrefetchDepth::Slot);
+    }
+
+    /// Starts loading the windows of the key a due timer will fire for.
+    fn prefetch_timer_contents(&self, (offset, timer): &(usize, Timer<K, TimeWindow>)) {
+        self.backend
+            .prefetch_at_offset(*offset, &timer.key, PrefetchDepth::Contents);
     }
 
     fn event_time(&self) -> bool {
@@ -635,19 +652,15 @@ where
     fn process_batch(&mut self, batch: &mut Vec<Stamped<In>>) -> Result<()> {
         let _running = self.keys.enter();
         self.metrics.add_in(batch.len());
-        // As the keyed process operator does: the state slot of the element `PREFETCH`
-        // ahead is fetched while this one is processed, overlapping the memory latency.
-        for ahead in batch.iter().take(PREFETCH) {
-            self.prefetch(ahead);
-        }
-        let mut records = std::mem::take(batch).into_iter();
-        while let Some(record) = records.next() {
-            if let Some(ahead) = records.as_slice().get(PREFETCH - 1) {
-                self.prefetch(ahead);
-            }
-            self.process_element(record)?;
-        }
-        Ok(())
+        // As the keyed process operator does: the state of elements ahead is fetched while
+        // this one is processed, overlapping the memory latency.
+        drain_prefetching(
+            self,
+            batch,
+            Self::prefetch,
+            Self::prefetch_contents,
+            |task, record| task.process_element(record),
+        )
     }
 
     fn advance_watermark(&mut self, watermark: u64) -> Result<()> {
@@ -655,30 +668,30 @@ where
         self.watermark.set(watermark);
         // A watermark can make millions of windows due at once. They are taken a batch at a
         // time (firing a window registers no timer) so that, as for records, the state of
-        // the timer `PREFETCH` ahead loads while this one fires.
+        // the timers ahead loads while this one fires.
         let mut due = std::mem::take(&mut self.due);
-        loop {
+        let fired = loop {
             due.clear();
-            if self
+            match self
                 .timers
-                .poll_event_time_due(watermark, FIRE_BATCH, &mut due)?
-                == 0
+                .poll_event_time_due(watermark, FIRE_BATCH, &mut due)
             {
-                break;
+                Ok(0) => break Ok(()),
+                Ok(_) => {}
+                Err(e) => break Err(e),
             }
-            for (offset, timer) in due.iter().take(PREFETCH) {
-                self.prefetch_timer_state(*offset, &timer.key);
+            if let Err(e) = drain_prefetching(
+                self,
+                &mut due,
+                Self::prefetch_timer_slot,
+                Self::prefetch_timer_contents,
+                |task, (_, timer)| task.on_timer(timer),
+            ) {
+                break Err(e);
             }
-            let mut timers = due.drain(..);
-            while let Some((_, timer)) = timers.next() {
-                if let Some((offset, ahead)) = timers.as_slice().get(PREFETCH - 1) {
-                    self.prefetch_timer_state(*offset, &ahead.key);
-                }
-                self.on_timer(timer)?;
-            }
-        }
+        };
         self.due = due;
-        Ok(())
+        fired
     }
 
     fn advance_processing_time(&mut self, now: u64) -> Result<Option<u64>> {
@@ -704,4 +717,34 @@ where
     fn snapshot(&mut self) -> Result<PendingParts> {
         keyed_state_part(&self.backend)
     }
+}
+
+/// Calls `process` on each item of `items` in order (leaving `items` empty), after `slot` ran
+/// for it `SLOT_DISTANCE` items before and `contents` `CONTENTS_DISTANCE` items before: two
+/// dependent cache misses per item overlap with the work on the items in between.
+fn drain_prefetching<S, T>(
+    task: &mut S,
+    items: &mut Vec<T>,
+    slot: impl Fn(&S, &T),
+    contents: impl Fn(&S, &T),
+    mut process: impl FnMut(&mut S, T) -> Result<()>,
+) -> Result<()> {
+    for item in items.iter().take(SLOT_DISTANCE) {
+        slot(task, item);
+    }
+    for item in items.iter().take(CONTENTS_DISTANCE) {
+        contents(task, item);
+    }
+    let mut drained = items.drain(..);
+    while let Some(item) = drained.next() {
+        let ahead = drained.as_slice();
+        if let Some(far) = ahead.get(SLOT_DISTANCE - 1) {
+            slot(task, far);
+        }
+        if let Some(near) = ahead.get(CONTENTS_DISTANCE - 1) {
+            contents(task, near);
+        }
+        process(task, item)?;
+    }
+    Ok(())
 }
