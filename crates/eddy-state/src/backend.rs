@@ -602,14 +602,14 @@ impl<K: Key> KeyedStateBackend<K> {
         let range = self.context.key_group_range();
         let mut timer_metas = Vec::with_capacity(self.timer_services.len());
         let mut timer_blocks = Vec::new();
-        let mut writer = EntryWriter::new();
         for ((name, timers), index) in self.timer_services.iter().zip(0u32..) {
             timer_metas.push(timers.meta.clone());
-            for (offset, kg) in range.iter().enumerate() {
-                timers
-                    .erased
-                    .snapshot_group(offset, &mut writer)
-                    .map_err(|e| e.in_state(name, kg, "cannot snapshot the timers of"))?;
+            // One walk over the timers fills the writers of all key groups.
+            let mut writers: Vec<EntryWriter> = range.iter().map(|_| EntryWriter::new()).collect();
+            timers.erased.snapshot_into(&mut writers).map_err(|e| {
+                EddyError::state(name, format!("cannot snapshot the timers: {}", e.0))
+            })?;
+            for (kg, writer) in range.iter().zip(&mut writers) {
                 if let Some(block) = writer.finish(index) {
                     timer_blocks.push((kg, block));
                 }

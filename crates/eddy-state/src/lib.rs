@@ -73,6 +73,7 @@ pub mod rocksdb;
 pub mod schema;
 pub mod small_map;
 pub mod snapshot;
+mod timer_bucket;
 pub mod timers;
 pub mod ttl;
 
