@@ -466,14 +466,6 @@ where
         }
     }
 
-    fn delete_timer(&self, window: TimeWindow, time: u64) -> Result<()> {
-        if self.event_time() {
-            self.timers.delete_event_time_timer(window, time)
-        } else {
-            self.timers.delete_processing_time_timer(window, time)
-        }
-    }
-
     /// Flink's `processElement`: assign windows, merge sessions, add, trigger.
     fn process_element(&mut self, record: Stamped<In>) -> Result<()> {
         let key = (self.key_selector)(&record.value);
@@ -557,15 +549,19 @@ where
         Ok(())
     }
 
-    /// Carries out a session merge: the merged window's timer replaces the members', and
-    /// their contents merge into the surviving state window.
+    /// Carries out a session merge: the merged window gets its timers, and the members'
+    /// contents merge into the surviving state window.
+    ///
+    /// Unlike Flink, the members' timers are not deleted: when one fires, its window is no
+    /// longer in the key's merging set and [`on_timer`](Self::on_timer) ignores it. A member
+    /// window cannot come back (a new window intersecting it merges into the result, and
+    /// once the result is purged the member is late too), so a stale timer never fires a
+    /// window. Deleting would look up each member's timer at a random place in the timer
+    /// queue on every merge, while a stale timer costs a lookup of the key's merging set
+    /// that firing prefetches with the timers ahead.
     fn on_merge(&self, merge: &WindowMerge) -> Result<()> {
         if !self.event_time() || merge.result.max_timestamp() > self.watermark.get() {
             self.register_timer(merge.result, merge.result.max_timestamp())?;
-        }
-        for window in &merge.merged_windows {
-            self.delete_timer(*window, window.max_timestamp())?;
-            self.delete_timer(*window, self.cleanup_time(window))?;
         }
         let cleanup = self.cleanup_time(&merge.result);
         if cleanup != merge.result.max_timestamp() && cleanup != u64::MAX {
