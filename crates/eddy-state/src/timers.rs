@@ -145,9 +145,24 @@ impl<K: Key, N: Namespace> TimerQueue<K, N> {
 
     /// Removes and returns the earliest timer if it is due at `time` (timestamp <= time).
     pub fn poll(&mut self, time: u64) -> Option<(usize, Timer<K, N>)> {
-        let mut due = Vec::with_capacity(1);
-        self.poll_due(time, 1, &mut due);
-        due.pop()
+        let mut first = self.buckets.first_entry()?;
+        let timestamp = *first.key();
+        if timestamp > time {
+            return None;
+        }
+        // Empty buckets are dropped at once, so the first one has a timer.
+        let popped = first.get_mut().pop_front();
+        if first.get().is_empty() {
+            first.remove();
+        }
+        let (offset, key, namespace) = popped?;
+        self.live -= 1;
+        let timer = Timer {
+            timestamp,
+            key,
+            namespace,
+        };
+        Some((offset as usize, timer))
     }
 
     /// Removes up to `max` timers due at `time` (timestamp <= time) and appends them, with
