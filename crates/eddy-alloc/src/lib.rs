@@ -15,9 +15,14 @@
 //! pages go back to the kernel between two checkpoints, and the next checkpoint faults them
 //! in again: the kernel zeroing fresh pages was most of a checkpoint's CPU cost
 //! (BENCHMARKS.md, session 9). Holding freed memory for [`CHECKPOINTS_PER_PURGE_DELAY`]
-//! intervals keeps those pages mapped from one checkpoint to the next. Jobs without
-//! checkpoints keep mimalloc's default: there the longer delay only raised peak RSS (W5
-//! +18 %) without making anything faster.
+//! intervals keeps those pages mapped from one checkpoint to the next.
+//!
+//! Why at least [`MIN_PURGE_DELAY_MS`] for every job, checkpoints or not: window operators
+//! free whole timer buckets and window contents as windows fire and allocate new ones as
+//! windows open, a steady churn of large blocks. With mimalloc's 1 s default the freed
+//! pages went back to the kernel and were faulted in (zeroed) again: W5 took ~350,000 page
+//! faults and W6 ~270,000, against ~9,000 and ~12,000 with 3 s, which made both about a
+//! quarter faster (BENCHMARKS.md, session 13) for 10-30 % more peak RSS.
 //!
 //! ```no_run
 //! #[global_allocator]
@@ -42,8 +47,12 @@ pub use mimalloc::MiMalloc as Allocator;
 /// mimalloc returns it to the kernel (see the [crate documentation](crate) for why).
 pub const CHECKPOINTS_PER_PURGE_DELAY: u32 = 5;
 
-/// mimalloc's own purge delay (v3), in milliseconds: the shortest [`configure`] sets.
+/// mimalloc's own purge delay (v3), in milliseconds.
 pub const DEFAULT_PURGE_DELAY_MS: c_long = 1_000;
+
+/// The shortest purge delay [`configure`] sets, in milliseconds (see the
+/// [crate documentation](crate) for why it is longer than mimalloc's default).
+pub const MIN_PURGE_DELAY_MS: c_long = 3_000;
 
 /// The longest purge delay [`configure`] sets, in milliseconds.
 pub const MAX_PURGE_DELAY_MS: c_long = 60_000;
@@ -54,23 +63,23 @@ pub const MAX_PURGE_DELAY_MS: c_long = 60_000;
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Sets Eddy's allocator options for a job that checkpoints every `checkpoint_interval`
-/// (`None`: no checkpoints, mimalloc's defaults), unless the environment already set them
+/// (`None`: no checkpoints), unless the environment already set them
 /// (`MIMALLOC_PURGE_DELAY=...` still wins, for experiments). Call it first thing in `main`,
 /// once the flags are parsed.
 pub fn configure(checkpoint_interval: Option<Duration>) {
-    if let Some(interval) = checkpoint_interval {
-        set_default_purge_delay(purge_delay_for(interval));
-    }
+    let millis = checkpoint_interval.map_or(MIN_PURGE_DELAY_MS, purge_delay_for);
+    set_default_purge_delay(millis);
 }
 
-/// The purge delay for checkpoints every `interval`, in milliseconds.
+/// The purge delay for checkpoints every `interval`, in milliseconds: five intervals, within
+/// [`MIN_PURGE_DELAY_MS`] and [`MAX_PURGE_DELAY_MS`].
 pub fn purge_delay_for(interval: Duration) -> c_long {
     let millis = interval
         .saturating_mul(CHECKPOINTS_PER_PURGE_DELAY)
         .as_millis();
     c_long::try_from(millis)
         .unwrap_or(MAX_PURGE_DELAY_MS)
-        .clamp(DEFAULT_PURGE_DELAY_MS, MAX_PURGE_DELAY_MS)
+        .clamp(MIN_PURGE_DELAY_MS, MAX_PURGE_DELAY_MS)
 }
 
 #[allow(unsafe_code)] // a foreign call; see the SAFETY argument
@@ -99,8 +108,8 @@ mod tests {
     use super::*;
 
     /// One test, since the option is process-wide: the option at position 15 has the purge
-    /// delay's documented default before `configure`, keeps it without checkpoints, and
-    /// takes five checkpoint intervals with them.
+    /// delay's documented default before `configure`, takes the floor without checkpoints,
+    /// and five checkpoint intervals with them.
     #[test]
     fn configure_sets_the_purge_delay_for_checkpoints_unless_the_environment_did() {
         if let Ok(from_env) = std::env::var("MIMALLOC_PURGE_DELAY") {
@@ -114,14 +123,17 @@ mod tests {
             "mimalloc v3's default"
         );
         configure(None);
-        assert_eq!(purge_delay_ms(), DEFAULT_PURGE_DELAY_MS);
+        assert_eq!(purge_delay_ms(), MIN_PURGE_DELAY_MS);
         configure(Some(Duration::from_secs(2)));
         assert_eq!(purge_delay_ms(), 10_000);
     }
 
     #[test]
     fn the_purge_delay_is_five_intervals_within_bounds() {
-        assert_eq!(purge_delay_for(Duration::from_millis(200)), 1_000);
+        assert_eq!(
+            purge_delay_for(Duration::from_millis(200)),
+            MIN_PURGE_DELAY_MS
+        );
         assert_eq!(purge_delay_for(Duration::from_secs(3)), 15_000);
         assert_eq!(
             purge_delay_for(Duration::from_secs(3600)),
