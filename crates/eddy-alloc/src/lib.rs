@@ -19,10 +19,10 @@
 //!
 //! Why at least [`MIN_PURGE_DELAY_MS`] for every job, checkpoints or not: window operators
 //! free whole timer buckets and window contents as windows fire and allocate new ones as
-//! windows open, a steady churn of large blocks. With mimalloc's 1 s default the freed
-//! pages went back to the kernel and were faulted in (zeroed) again: W5 took ~350,000 page
-//! faults and W6 ~270,000, against ~9,000 and ~12,000 with 3 s, which made both about a
-//! quarter faster (BENCHMARKS.md, session 13) for 10-30 % more peak RSS.
+//! windows open, a steady churn of large blocks. With mimalloc's 1 s default part of the
+//! freed pages went back to the kernel and were faulted in (zeroed) again: W5 at p = 2 took
+//! 15,000-25,000 page faults against 5,000-12,000 with 3 s, and ran about 13 % faster
+//! (medians of five runs each) for about 10 % more peak RSS (BENCHMARKS.md, session 13).
 //!
 //! ```no_run
 //! #[global_allocator]

@@ -172,13 +172,17 @@ impl<UK: Hash + Eq, UV> SmallMap<UK, UV> {
     #[inline]
     pub fn prefetch(&self) {
         if let SmallMap::Inline(v) = self {
-            // A linear scan reads consecutive lines; the hardware prefetcher follows the first.
+            // A linear scan reads consecutive lines; the hardware prefetcher follows the first
+            // two. Prefetches past the entries would only take memory bandwidth from others.
+            let len = v.len();
             prefetch_read(v.as_ptr());
-            prefetch_read(v.as_ptr().wrapping_add(4));
-            // The newest entry, and where the next one goes: namespaced state (windows) adds
-            // to its newest namespace or appends one.
-            if v.len() > 4 {
-                prefetch_read(v.as_ptr().wrapping_add(v.len() - 1));
+            if len > 4 {
+                prefetch_read(v.as_ptr().wrapping_add(4));
+            }
+            if len > 1 {
+                // The newest entry, where the next one goes: namespaced state (windows) adds
+                // to its newest namespace or appends one.
+                prefetch_read(v.as_ptr().wrapping_add(len - 1));
             }
         }
     }
