@@ -7,7 +7,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use eddy_core::key_group::assign_to_key_group;
-use eddy_core::{Data, EddyError, Key, Result, StateValue};
+use eddy_core::{Data, EddyError, Key, KeyGroup, Result, StateValue};
 use eddy_state::{
     AggregateFunction, AggregatingState, AggregatingStateDescriptor, KeyContext, KeyedStateBackend,
     ListState, ListStateDescriptor, Namespaced, PrefetchDepth, ReducingState,
@@ -606,9 +606,16 @@ where
 
     /// Flink's `onEventTime` / `onProcessingTime` with the default triggers: fire at the
     /// window's end, purge at its cleanup time.
-    fn on_timer(&mut self, timer: Timer<K, TimeWindow>) -> Result<()> {
+    ///
+    /// `offset` is the timer's key group offset in the subtask's range, if the timer service
+    /// gave it (it spares hashing the key again).
+    fn on_timer(&mut self, timer: Timer<K, TimeWindow>, offset: Option<usize>) -> Result<()> {
         let window = timer.namespace;
-        let kg = assign_to_key_group(&timer.key, self.max_parallelism);
+        let range = self.keys.key_group_range();
+        let kg = match offset.and_then(|offset| KeyGroup::try_from(range.start() + offset).ok()) {
+            Some(kg) => kg,
+            None => assign_to_key_group(&timer.key, self.max_parallelism),
+        };
         self.keys.set_current_key_in_group(timer.key, kg)?;
         let set = self.load_merging_set()?;
         let state_window = match set.as_ref() {
@@ -681,7 +688,7 @@ where
                 &mut due,
                 Self::prefetch_timer_slot,
                 Self::prefetch_timer_contents,
-                |task, (_, timer)| task.on_timer(timer),
+                |task, (offset, timer)| task.on_timer(timer, Some(offset)),
             ) {
                 break Err(e);
             }
@@ -693,7 +700,7 @@ where
     fn advance_processing_time(&mut self, now: u64) -> Result<Option<u64>> {
         let _running = self.keys.enter();
         while let Some(timer) = self.timers.poll_processing_time(now)? {
-            self.on_timer(timer)?;
+            self.on_timer(timer, None)?;
         }
         self.timers.next_processing_time()
     }
