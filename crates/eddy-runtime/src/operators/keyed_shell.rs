@@ -284,6 +284,9 @@ type WatermarksOut<'a> = timely::dataflow::operators::generic::OutputBuilderSess
     CapacityContainerBuilder<Vec<WatermarkMessage>>,
 >;
 
+/// The most records' room the output buffer keeps after a send (see `Outputs::send`).
+const OUTPUT_RESERVE_MAX: usize = 1 << 16;
+
 /// The two outputs of a keyed operator during one activation.
 struct Outputs<'o, 'a, O: 'static> {
     records: &'o mut RecordsOut<'a, O>,
@@ -299,10 +302,15 @@ impl<O: Data> Outputs<'_, '_, O> {
         let Some(t) = task.as_mut() else { return };
         let output = t.output();
         if !output.is_empty() {
-            self.metrics.add_out(output.len());
+            let sent = output.len();
+            self.metrics.add_out(sent);
             // Hand the whole buffer over instead of copying record by record.
             self.records.session(cap).give_container(output);
             output.clear();
+            // The buffer comes back empty, usually without capacity: room for as many records
+            // as were just sent spares regrowing it by doubling (a copy and, for the large
+            // batches a watermark fires, fresh pages) on every send.
+            output.reserve(sent.min(OUTPUT_RESERVE_MAX));
         }
     }
 }
