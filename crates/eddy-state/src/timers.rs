@@ -145,24 +145,9 @@ impl<K: Key, N: Namespace> TimerQueue<K, N> {
 
     /// Removes and returns the earliest timer if it is due at `time` (timestamp <= time).
     pub fn poll(&mut self, time: u64) -> Option<(usize, Timer<K, N>)> {
-        let mut first = self.buckets.first_entry()?;
-        let timestamp = *first.key();
-        if timestamp > time {
-            return None;
-        }
-        // Empty buckets are dropped at once, so the first one has a timer.
-        let popped = first.get_mut().pop_front();
-        if first.get().is_empty() {
-            first.remove();
-        }
-        let (offset, key, namespace) = popped?;
-        self.live -= 1;
-        let timer = Timer {
-            timestamp,
-            key,
-            namespace,
-        };
-        Some((offset as usize, timer))
+        let mut polled = None;
+        self.drain_due(time, 1, |offset, timer| polled = Some((offset, timer)));
+        polled
     }
 
     /// Removes up to `max` timers due at `time` (timestamp <= time) and appends them, with
@@ -178,8 +163,20 @@ impl<K: Key, N: Namespace> TimerQueue<K, N> {
         max: usize,
         due: &mut Vec<(usize, Timer<K, N>)>,
     ) -> usize {
-        let start = due.len();
-        while due.len() - start < max {
+        self.drain_due(time, max, |offset, timer| due.push((offset, timer)))
+    }
+
+    /// Removes up to `max` timers due at `time`, earliest first, handing each to `sink`;
+    /// returns how many. Drains a bucket in one go so firing many timers looks up the
+    /// B-tree once per timestamp, not once per timer.
+    fn drain_due(
+        &mut self,
+        time: u64,
+        max: usize,
+        mut sink: impl FnMut(usize, Timer<K, N>),
+    ) -> usize {
+        let mut taken = 0;
+        while taken < max {
             let Some(mut first) = self.buckets.first_entry() else {
                 break;
             };
@@ -188,29 +185,30 @@ impl<K: Key, N: Namespace> TimerQueue<K, N> {
                 break;
             }
             let bucket = first.get_mut();
-            while due.len() - start < max {
+            while taken < max {
                 let Some((offset, key, namespace)) = bucket.pop_front() else {
                     break;
                 };
-                self.live -= 1;
+                taken += 1;
                 let timer = Timer {
                     timestamp,
                     key,
                     namespace,
                 };
-                due.push((offset as usize, timer));
+                sink(offset as usize, timer);
             }
+            // Empty buckets are dropped at once, so the first one always has a timer.
             if bucket.is_empty() {
                 first.remove();
             }
         }
-        due.len() - start
+        self.live -= taken;
+        taken
     }
 
     /// Starts loading the index slot a registration of (`key`, `namespace`, `timestamp`)
-    /// will probe; changes nothing. (The key group offset is part of the signature for
-    /// queues that index by key group.)
-    pub fn prefetch_entry(&self, _offset: usize, key: &K, namespace: &N, timestamp: u64) {
+    /// will probe; changes nothing.
+    pub fn prefetch_entry(&self, key: &K, namespace: &N, timestamp: u64) {
         if let Some(bucket) = self.buckets.get(&timestamp) {
             bucket.prefetch(key, namespace);
         }
@@ -352,9 +350,9 @@ impl<K: Key, N: Namespace> Queue<K, N> {
         }
     }
 
-    fn prefetch_entry(&self, offset: usize, key: &K, namespace: &N, timestamp: u64) {
+    fn prefetch_entry(&self, key: &K, namespace: &N, timestamp: u64) {
         match self {
-            Queue::Heap(queue) => queue.prefetch_entry(offset, key, namespace, timestamp),
+            Queue::Heap(queue) => queue.prefetch_entry(key, namespace, timestamp),
             #[cfg(feature = "rocksdb")]
             Queue::RocksDb(_) => {}
         }
@@ -487,12 +485,12 @@ impl<K: Key, N: Namespace> TimerService<K, N> {
     }
 
     /// Starts loading what registering the event-time timer (`key`, `namespace`,
-    /// `timestamp`) in the key group at `offset` will touch; changes nothing. An operator
+    /// `timestamp`) will touch; changes nothing. An operator
     /// that registers a timer per record calls this for records ahead, as it prefetches
     /// their state.
-    pub fn prefetch_event_time_timer(&self, offset: usize, key: &K, namespace: &N, timestamp: u64) {
+    pub fn prefetch_event_time_timer(&self, key: &K, namespace: &N, timestamp: u64) {
         if let Ok(queue) = self.event_time.try_borrow() {
-            queue.prefetch_entry(offset, key, namespace, timestamp);
+            queue.prefetch_entry(key, namespace, timestamp);
         }
     }
 

@@ -331,6 +331,13 @@ where
     }
 }
 
+/// A record with its key and the key's group, computed once per record.
+struct KeyedRecord<K, In> {
+    key: K,
+    key_group: KeyGroup,
+    record: Stamped<In>,
+}
+
 /// One subtask of a window operator.
 struct WindowTask<K: Key, In, C: WindowContents<In>, Out, KS> {
     contents: C,
@@ -350,6 +357,8 @@ struct WindowTask<K: Key, In, C: WindowContents<In>, Out, KS> {
     output: Vec<Stamped<Out>>,
     /// The batch of due timers being fired (kept for its allocation).
     due: Vec<(usize, Timer<K, TimeWindow>)>,
+    /// The batch of records being processed, each with its key (kept for its allocation).
+    keyed: Vec<KeyedRecord<K, In>>,
     max_parallelism: usize,
     metrics: Arc<OperatorMetrics>,
 }
@@ -395,6 +404,7 @@ where
             clock,
             output: Vec::new(),
             due: Vec::new(),
+            keyed: Vec::new(),
             max_parallelism: worker.max_parallelism,
             metrics: Arc::clone(&node.metrics),
         })
@@ -402,30 +412,30 @@ where
 
     /// Starts loading the state slot of `record`'s key and, for event-time tumbling windows
     /// (one window, never merged), the timer entry its window's registration will probe.
-    fn prefetch(&self, record: &Stamped<In>) {
-        let key = (self.key_selector)(&record.value);
-        let kg = assign_to_key_group(&key, self.max_parallelism);
+    fn prefetch(&self, keyed: &KeyedRecord<K, In>) {
+        let KeyedRecord {
+            key,
+            key_group,
+            record,
+        } = keyed;
         self.backend
-            .prefetch_in_group(&key, kg, PrefetchDepth::Slot);
+            .prefetch_in_group(key, *key_group, PrefetchDepth::Slot);
         if !self.event_time() || self.assigner.is_merging() {
             return;
         }
         let window = record
             .timestamp()
             .and_then(|timestamp| self.assigner.single_window(timestamp));
-        let offset = self.keys.key_group_range().offset_of(kg);
-        if let (Some(window), Some(offset)) = (window, offset) {
+        if let Some(window) = window {
             self.timers
-                .prefetch_event_time_timer(offset, &key, &window, window.max_timestamp());
+                .prefetch_event_time_timer(key, &window, window.max_timestamp());
         }
     }
 
     /// Starts loading the key's windows, whose slot [`prefetch`](Self::prefetch) loaded.
-    fn prefetch_contents(&self, record: &Stamped<In>) {
-        let key = (self.key_selector)(&record.value);
-        let kg = assign_to_key_group(&key, self.max_parallelism);
+    fn prefetch_contents(&self, keyed: &KeyedRecord<K, In>) {
         self.backend
-            .prefetch_in_group(&key, kg, PrefetchDepth::Contents);
+            .prefetch_in_group(&keyed.key, keyed.key_group, PrefetchDepth::Contents);
     }
 
     /// Starts loading the state slot of the key a due timer will fire for.
@@ -467,10 +477,13 @@ where
     }
 
     /// Flink's `processElement`: assign windows, merge sessions, add, trigger.
-    fn process_element(&mut self, record: Stamped<In>) -> Result<()> {
-        let key = (self.key_selector)(&record.value);
-        let kg = assign_to_key_group(&key, self.max_parallelism);
-        self.keys.set_current_key_in_group(key, kg)?;
+    fn process_element(&mut self, keyed: KeyedRecord<K, In>) -> Result<()> {
+        let KeyedRecord {
+            key,
+            key_group,
+            record,
+        } = keyed;
+        self.keys.set_current_key_in_group(key, key_group)?;
         let timestamp = if self.event_time() {
             record.timestamp().ok_or_else(|| {
                 EddyError::Config(
@@ -655,15 +668,31 @@ where
     fn process_batch(&mut self, batch: &mut Vec<Stamped<In>>) -> Result<()> {
         let _running = self.keys.enter();
         self.metrics.add_in(batch.len());
+        // Each record's key is selected and hashed once, here, for the two prefetches and
+        // the processing that follow.
+        let mut keyed = std::mem::take(&mut self.keyed);
+        keyed.extend(batch.drain(..).map(|record| {
+            let key = (self.key_selector)(&record.value);
+            let key_group = assign_to_key_group(&key, self.max_parallelism);
+            KeyedRecord {
+                key,
+                key_group,
+                record,
+            }
+        }));
         // As the keyed process operator does: the state of elements ahead is fetched while
         // this one is processed, overlapping the memory latency.
-        drain_prefetching(
+        let processed = drain_prefetching(
             self,
-            batch,
+            &mut keyed,
             Self::prefetch,
             Self::prefetch_contents,
-            |task, record| task.process_element(record),
-        )
+            |task, keyed| task.process_element(keyed),
+        );
+        // On an error the rest of the batch is dropped with the failing job.
+        keyed.clear();
+        self.keyed = keyed;
+        processed
     }
 
     fn advance_watermark(&mut self, watermark: u64) -> Result<()> {
