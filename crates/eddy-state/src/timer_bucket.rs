@@ -5,9 +5,11 @@
 //! timers may hold only a few hundred distinct timestamps. A [`TimerBucket`] keeps one
 //! timestamp's timers as an append-only log with a small hash index of log positions on the
 //! side, so that
-//! * the timestamp is stored once, and a timer costs its key, namespace and key group offset
-//!   in the log plus one 8-byte index slot (about 60 bytes for a window timer, against about
-//!   175 for a B-tree place plus a dedup-table entry per timer);
+//! * the timestamp is stored once, and a timer costs its key, key group offset and the
+//!   position of its namespace in the log plus one 8-byte index slot (about 40 bytes for a
+//!   window timer, against about 175 for a B-tree place plus a dedup-table entry per timer);
+//! * a namespace is stored once per run of registrations under it: a tumbling or sliding
+//!   window operator's timers at one timestamp all belong to the one window ending there;
 //! * registering a timer probes the index of its own bucket, which for clustered timestamps
 //!   is small and hot in the CPU caches, not a table of every timer in the subtask;
 //! * firing reads the log front to back, consecutive memory, instead of a cache miss per
@@ -35,20 +37,32 @@ const POSITION_BITS: u32 = 40;
 const POSITION_MASK: u64 = (1 << POSITION_BITS) - 1;
 /// Deleted entries a bucket keeps in any case before it compacts.
 const DELETED_SLACK: usize = 16;
+/// Namespaces past those of the log's entries a bucket keeps before it compacts them.
+const NAMESPACE_SLACK: usize = 64;
+/// The most namespaces a bucket holds before it compacts them (positions are `u32`). Only
+/// a bucket with over two billion live timers, each under a namespace other than its
+/// predecessor's, could stay above it after compacting: some 64 GB of timers at a single
+/// timestamp.
+const NAMESPACES_MAX: usize = u32::MAX as usize / 2;
 
-/// One registered timer of a bucket: its key group offset (or [`DELETED`]), key, namespace.
+/// One registered timer of a bucket: its key group offset (or [`DELETED`]), the position of
+/// its namespace in the bucket's `namespaces`, and its key.
 #[derive(Debug, Clone)]
-struct Entry<K, N> {
+struct Entry<K> {
     offset: u32,
+    namespace: u32,
     key: K,
-    namespace: N,
 }
 
 /// The timers of one timestamp; see the module docs.
 #[derive(Debug)]
 pub(crate) struct TimerBucket<K, N> {
     /// Registered timers, oldest first; deleted ones are marked, not removed.
-    log: VecDeque<Entry<K, N>>,
+    log: VecDeque<Entry<K>>,
+    /// The namespaces of the log's entries, one per run of consecutive registrations under
+    /// the same namespace; entries' positions into it never decrease along the log. May
+    /// hold namespaces of popped or deleted entries until the next compaction.
+    namespaces: Vec<N>,
     /// The position of `log[0]`: positions count every entry ever appended since the last
     /// rebuild, so those of popped entries (below `base`) mean "gone" in the index.
     base: u64,
@@ -70,11 +84,12 @@ enum Lookup {
     Absent { slot: Option<usize>, fresh: bool },
 }
 
-impl<K: Hash + Eq, N: Hash + Eq> TimerBucket<K, N> {
+impl<K: Hash + Eq, N: Hash + Eq + Clone> TimerBucket<K, N> {
     /// An empty bucket.
     pub(crate) fn new() -> Self {
         TimerBucket {
             log: VecDeque::with_capacity(1),
+            namespaces: Vec::new(),
             base: 0,
             index: Vec::new(),
             used: 0,
@@ -107,10 +122,11 @@ impl<K: Hash + Eq, N: Hash + Eq> TimerBucket<K, N> {
             }
         };
         let position = self.base + self.log.len() as u64;
+        let namespace = self.intern(namespace);
         self.log.push_back(Entry {
             offset,
-            key,
             namespace,
+            key,
         });
         self.live += 1;
         if let Some(slot) = slot {
@@ -119,8 +135,9 @@ impl<K: Hash + Eq, N: Hash + Eq> TimerBucket<K, N> {
         let indexed = !self.index.is_empty();
         let crowded = self.used * 4 > self.index.len() * 3;
         let unindexed_long = !indexed && self.log.len() > SCAN_MAX;
-        // Positions stay below 2^40 (one trillion appends since the last rebuild).
-        let worn = position + 1 >= POSITION_MASK;
+        // Positions stay below 2^40 (one trillion appends since the last rebuild), and
+        // namespace positions below 2^32.
+        let worn = position + 1 >= POSITION_MASK || self.namespaces.len() >= NAMESPACES_MAX;
         if crowded || unindexed_long || worn {
             self.rebuild();
         }
@@ -148,10 +165,17 @@ impl<K: Hash + Eq, N: Hash + Eq> TimerBucket<K, N> {
         while let Some(entry) = self.log.pop_front() {
             // Its index slot now points below `base`: reusable, never compared.
             self.base += 1;
-            if entry.offset != DELETED {
-                self.live -= 1;
-                return Some((entry.offset, entry.key, entry.namespace));
+            if entry.offset == DELETED {
+                continue;
             }
+            let namespace = self.namespaces.get(entry.namespace as usize).cloned();
+            if self.namespaces.len() > self.log.len() * 2 + NAMESPACE_SLACK {
+                self.compact_namespaces();
+            }
+            // Every entry's namespace is in `namespaces` (see `intern`).
+            let namespace = namespace?;
+            self.live -= 1;
+            return Some((entry.offset, entry.key, namespace));
         }
         None
     }
@@ -161,7 +185,10 @@ impl<K: Hash + Eq, N: Hash + Eq> TimerBucket<K, N> {
         self.log
             .iter()
             .filter(|entry| entry.offset != DELETED)
-            .map(|entry| (entry.offset, &entry.key, &entry.namespace))
+            .filter_map(|entry| {
+                let namespace = self.namespaces.get(entry.namespace as usize)?;
+                Some((entry.offset, &entry.key, namespace))
+            })
     }
 
     /// Entries in the log, deleted ones included (for tests of compaction).
@@ -180,9 +207,10 @@ impl<K: Hash + Eq, N: Hash + Eq> TimerBucket<K, N> {
 
     fn lookup(&self, key: &K, namespace: &N, hash: u64) -> Lookup {
         if self.index.is_empty() {
-            let at = self.log.iter().position(|entry| {
-                entry.offset != DELETED && entry.key == *key && entry.namespace == *namespace
-            });
+            let at = self
+                .log
+                .iter()
+                .position(|entry| entry.offset != DELETED && self.is_timer(entry, key, namespace));
             return match at {
                 Some(at) => Lookup::Live { at },
                 None => Lookup::Absent {
@@ -212,7 +240,7 @@ impl<K: Hash + Eq, N: Hash + Eq> TimerBucket<K, N> {
                 Some(at) if value & !POSITION_MASK == tag(hash) => {
                     let at = at as usize;
                     if let Some(entry) = self.log.get(at) {
-                        if entry.key == *key && entry.namespace == *namespace {
+                        if self.is_timer(entry, key, namespace) {
                             // A timer has one slot: a deleted one is registered again in it.
                             return if entry.offset == DELETED {
                                 Lookup::Absent {
@@ -235,6 +263,7 @@ impl<K: Hash + Eq, N: Hash + Eq> TimerBucket<K, N> {
     /// at most half full.
     fn rebuild(&mut self) {
         self.log.retain(|entry| entry.offset != DELETED);
+        self.compact_namespaces();
         self.base = 0;
         self.used = 0;
         self.index.clear();
@@ -246,7 +275,10 @@ impl<K: Hash + Eq, N: Hash + Eq> TimerBucket<K, N> {
         self.index.resize(slots, 0);
         let mask = slots - 1;
         for (position, entry) in self.log.iter().enumerate() {
-            let hash = hash_of(&entry.key, &entry.namespace);
+            let Some(namespace) = self.namespaces.get(entry.namespace as usize) else {
+                continue;
+            };
+            let hash = hash_of(&entry.key, namespace);
             let mut slot = self.home(hash);
             while self.index[slot] != 0 {
                 slot = (slot + 1) & mask;
@@ -254,6 +286,41 @@ impl<K: Hash + Eq, N: Hash + Eq> TimerBucket<K, N> {
             self.index[slot] = tag(hash) | (position as u64 + 1);
         }
         self.used = self.log.len();
+    }
+
+    /// Whether `entry` is the timer (`key`, `namespace`), deleted or not.
+    fn is_timer(&self, entry: &Entry<K>, key: &K, namespace: &N) -> bool {
+        entry.key == *key
+            && self
+                .namespaces
+                .get(entry.namespace as usize)
+                .is_some_and(|n| n == namespace)
+    }
+
+    /// The position of `namespace` for a new entry: the last one's if equal (a run), else
+    /// a new one.
+    fn intern(&mut self, namespace: N) -> u32 {
+        if self.namespaces.last() != Some(&namespace) {
+            self.namespaces.push(namespace);
+        }
+        // Below 2^32: a bucket compacts its namespaces (`rebuild`) before reaching
+        // `NAMESPACES_MAX`, down to one per run of its live entries.
+        (self.namespaces.len() - 1) as u32
+    }
+
+    /// Keeps only the namespaces of the log's entries, one per run, and renumbers the
+    /// entries: namespaces of popped or deleted entries are dropped.
+    fn compact_namespaces(&mut self) {
+        let old = std::mem::take(&mut self.namespaces);
+        for entry in &mut self.log {
+            let Some(namespace) = old.get(entry.namespace as usize) else {
+                continue;
+            };
+            if self.namespaces.last() != Some(namespace) {
+                self.namespaces.push(namespace.clone());
+            }
+            entry.namespace = (self.namespaces.len() - 1) as u32;
+        }
     }
 
     /// The slot where the probe for `hash` starts: the high bits of a Fibonacci hash.
@@ -338,6 +405,32 @@ mod tests {
             bucket.log.len()
         );
         assert_eq!(bucket.iter().count(), 10);
+    }
+
+    #[test]
+    fn a_run_of_timers_under_one_namespace_stores_it_once() {
+        let mut bucket = TimerBucket::new();
+        for key in 0..1_000u64 {
+            bucket.add(0, key, 7u8);
+        }
+        assert_eq!(bucket.namespaces, vec![7]);
+        // Alternating namespaces: one per entry, until popping leaves them behind.
+        for key in 0..1_000u64 {
+            bucket.add(0, key, (key % 2) as u8);
+        }
+        assert_eq!(bucket.namespaces.len(), 1_001);
+        for _ in 0..1_500 {
+            bucket.pop_front();
+        }
+        assert!(
+            bucket.namespaces.len() <= 2 * bucket.log_len() + NAMESPACE_SLACK + 1,
+            "{} namespaces for {} entries",
+            bucket.namespaces.len(),
+            bucket.log_len()
+        );
+        let rest: Vec<(u64, u8)> = bucket.iter().map(|(_, k, n)| (*k, *n)).collect();
+        let expected: Vec<(u64, u8)> = (500..1_000).map(|k| (k, (k % 2) as u8)).collect();
+        assert_eq!(rest, expected);
     }
 
     proptest! {
