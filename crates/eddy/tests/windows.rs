@@ -334,3 +334,39 @@ fn processing_time_windows_fire_when_the_injected_clock_passes_their_end() {
         );
     }
 }
+
+/// More windows fire at one watermark (the end of input) than a keyed operator's output
+/// buffer keeps, so the operator pauses and sends its output in parts: every window's
+/// result still arrives exactly once.
+#[test]
+fn a_firing_larger_than_the_output_buffer_emits_every_window_once() {
+    const KEYS: u64 = 140_000;
+    for backend in backends() {
+        let env = env(1, &backend);
+        let sink = CollectSink::new();
+        // Two events per key, all in the window [0, 1 h).
+        env.from_source(GeneratorSource::new(2 * KEYS, |i| {
+            ((i % KEYS) as u32, i / 1_000, i % 97)
+        }))
+        .assign_timestamps_and_watermarks(
+            WatermarkStrategy::for_monotonous_timestamps().with_timestamp_assigner(|s: &Sale| s.1),
+        )
+        .key_by(|s: &Sale| s.0)
+        .window(WindowAssigner::tumbling_event_time(Duration::from_secs(3_600)).unwrap())
+        .reduce(|a: &Sale, b: &Sale| (a.0, a.1.min(b.1), a.2 + b.2))
+        .sink(sink.clone());
+        env.execute("large firing").unwrap();
+        let results = sink.take();
+        assert_eq!(results.len() as u64, KEYS, "{backend:?}");
+        let per_key: BTreeMap<u32, u64> = results.iter().map(|r| (r.0, r.2)).collect();
+        assert_eq!(
+            per_key.len() as u64,
+            KEYS,
+            "a window fired twice ({backend:?})"
+        );
+        for key in [0u64, 1, 65_535, 65_536, KEYS - 1] {
+            let expected = key % 97 + (key + KEYS) % 97;
+            assert_eq!(per_key[&(key as u32)], expected, "key {key}, {backend:?}");
+        }
+    }
+}

@@ -15,7 +15,7 @@ use crate::failure::catch_panic;
 use crate::function::{Collector, Context, KeyedProcessFunction, OpenContext, TimerService};
 use crate::graph::{Built, StreamNode, WorkerContext};
 use crate::metrics::OperatorMetrics;
-use crate::operators::keyed_shell::{build_keyed_node, KeyedTask};
+use crate::operators::keyed_shell::{build_keyed_node, Firing, KeyedTask, FLUSH_AT};
 use crate::operators::{
     check_parallelism, finish_keyed_restore, keyed_state_part, restore_keyed_state, PendingParts,
 };
@@ -325,15 +325,18 @@ where
         self.process_records(batch)
     }
 
-    fn advance_watermark(&mut self, watermark: u64) -> Result<()> {
+    fn advance_watermark(&mut self, watermark: u64) -> Result<Firing> {
         let _running = self.keys.enter();
         self.timers.watermark.set(watermark);
         self.event_clock.set(watermark);
         // Timers registered while firing are due too if their time has passed, as in Flink.
         while let Some(timer) = self.timers.queues.poll_event_time(watermark)? {
             self.fire(timer, TimeDomain::EventTime)?;
+            if self.output.len() >= FLUSH_AT {
+                return Ok(Firing::Paused);
+            }
         }
-        Ok(())
+        Ok(Firing::Complete)
     }
 
     fn advance_processing_time(&mut self, now: u64) -> Result<Option<u64>> {

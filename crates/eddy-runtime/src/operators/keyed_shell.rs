@@ -34,8 +34,10 @@ pub(crate) trait KeyedTask: 'static {
     fn process_batch(&mut self, batch: &mut Vec<Stamped<Self::In>>) -> Result<()>;
 
     /// The combined watermark of the inputs has advanced to `watermark`: fire the event-time
-    /// timers it makes due.
-    fn advance_watermark(&mut self, watermark: u64) -> Result<()>;
+    /// timers it makes due. A task may pause once it has [`FLUSH_AT`] records of output
+    /// (a watermark can make millions of timers due at once); the caller then sends the
+    /// output and calls again with the same watermark until the firing is complete.
+    fn advance_watermark(&mut self, watermark: u64) -> Result<Firing>;
 
     /// Fires the processing-time timers due at `now`; returns when the next one is due.
     fn advance_processing_time(&mut self, now: u64) -> Result<Option<u64>>;
@@ -287,6 +289,19 @@ type WatermarksOut<'a> = timely::dataflow::operators::generic::OutputBuilderSess
 /// The most records' room the output buffer keeps after a send (see `Outputs::send`).
 const OUTPUT_RESERVE_MAX: usize = 1 << 16;
 
+/// The output, in records, at which a task firing timers pauses for it to be sent (see
+/// [`KeyedTask::advance_watermark`]): the buffer then never outgrows the room it keeps.
+pub(crate) const FLUSH_AT: usize = OUTPUT_RESERVE_MAX;
+
+/// How far [`KeyedTask::advance_watermark`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Firing {
+    /// No timer is due at the watermark any more.
+    Complete,
+    /// Paused with output to send; timers may still be due.
+    Paused,
+}
+
 /// The two outputs of a keyed operator during one activation.
 struct Outputs<'o, 'a, O: 'static> {
     records: &'o mut RecordsOut<'a, O>,
@@ -396,8 +411,21 @@ fn apply_advance<T: KeyedTask>(
     }
     let epoch = advance.epoch.max(*caps[0].time());
     if let WatermarkStatus::At(watermark) = advance.status {
-        run(task, fail, |t| t.advance_watermark(watermark));
-        out.send(task, &caps[0].delayed(&epoch));
+        let at = caps[0].delayed(&epoch);
+        loop {
+            // A failed task (`run` ends it) leaves `Complete`.
+            let mut firing = Firing::Complete;
+            run(task, fail, |t| {
+                firing = t.advance_watermark(watermark)?;
+                Ok(())
+            });
+            // Sent a part at a time, the output of a large firing is never held (and grown
+            // by doubling) in one buffer.
+            out.send(task, &at);
+            if firing == Firing::Complete {
+                break;
+            }
+        }
     }
     let message = WatermarkMessage {
         from: out.from,

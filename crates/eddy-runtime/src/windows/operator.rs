@@ -19,7 +19,7 @@ use timely::dataflow::Scope;
 use crate::function::Collector;
 use crate::graph::{Built, StreamNode, WorkerContext};
 use crate::metrics::OperatorMetrics;
-use crate::operators::keyed_shell::{build_keyed_node, KeyedTask};
+use crate::operators::keyed_shell::{build_keyed_node, Firing, KeyedTask, FLUSH_AT};
 use crate::operators::{
     check_parallelism, finish_keyed_restore, keyed_backend, keyed_state_part, restore_keyed_state,
     PendingParts,
@@ -695,7 +695,7 @@ where
         processed
     }
 
-    fn advance_watermark(&mut self, watermark: u64) -> Result<()> {
+    fn advance_watermark(&mut self, watermark: u64) -> Result<Firing> {
         let _running = self.keys.enter();
         self.watermark.set(watermark);
         // A watermark can make millions of windows due at once. They are taken a batch at a
@@ -708,7 +708,7 @@ where
                 .timers
                 .poll_event_time_due(watermark, FIRE_BATCH, &mut due)
             {
-                Ok(0) => break Ok(()),
+                Ok(0) => break Ok(Firing::Complete),
                 Ok(_) => {}
                 Err(e) => break Err(e),
             }
@@ -720,6 +720,11 @@ where
                 |task, (offset, timer)| task.on_timer(timer, Some(offset)),
             ) {
                 break Err(e);
+            }
+            // Room for the next batch's results (one each, for aggregating windows) in
+            // what the output buffer keeps.
+            if self.output.len() + FIRE_BATCH > FLUSH_AT {
+                break Ok(Firing::Paused);
             }
         };
         self.due = due;
