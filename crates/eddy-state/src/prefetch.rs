@@ -25,6 +25,29 @@ pub fn prefetch_read<T>(ptr: *const T) {
     let _ = ptr;
 }
 
+/// Hints the CPU to load every cache line the `T` at `ptr` spans: a value that straddles a
+/// line boundary (a 48-byte table slot does every other time) needs both lines, and a
+/// prefetch of its first byte brings only the first.
+///
+/// Any pointer value is accepted, as for [`prefetch_read`].
+#[inline(always)]
+pub fn prefetch_value<T>(ptr: *const T) {
+    /// The cache line size of x86_64 and most other targets; a smaller one only makes some
+    /// prefetches redundant.
+    const CACHE_LINE: usize = 64;
+    let start = ptr.cast::<u8>();
+    let size = std::mem::size_of::<T>();
+    let mut offset = 0;
+    while offset < size {
+        prefetch_read(start.wrapping_add(offset));
+        offset += CACHE_LINE;
+    }
+    // The last byte's line, when the value does not start on a line boundary.
+    if size > 1 {
+        prefetch_read(start.wrapping_add(size - 1));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -36,6 +59,9 @@ mod tests {
         prefetch_read(values.as_ptr().wrapping_add(1_000_000));
         prefetch_read(std::ptr::null::<u64>());
         prefetch_read(std::ptr::NonNull::<u64>::dangling().as_ptr());
+        prefetch_value(values.as_ptr().cast::<[u64; 20]>());
+        prefetch_value(std::ptr::null::<(u64, [u8; 40])>());
+        prefetch_value(std::ptr::NonNull::<()>::dangling().as_ptr());
         assert_eq!(values, vec![1, 2, 3]);
     }
 }

@@ -16,7 +16,7 @@ use std::hash::{BuildHasher, Hash};
 
 use rustc_hash::FxBuildHasher;
 
-use crate::prefetch::prefetch_read;
+use crate::prefetch::prefetch_value;
 
 /// The smallest number of slots of a non-empty table.
 const MIN_SLOTS: usize = 8;
@@ -116,7 +116,7 @@ impl<K: Hash + Eq, V> ProbeTable<K, V> {
     #[inline]
     pub fn prefetch(&self, key: &K) {
         if !self.slots.is_empty() {
-            prefetch_read(self.slots.as_ptr().wrapping_add(self.home(key)));
+            prefetch_value(self.slots.as_ptr().wrapping_add(self.home(key)));
         }
     }
 
@@ -126,7 +126,7 @@ impl<K: Hash + Eq, V> ProbeTable<K, V> {
     #[inline]
     pub fn prefetch_hashed<Q: Hash + ?Sized>(&self, stand_in: &Q) {
         if !self.slots.is_empty() {
-            prefetch_read(self.slots.as_ptr().wrapping_add(self.home_of(stand_in)));
+            prefetch_value(self.slots.as_ptr().wrapping_add(self.home_of(stand_in)));
         }
     }
 
