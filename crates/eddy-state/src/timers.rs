@@ -185,8 +185,10 @@ impl<K: Key, N: Namespace> TimerQueue<K, N> {
                 break;
             }
             let bucket = first.get_mut();
+            let mut exhausted = false;
             while taken < max {
                 let Some((offset, key, namespace)) = bucket.pop_front() else {
+                    exhausted = true;
                     break;
                 };
                 taken += 1;
@@ -197,8 +199,10 @@ impl<K: Key, N: Namespace> TimerQueue<K, N> {
                 };
                 sink(offset as usize, timer);
             }
-            // Empty buckets are dropped at once, so the first one always has a timer.
-            if bucket.is_empty() {
+            // Empty buckets are dropped at once, so the first one always has a timer. (A
+            // bucket whose log ran out is dropped too, whatever its count says, so that a
+            // miscount can never make this loop spin.)
+            if bucket.is_empty() || exhausted {
                 first.remove();
             }
         }
