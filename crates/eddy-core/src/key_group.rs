@@ -162,6 +162,16 @@ impl KeyGroupRange {
             .filter(|&offset| offset < self.len())
     }
 
+    /// The key group at `offset` in the range: the inverse of [`offset_of`](Self::offset_of).
+    /// `None` when `offset` is past the range's end.
+    #[inline]
+    pub fn key_group_at(&self, offset: usize) -> Option<KeyGroup> {
+        if offset >= self.len() {
+            return None;
+        }
+        KeyGroup::try_from(self.start + offset).ok()
+    }
+
     /// The key groups of the range, in order.
     pub fn iter(&self) -> impl Iterator<Item = KeyGroup> {
         (self.start..self.end_exclusive).map(|kg| kg as KeyGroup)
@@ -216,6 +226,21 @@ mod tests {
         assert_eq!(subtask_for_key_group(128, 3, 43), 1);
         assert_eq!(subtask_for_key_group(128, 3, 127), 2);
         assert!(KeyGroupRange::for_subtask(128, 3, 3).is_empty());
+    }
+
+    #[test]
+    fn key_group_at_inverts_offset_of() {
+        let range = KeyGroupRange::new(43, 85);
+        for kg in range.iter() {
+            let offset = range
+                .offset_of(kg)
+                .expect("a key group of the range has an offset");
+            assert_eq!(range.key_group_at(offset), Some(kg));
+        }
+        assert_eq!(range.key_group_at(0), Some(43));
+        assert_eq!(range.key_group_at(42), Some(85));
+        assert_eq!(range.key_group_at(43), None);
+        assert_eq!(KeyGroupRange::empty().key_group_at(0), None);
     }
 
     #[test]

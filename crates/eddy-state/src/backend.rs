@@ -138,8 +138,7 @@ impl<K: Key> KeyedStateBackend<K> {
     /// subtask's range (as timers report it).
     #[inline]
     pub fn prefetch_at_offset(&self, offset: usize, key: &K, depth: PrefetchDepth) {
-        let first = self.context.key_group_range().start();
-        if let Ok(kg) = KeyGroup::try_from(first + offset) {
+        if let Some(kg) = self.context.key_group_range().key_group_at(offset) {
             self.prefetch_in_group(key, kg, depth);
         }
     }

@@ -625,7 +625,7 @@ where
     fn on_timer(&mut self, timer: Timer<K, TimeWindow>, offset: Option<usize>) -> Result<()> {
         let window = timer.namespace;
         let range = self.keys.key_group_range();
-        let kg = match offset.and_then(|offset| KeyGroup::try_from(range.start() + offset).ok()) {
+        let kg = match offset.and_then(|offset| range.key_group_at(offset)) {
             Some(kg) => kg,
             None => assign_to_key_group(&timer.key, self.max_parallelism),
         };
@@ -689,8 +689,6 @@ where
             Self::prefetch_contents,
             |task, keyed| task.process_element(keyed),
         );
-        // On an error the rest of the batch is dropped with the failing job.
-        keyed.clear();
         self.keyed = keyed;
         processed
     }
