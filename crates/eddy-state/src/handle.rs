@@ -9,6 +9,22 @@ use eddy_core::Result;
 /// An iterator over values read from state (cloned from the heap, decoded from bytes).
 pub type StateIter<'a, T> = Box<dyn Iterator<Item = T> + 'a>;
 
+/// What an `add` found: whether the current key (and namespace) held no value before it.
+///
+/// A window operator registers a window's timer when the window's first element arrives
+/// and knows no timer is there yet ([`TimerService::register_new_timer`](crate::TimerService::register_new_timer)),
+/// instead of registering (and deduplicating) a timer for every element.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Added {
+    /// The state held no value: this is the first.
+    First,
+    /// The state held a value already.
+    More,
+    /// The backend cannot tell without a read it otherwise spares (RocksDB's merge-based
+    /// add never reads).
+    Unknown,
+}
+
 /// A backend's implementation of [`ValueState`].
 pub trait ValueStateAccess<T> {
     /// The current key's value.
@@ -23,6 +39,11 @@ pub trait ValueStateAccess<T> {
 pub trait ListStateAccess<T> {
     /// Appends one element.
     fn add(&self, value: T) -> Result<()>;
+    /// Appends one element and tells whether the list was empty (by default
+    /// [`Added::Unknown`]).
+    fn add_telling_first(&self, value: T) -> Result<Added> {
+        self.add(value).map(|()| Added::Unknown)
+    }
     /// Appends all elements.
     fn add_all(&self, values: Vec<T>) -> Result<()>;
     /// The current key's elements, in insertion order.
@@ -129,6 +150,12 @@ impl<T> ListState<T> {
     #[inline]
     pub fn add(&self, value: T) -> Result<()> {
         self.inner.add(value)
+    }
+
+    /// Appends `value` and tells whether it is the list's first element ([`Added::Unknown`]
+    /// where the backend cannot tell without a read, as RocksDB's).
+    pub fn add_telling_first(&self, value: T) -> Result<Added> {
+        self.inner.add_telling_first(value)
     }
 
     /// Appends all `values`.
@@ -239,6 +266,11 @@ pub trait ReducingStateAccess<T> {
     fn get(&self) -> Result<Option<T>>;
     /// Folds `value` into the current key's value.
     fn add(&self, value: T) -> Result<()>;
+    /// Folds `value` in and tells whether the key had no value (by default
+    /// [`Added::Unknown`]).
+    fn add_telling_first(&self, value: T) -> Result<Added> {
+        self.add(value).map(|()| Added::Unknown)
+    }
     /// Removes the current key's value.
     fn clear(&self) -> Result<()>;
 }
@@ -278,6 +310,12 @@ impl<T> ReducingState<T> {
         self.inner.add(value)
     }
 
+    /// Like [`add`](Self::add), telling whether the key had no value before
+    /// ([`Added::Unknown`] where the backend cannot tell without a read).
+    pub fn add_telling_first(&self, value: T) -> Result<Added> {
+        self.inner.add_telling_first(value)
+    }
+
     /// Removes the current key's value.
     pub fn clear(&self) -> Result<()> {
         self.inner.clear()
@@ -290,6 +328,11 @@ pub trait AggregatingStateAccess<In, Out> {
     fn get(&self) -> Result<Option<Out>>;
     /// Adds `value` to the current key's accumulator.
     fn add(&self, value: In) -> Result<()>;
+    /// Adds `value` and tells whether the key had no accumulator (by default
+    /// [`Added::Unknown`]).
+    fn add_telling_first(&self, value: In) -> Result<Added> {
+        self.add(value).map(|()| Added::Unknown)
+    }
     /// Removes the current key's accumulator.
     fn clear(&self) -> Result<()>;
 }
@@ -314,6 +357,12 @@ impl<In, Out> AggregatingState<In, Out> {
     /// Adds `value` to the current key's aggregate.
     pub fn add(&self, value: In) -> Result<()> {
         self.inner.add(value)
+    }
+
+    /// Like [`add`](Self::add), telling whether the key had no accumulator before
+    /// ([`Added::Unknown`] where the backend cannot tell without a read).
+    pub fn add_telling_first(&self, value: In) -> Result<Added> {
+        self.inner.add_telling_first(value)
     }
 
     /// Removes the current key's aggregate.

@@ -30,8 +30,8 @@ use crate::descriptor::{
     ReduceFn, ReducingStateDescriptor, StateKind, ValueStateDescriptor,
 };
 use crate::handle::{
-    AggregatingState, AggregatingStateAccess, ListState, ListStateAccess, MapState, MapStateAccess,
-    ReducingState, ReducingStateAccess, StateIter, ValueState, ValueStateAccess,
+    Added, AggregatingState, AggregatingStateAccess, ListState, ListStateAccess, MapState,
+    MapStateAccess, ReducingState, ReducingStateAccess, StateIter, ValueState, ValueStateAccess,
 };
 use crate::key_context::KeyContext;
 use crate::namespace::{MergeNamespaces, Namespace, NamespaceCell, Namespaced};
@@ -1039,10 +1039,20 @@ impl<K: Key, T: StateValue, L: Layout<K>> ReducingStateAccess<T> for HeapReducin
     }
 
     fn add(&self, value: T) -> Result<()> {
+        self.add_telling_first(value).map(|_| ())
+    }
+
+    fn add_telling_first(&self, value: T) -> Result<Added> {
         let reduce = &self.reduce;
         self.handle.entry(|entry| match entry.get_mut() {
-            Some(current) => *current = reduce(current, &value),
-            None => entry.put(value),
+            Some(current) => {
+                *current = reduce(current, &value);
+                Added::More
+            }
+            None => {
+                entry.put(value);
+                Added::First
+            }
         })
     }
 
@@ -1070,10 +1080,19 @@ impl<K: Key, In, F: AggregateFunction<In>, L: Layout<K>> AggregatingStateAccess<
     }
 
     fn add(&self, value: In) -> Result<()> {
+        self.add_telling_first(value).map(|_| ())
+    }
+
+    fn add_telling_first(&self, value: In) -> Result<Added> {
         let function = &self.function;
         self.handle.entry(|entry| {
-            let acc = entry.get_or_insert_with(|| function.create_accumulator());
+            let mut added = Added::More;
+            let acc = entry.get_or_insert_with(|| {
+                added = Added::First;
+                function.create_accumulator()
+            });
             function.add(value, acc);
+            added
         })
     }
 
@@ -1410,6 +1429,19 @@ impl<K: Key, T: StateValue, L: Layout<K>> ListStateAccess<T> for HeapHandle<K, V
     #[inline]
     fn add(&self, value: T) -> Result<()> {
         self.entry(|entry| entry.get_or_insert_with(Vec::new).push(value))
+    }
+
+    fn add_telling_first(&self, value: T) -> Result<Added> {
+        self.entry(|entry| {
+            let mut added = Added::More;
+            entry
+                .get_or_insert_with(|| {
+                    added = Added::First;
+                    Vec::new()
+                })
+                .push(value);
+            added
+        })
     }
 
     fn add_all(&self, values: Vec<T>) -> Result<()> {

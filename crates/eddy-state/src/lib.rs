@@ -83,8 +83,8 @@ pub use descriptor::{
     ReduceFn, ReducingStateDescriptor, StateKind, ValueStateDescriptor,
 };
 pub use handle::{
-    AggregatingState, AggregatingStateAccess, ListState, ListStateAccess, MapState, MapStateAccess,
-    ReducingState, ReducingStateAccess, StateIter, ValueState, ValueStateAccess,
+    Added, AggregatingState, AggregatingStateAccess, ListState, ListStateAccess, MapState,
+    MapStateAccess, ReducingState, ReducingStateAccess, StateIter, ValueState, ValueStateAccess,
 };
 pub use heap::PrefetchDepth;
 pub use key_context::{ActiveOperator, KeyContext};

@@ -13,7 +13,11 @@
 //! * registering a timer probes the index of its own bucket, which for clustered timestamps
 //!   is small and hot in the CPU caches, not a table of every timer in the subtask;
 //! * firing reads the log front to back, consecutive memory, instead of a cache miss per
-//!   timer.
+//!   timer;
+//! * a caller that knows a timer is new ([`add_new`](TimerBucket::add_new): a window
+//!   operator registering the timer of a window's first element) appends it without a
+//!   lookup, and the index catches up only when a lookup needs it: a bucket filled only that
+//!   way never builds one.
 //!
 //! Guarantees: at most one live timer per (key, namespace); [`pop_front`](TimerBucket::pop_front)
 //! returns live timers in the order of their (latest) registration; a deleted timer is marked
@@ -71,6 +75,9 @@ pub(crate) struct TimerBucket<K, N> {
     index: Vec<u64>,
     /// Index slots that are not empty (some point below `base`: reusable).
     used: usize,
+    /// Entries at the back of the log that [`add_new`](Self::add_new) appended and the
+    /// index does not have yet (see [`catch_up`](Self::catch_up)).
+    unindexed: usize,
     /// Live timers in the log.
     live: usize,
 }
@@ -93,6 +100,7 @@ impl<K: Hash + Eq, N: Hash + Eq + Clone> TimerBucket<K, N> {
             base: 0,
             index: Vec::new(),
             used: 0,
+            unindexed: 0,
             live: 0,
         }
     }
@@ -111,6 +119,7 @@ impl<K: Hash + Eq, N: Hash + Eq + Clone> TimerBucket<K, N> {
     /// Registers (`key`, `namespace`) in the key group at `offset`; returns `false` (and
     /// drops the arguments) if it is already registered.
     pub(crate) fn add(&mut self, offset: u32, key: K, namespace: N) -> bool {
+        self.catch_up();
         let hash = hash_of(&key, &namespace);
         let slot = match self.lookup(&key, &namespace, hash) {
             Lookup::Live { .. } => return false,
@@ -121,6 +130,33 @@ impl<K: Hash + Eq, N: Hash + Eq + Clone> TimerBucket<K, N> {
                 slot
             }
         };
+        let position = self.append(offset, key, namespace);
+        if let Some(slot) = slot {
+            self.index[slot] = tag(hash) | (position + 1);
+        }
+        let indexed = !self.index.is_empty();
+        let crowded = self.used * 4 > self.index.len() * 3;
+        let unindexed_long = !indexed && self.log.len() > SCAN_MAX;
+        if crowded || unindexed_long || self.worn(position) {
+            self.rebuild();
+        }
+        true
+    }
+
+    /// Registers (`key`, `namespace`) in the key group at `offset` without looking for it:
+    /// the caller knows it is not registered. O(1) and touches no index; the index takes the
+    /// timer when the next [`add`](Self::add) or [`remove`](Self::remove) looks something
+    /// up. A timer registered twice this way is popped twice.
+    pub(crate) fn add_new(&mut self, offset: u32, key: K, namespace: N) {
+        let position = self.append(offset, key, namespace);
+        self.unindexed += 1;
+        if self.worn(position) {
+            self.rebuild();
+        }
+    }
+
+    /// Appends a live entry to the log; returns its position.
+    fn append(&mut self, offset: u32, key: K, namespace: N) -> u64 {
         let position = self.base + self.log.len() as u64;
         let namespace = self.intern(namespace);
         self.log.push_back(Entry {
@@ -129,23 +165,75 @@ impl<K: Hash + Eq, N: Hash + Eq + Clone> TimerBucket<K, N> {
             key,
         });
         self.live += 1;
-        if let Some(slot) = slot {
-            self.index[slot] = tag(hash) | (position + 1);
+        position
+    }
+
+    /// Whether positions or namespace positions near their limits: positions stay below
+    /// 2^40 (one trillion appends since the last rebuild), namespace positions below 2^32.
+    fn worn(&self, position: u64) -> bool {
+        position + 1 >= POSITION_MASK || self.namespaces.len() >= NAMESPACES_MAX
+    }
+
+    /// Makes lookups see every entry: indexes those [`add_new`](Self::add_new) appended,
+    /// or rebuilds when they would crowd the index or the log outgrew scanning.
+    fn catch_up(&mut self) {
+        if self.unindexed == 0 {
+            return;
         }
-        let indexed = !self.index.is_empty();
-        let crowded = self.used * 4 > self.index.len() * 3;
-        let unindexed_long = !indexed && self.log.len() > SCAN_MAX;
-        // Positions stay below 2^40 (one trillion appends since the last rebuild), and
-        // namespace positions below 2^32.
-        let worn = position + 1 >= POSITION_MASK || self.namespaces.len() >= NAMESPACES_MAX;
-        if crowded || unindexed_long || worn {
-            self.rebuild();
+        if self.index.is_empty() || (self.used + self.unindexed) * 4 > self.index.len() * 3 {
+            if self.index.is_empty() && self.log.len() <= SCAN_MAX {
+                // A short log is scanned: nothing to index.
+                self.unindexed = 0;
+            } else {
+                self.rebuild();
+            }
+            return;
         }
-        true
+        let first = self.log.len() - self.unindexed;
+        for at in first..self.log.len() {
+            if let Some((slot, value, fresh)) = self.slot_for_unindexed(at) {
+                self.used += usize::from(fresh);
+                self.index[slot] = value;
+            }
+        }
+        self.unindexed = 0;
+    }
+
+    /// The index slot and slot value for the unindexed log entry at `at`, and whether the
+    /// slot is empty: the first empty slot of its probe, or one the probe may reuse (that of
+    /// a popped entry, or of the same timer's deleted entry: a timer has one slot).
+    fn slot_for_unindexed(&self, at: usize) -> Option<(usize, u64, bool)> {
+        let entry = self.log.get(at)?;
+        let namespace = self.namespaces.get(entry.namespace as usize)?;
+        let hash = hash_of(&entry.key, namespace);
+        let value = tag(hash) | (self.base + at as u64 + 1);
+        let mask = self.index.len() - 1;
+        let mut slot = self.home(hash);
+        loop {
+            let current = self.index[slot];
+            if current == 0 {
+                return Some((slot, value, true));
+            }
+            match ((current & POSITION_MASK) - 1).checked_sub(self.base) {
+                None => return Some((slot, value, false)),
+                Some(old) if current & !POSITION_MASK == tag(hash) => {
+                    let same = self
+                        .log
+                        .get(old as usize)
+                        .is_some_and(|old| self.is_timer(old, &entry.key, namespace));
+                    if same {
+                        return Some((slot, value, false));
+                    }
+                }
+                Some(_) => {}
+            }
+            slot = (slot + 1) & mask;
+        }
     }
 
     /// Deletes the timer (`key`, `namespace`); returns whether it was registered.
     pub(crate) fn remove(&mut self, key: &K, namespace: &N) -> bool {
+        self.catch_up();
         let Lookup::Live { at } = self.lookup(key, namespace, hash_of(key, namespace)) else {
             return false;
         };
@@ -165,6 +253,8 @@ impl<K: Hash + Eq, N: Hash + Eq + Clone> TimerBucket<K, N> {
         while let Some(entry) = self.log.pop_front() {
             // Its index slot now points below `base`: reusable, never compared.
             self.base += 1;
+            // Entries not indexed are the log's last ones.
+            self.unindexed = self.unindexed.min(self.log.len());
             if entry.offset == DELETED {
                 continue;
             }
@@ -266,6 +356,7 @@ impl<K: Hash + Eq, N: Hash + Eq + Clone> TimerBucket<K, N> {
         self.compact_namespaces();
         self.base = 0;
         self.used = 0;
+        self.unindexed = 0;
         self.index.clear();
         if self.log.len() <= SCAN_MAX {
             self.index.shrink_to_fit();
@@ -433,10 +524,31 @@ mod tests {
         assert_eq!(rest, expected);
     }
 
+    #[test]
+    fn timers_known_new_build_no_index_until_a_lookup_needs_one() {
+        let mut bucket = TimerBucket::new();
+        for key in 0..10_000u64 {
+            bucket.add_new(0, key, 0u8);
+        }
+        assert!(bucket.index.is_empty(), "no lookup, no index");
+        assert_eq!(bucket.len(), 10_000);
+        // A lookup indexes them: the duplicate is found, a new timer goes in.
+        assert!(!bucket.add(0, 9_999, 0));
+        assert!(!bucket.index.is_empty());
+        assert!(bucket.add(0, 10_000, 0));
+        // Appended after the index exists: caught up by the next lookup.
+        bucket.add_new(0, 10_001, 0);
+        assert!(bucket.remove(&10_001, &0));
+        assert!(!bucket.add(0, 42, 0));
+        let keys: Vec<u64> = drain(&mut bucket).into_iter().map(|(_, k, _)| k).collect();
+        assert_eq!(keys, (0..=10_000).collect::<Vec<_>>());
+    }
+
     proptest! {
-        /// Any sequence of adds, removes and pops behaves like a vector of distinct timers.
+        /// Any sequence of adds, removes and pops behaves like a vector of distinct timers
+        /// (op 3 registers a timer known to be new, when it is).
         #[test]
-        fn behaves_like_an_ordered_set(ops in proptest::collection::vec((0u8..3, 0u64..120), 1..2000)) {
+        fn behaves_like_an_ordered_set(ops in proptest::collection::vec((0u8..4, 0u64..120), 1..2000)) {
             let mut bucket = TimerBucket::new();
             let mut model: Vec<u64> = Vec::new();
             for (op, key) in ops {
@@ -445,6 +557,12 @@ mod tests {
                         let added = bucket.add(key as u32 % 4, key, (key % 3) as u8);
                         prop_assert_eq!(added, !model.contains(&key));
                         if added {
+                            model.push(key);
+                        }
+                    }
+                    3 => {
+                        if !model.contains(&key) {
+                            bucket.add_new(key as u32 % 4, key, (key % 3) as u8);
                             model.push(key);
                         }
                     }

@@ -113,6 +113,18 @@ impl<K: Key, N: Namespace> TimerQueue<K, N> {
         Ok(added)
     }
 
+    /// Adds `timer`, which the caller knows is not in the queue, in the key group at
+    /// `offset`, without looking for it (see [`TimerService::register_new_timer`]).
+    pub fn add_new(&mut self, offset: usize, timer: Timer<K, N>) -> Result<()> {
+        let offset = self.checked_offset(offset)?;
+        self.buckets
+            .entry(timer.timestamp)
+            .or_insert_with(TimerBucket::new)
+            .add_new(offset, timer.key, timer.namespace);
+        self.live += 1;
+        Ok(())
+    }
+
     /// Removes the timer (`key`, `namespace`, `timestamp`); returns whether it existed.
     pub fn remove(
         &mut self,
@@ -307,6 +319,16 @@ impl<K: Key, N: Namespace> Queue<K, N> {
         }
     }
 
+    /// A timer known to be new: appended unchecked on the heap; RocksDB's put is
+    /// idempotent, so there it is a plain add.
+    fn add_new(&mut self, offset: usize, timer: Timer<K, N>) -> Result<()> {
+        match self {
+            Queue::Heap(queue) => queue.add_new(offset, timer),
+            #[cfg(feature = "rocksdb")]
+            Queue::RocksDb(queue) => queue.add(offset, &timer).map(|_| ()),
+        }
+    }
+
     fn remove(&mut self, offset: usize, key: &K, namespace: &N, timestamp: u64) -> Result<bool> {
         match self {
             Queue::Heap(queue) => queue.remove(offset, key, namespace, timestamp),
@@ -447,6 +469,34 @@ impl<K: Key, N: Namespace> TimerService<K, N> {
     /// Registers a processing-time timer for the current key; a duplicate is ignored.
     pub fn register_processing_time_timer(&self, namespace: N, timestamp: u64) -> Result<()> {
         self.register(TimeDomain::ProcessingTime, namespace, timestamp)
+    }
+
+    /// Registers a timer of the current key in `domain` that the caller knows is not
+    /// registered: for operators whose own state tells, such as a window operator
+    /// registering the timer of a window's first element. It skips the duplicate check (on
+    /// the heap, a hash probe and the index memory of the timer's timestamp).
+    ///
+    /// The caller must be right: a timer registered twice this way fires twice. When in
+    /// doubt, use [`register_event_time_timer`](Self::register_event_time_timer) or
+    /// [`register_processing_time_timer`](Self::register_processing_time_timer).
+    pub fn register_new_timer(
+        &self,
+        domain: TimeDomain,
+        namespace: N,
+        timestamp: u64,
+    ) -> Result<()> {
+        let mut queue = self.borrow_queue(domain)?;
+        self.context.with_key(&self.name, |key, offset| {
+            queue.add_new(
+                offset,
+                Timer {
+                    timestamp,
+                    key: key.clone(),
+                    namespace,
+                },
+            )
+        })??;
+        Ok(())
     }
 
     /// Deletes the current key's event-time timer at `timestamp`, if there is one.

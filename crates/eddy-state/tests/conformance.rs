@@ -7,7 +7,7 @@
 use eddy_core::key_group::{assign_to_key_group, subtask_for_key_group};
 use eddy_core::{EddyError, KeyGroupRange};
 use eddy_state::{
-    AggregateFunction, AggregatingStateDescriptor, KeyedStateBackend, ListStateDescriptor,
+    Added, AggregateFunction, AggregatingStateDescriptor, KeyedStateBackend, ListStateDescriptor,
     MapStateDescriptor, ReducingStateDescriptor, StateTtlConfig, TimeDomain, Timer,
     ValueStateDescriptor,
 };
@@ -47,6 +47,7 @@ macro_rules! conformance_suite {
                 namespaces_isolate_values_of_one_key,
                 namespaced_access_before_a_namespace_is_set_is_an_error,
                 merging_namespaces_folds_lists_reductions_and_accumulators,
+                an_add_never_misreports_whether_it_was_the_first,
                 value_and_map_state_cannot_merge_namespaces,
                 keys_lists_the_keys_holding_state,
                 apply_to_all_keys_visits_each_key_as_current_key,
@@ -729,6 +730,62 @@ fn merging_namespaces_folds_lists_reductions_and_accumulators(
     b.set_current_key(8)?;
     list.set_current_namespace((0, 5));
     assert_eq!(list.get()?.collect::<Vec<_>>(), vec![100]);
+    Ok(())
+}
+
+/// `add_telling_first` may answer `Unknown`, but a `First` or `More` must be true: window
+/// operators skip or unchecked-register timers on it. The heap backend always knows.
+fn an_add_never_misreports_whether_it_was_the_first(factory: Factory) -> Result<(), EddyError> {
+    let mut b = full_range(factory);
+    let heap = b.as_heap().is_some();
+    let list = b.namespaced_list_state::<Window, u64>(&ListStateDescriptor::new("list"))?;
+    let sum = b.namespaced_reducing_state::<Window, u64>(&ReducingStateDescriptor::new(
+        "sum",
+        |a: &u64, b: &u64| a + b,
+    ))?;
+    let avg = b.namespaced_aggregating_state::<Window, u32, Average>(
+        &AggregatingStateDescriptor::new("avg", Average),
+    )?;
+    let check = |added: Added, first: bool, what: &str| {
+        let expected = if first { Added::First } else { Added::More };
+        assert!(
+            added == expected || (added == Added::Unknown && !heap),
+            "{what}: {added:?}, expected {expected:?}"
+        );
+    };
+    b.set_current_key(7)?;
+    // (key 7, window (0, 5)) twice, then (0, 5) of key 8, then (0, 5) of key 7 after a
+    // clear, then (5, 10) of key 7.
+    let steps: [(u64, Window, bool, bool); 5] = [
+        (7, (0, 5), false, true),
+        (7, (0, 5), false, false),
+        (8, (0, 5), false, true),
+        (7, (0, 5), true, true),
+        (7, (5, 10), false, true),
+    ];
+    for (key, window, clear_first, first) in steps {
+        b.set_current_key(key)?;
+        list.set_current_namespace(window);
+        sum.set_current_namespace(window);
+        avg.set_current_namespace(window);
+        if clear_first {
+            list.clear()?;
+            sum.clear()?;
+            avg.clear()?;
+        }
+        let what = format!("key {key} window {window:?}");
+        check(list.add_telling_first(1)?, first, &format!("list, {what}"));
+        check(
+            sum.add_telling_first(1)?,
+            first,
+            &format!("reducing, {what}"),
+        );
+        check(
+            avg.add_telling_first(1)?,
+            first,
+            &format!("aggregating, {what}"),
+        );
+    }
     Ok(())
 }
 

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use eddy_core::key_group::assign_to_key_group;
 use eddy_core::{Data, EddyError, Key, KeyGroup, Result, StateValue};
 use eddy_state::{
-    AggregateFunction, AggregatingState, AggregatingStateDescriptor, KeyContext, KeyedStateBackend,
-    ListState, ListStateDescriptor, Namespaced, PrefetchDepth, ReducingState,
-    ReducingStateDescriptor, Timer, TimerService, ValueState, ValueStateDescriptor,
+    Added, AggregateFunction, AggregatingState, AggregatingStateDescriptor, KeyContext,
+    KeyedStateBackend, ListState, ListStateDescriptor, Namespaced, PrefetchDepth, ReducingState,
+    ReducingStateDescriptor, TimeDomain, Timer, TimerService, ValueState, ValueStateDescriptor,
 };
 use serde::{Deserialize, Serialize};
 use timely::dataflow::Scope;
@@ -90,8 +90,8 @@ pub trait WindowContents<In>: 'static {
     type Result;
     /// Makes `window` the namespace of the following calls.
     fn set_window(&self, window: TimeWindow);
-    /// Adds an element to the current window.
-    fn add(&self, value: In) -> Result<()>;
+    /// Adds an element to the current window; tells whether it is the window's first.
+    fn add(&self, value: In) -> Result<Added>;
     /// The current window's result, if it has any element.
     fn get(&self) -> Result<Option<Self::Result>>;
     /// Drops the current window's contents.
@@ -128,8 +128,8 @@ macro_rules! namespaced_contents {
 
 impl<T: StateValue> WindowContents<T> for Namespaced<ReducingState<T>, TimeWindow> {
     type Result = T;
-    fn add(&self, value: T) -> Result<()> {
-        self.state().add(value)
+    fn add(&self, value: T) -> Result<Added> {
+        self.state().add_telling_first(value)
     }
     namespaced_contents!(T, |s| s.state().get());
 }
@@ -138,16 +138,16 @@ impl<In: 'static, O: 'static> WindowContents<In>
     for Namespaced<AggregatingState<In, O>, TimeWindow>
 {
     type Result = O;
-    fn add(&self, value: In) -> Result<()> {
-        self.state().add(value)
+    fn add(&self, value: In) -> Result<Added> {
+        self.state().add_telling_first(value)
     }
     namespaced_contents!(O, |s| s.state().get());
 }
 
 impl<T: StateValue> WindowContents<T> for Namespaced<ListState<T>, TimeWindow> {
     type Result = Vec<T>;
-    fn add(&self, value: T) -> Result<()> {
-        self.state().add(value)
+    fn add(&self, value: T) -> Result<Added> {
+        self.state().add_telling_first(value)
     }
     namespaced_contents!(Vec<T>, |s| {
         let elements: Vec<T> = s.state().get()?.collect();
@@ -468,11 +468,30 @@ where
         self.event_time() && self.cleanup_time(window) <= self.watermark.get()
     }
 
-    fn register_timer(&self, window: TimeWindow, time: u64) -> Result<()> {
-        if self.event_time() {
-            self.timers.register_event_time_timer(window, time)
+    /// Registers the current key's timer for `window` at `time` (Flink's trigger registers
+    /// it for every element and the timer service drops the duplicates), given what adding
+    /// the element to the window's contents found (`added`).
+    ///
+    /// For a window that does not merge, a timer at its end or cleanup time is pending
+    /// exactly while the window has contents: both are registered with its first element,
+    /// and the contents go only when the cleanup timer fires, the last of them (watermarks
+    /// and the clock never go back, so neither timer fires early). So the first element's
+    /// timers are new, registered without the duplicate check, and a later element's are
+    /// already there. A merging window moves contents and deletes timers, so its caller
+    /// passes [`Added::Unknown`]: a checked registration, as Flink's.
+    fn register_timer(&self, window: TimeWindow, time: u64, added: Added) -> Result<()> {
+        let domain = if self.event_time() {
+            TimeDomain::EventTime
         } else {
-            self.timers.register_processing_time_timer(window, time)
+            TimeDomain::ProcessingTime
+        };
+        match added {
+            Added::First => self.timers.register_new_timer(domain, window, time),
+            Added::More => Ok(()),
+            Added::Unknown if self.event_time() => {
+                self.timers.register_event_time_timer(window, time)
+            }
+            Added::Unknown => self.timers.register_processing_time_timer(window, time),
         }
     }
 
@@ -506,6 +525,9 @@ where
         // Moved into the last window, cloned into the others (sliding windows).
         let mut value = Some(record.value);
         let mut set = self.load_merging_set()?;
+        // Merging windows move contents between windows and delete timers: their first
+        // element says nothing about the timers of the window it lands in.
+        let merging = set.is_some();
         for (i, window) in windows.into_iter().enumerate() {
             let (window, state_window) = match set.as_mut() {
                 Some(set) => {
@@ -533,18 +555,20 @@ where
             } else {
                 value.clone()
             };
-            if let Some(element) = element {
-                self.contents.add(element)?;
-            }
+            let added = match element {
+                Some(element) => self.contents.add(element)?,
+                None => Added::Unknown,
+            };
+            let added = if merging { Added::Unknown } else { added };
             if self.event_time() && window.max_timestamp() <= self.watermark.get() {
                 // A late element within the allowed lateness: fire again at once.
                 self.fire(&window)?;
             } else {
-                self.register_timer(window, window.max_timestamp())?;
+                self.register_timer(window, window.max_timestamp(), added)?;
             }
             let cleanup = self.cleanup_time(&window);
             if cleanup != window.max_timestamp() && cleanup != u64::MAX {
-                self.register_timer(window, cleanup)?;
+                self.register_timer(window, cleanup, added)?;
             }
         }
         if let Some(set) = set {
@@ -574,11 +598,11 @@ where
     /// that firing prefetches with the timers ahead.
     fn on_merge(&self, merge: &WindowMerge) -> Result<()> {
         if !self.event_time() || merge.result.max_timestamp() > self.watermark.get() {
-            self.register_timer(merge.result, merge.result.max_timestamp())?;
+            self.register_timer(merge.result, merge.result.max_timestamp(), Added::Unknown)?;
         }
         let cleanup = self.cleanup_time(&merge.result);
         if cleanup != merge.result.max_timestamp() && cleanup != u64::MAX {
-            self.register_timer(merge.result, cleanup)?;
+            self.register_timer(merge.result, cleanup, Added::Unknown)?;
         }
         self.contents
             .merge(&merge.state_window, &merge.merged_state_windows)
