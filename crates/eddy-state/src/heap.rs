@@ -37,7 +37,7 @@ use crate::key_context::KeyContext;
 use crate::namespace::{MergeNamespaces, Namespace, NamespaceCell, Namespaced};
 use crate::prefetch::prefetch_read;
 use crate::probe_table::ProbeTable;
-use crate::small_map::SmallMap;
+use crate::small_map::{KeyFilter, SmallMap};
 use crate::snapshot::heap_codec::{
     self, Inner, KeyCheck, List, Map, Single, TableCodec, TtlCut, TtlList, TtlMap, TtlSingle,
 };
@@ -1685,7 +1685,10 @@ impl<UK: Key, UV> TtlEntry for SmallMap<UK, TtlValue<UV>> {
         match self {
             SmallMap::One(_, e) if e.is_expired(ttl_ms, now) => *self = SmallMap::default(),
             SmallMap::One(..) => {}
-            SmallMap::Inline(entries) => entries.retain(|(_, e)| !e.is_expired(ttl_ms, now)),
+            SmallMap::Inline(entries, filter) => {
+                entries.retain(|(_, e)| !e.is_expired(ttl_ms, now));
+                *filter = KeyFilter::of(entries);
+            }
             SmallMap::Hashed(table) => {
                 let expired: Vec<UK> = table
                     .iter()
@@ -1710,7 +1713,7 @@ fn map_entry_mut<'m, UK: Key, V>(map: &'m mut SmallMap<UK, V>, user_key: &UK) ->
 fn map_for_each_mut<UK: Key, V>(map: &mut SmallMap<UK, V>, mut f: impl FnMut(&mut V)) {
     match map {
         SmallMap::One(_, v) => f(v),
-        SmallMap::Inline(entries) => entries.iter_mut().for_each(|(_, v)| f(v)),
+        SmallMap::Inline(entries, _) => entries.iter_mut().for_each(|(_, v)| f(v)),
         SmallMap::Hashed(table) => {
             let keys: Vec<UK> = table.iter().map(|(k, _)| k.clone()).collect();
             for user_key in &keys {

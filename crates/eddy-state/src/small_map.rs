@@ -6,8 +6,16 @@
 //! map states hold a few entries (W3 about 20 per key): a short vector keeps them in a few
 //! consecutive cache lines, which a linear scan reads faster than a hash table's scattered
 //! slots; past [`INLINE_MAX`] entries the map switches to a [`ProbeTable`] for O(1) access.
+//!
+//! The vector form carries a [`KeyFilter`], a 64-bit Bloom filter of its keys, so that a
+//! lookup of an absent key usually reads no entry at all. A window operator's key holds
+//! a dozen pending windows when one input runs ahead of the watermark (W5 at parallelism 2),
+//! and nearly every element opens a new one: without the filter, every such `add` read all
+//! the key's windows (six cache lines) to learn that its window was not there.
 
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash};
+
+use rustc_hash::FxBuildHasher;
 
 use crate::prefetch::prefetch_read;
 use crate::probe_table::ProbeTable;
@@ -20,15 +28,63 @@ pub const INLINE_MAX: usize = 32;
 pub enum SmallMap<UK, UV> {
     /// Exactly one entry, in place.
     One(UK, UV),
-    /// Up to [`INLINE_MAX`] entries (none: the empty map), scanned linearly.
-    Inline(Vec<(UK, UV)>),
+    /// Up to [`INLINE_MAX`] entries (none: the empty map), scanned linearly, and a filter
+    /// that has every entry's key (and may have keys removed since).
+    Inline(Vec<(UK, UV)>, KeyFilter),
     /// More entries, hashed.
     Hashed(ProbeTable<UK, UV>),
 }
 
 impl<UK, UV> Default for SmallMap<UK, UV> {
     fn default() -> Self {
-        SmallMap::Inline(Vec::new())
+        SmallMap::Inline(Vec::new(), KeyFilter::EMPTY)
+    }
+}
+
+/// A 64-bit Bloom filter over the keys of a vector-form [`SmallMap`]: two bits per key, so
+/// with a dozen keys about one absent key in ten still scans. No false negatives: a key of
+/// the map always has its bits set. Removals leave their bits (another key may share them)
+/// until the map rebuilds the filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyFilter(u64);
+
+impl KeyFilter {
+    /// The filter of no key.
+    pub const EMPTY: KeyFilter = KeyFilter(0);
+
+    /// The two bits of `key`: the top bits of its Fx hash, the best mixed.
+    #[inline]
+    fn bits_of<K: Hash>(key: &K) -> u64 {
+        let hash = FxBuildHasher.hash_one(key);
+        (1u64 << (hash >> 58)) | (1u64 << ((hash >> 52) & 63))
+    }
+
+    /// Whether `key` may be in the map (`false`: it is not).
+    #[inline]
+    pub fn may_contain<K: Hash>(&self, key: &K) -> bool {
+        let bits = Self::bits_of(key);
+        self.0 & bits == bits
+    }
+
+    /// Adds `key`.
+    #[inline]
+    pub fn insert<K: Hash>(&mut self, key: &K) {
+        self.0 |= Self::bits_of(key);
+    }
+
+    /// The filter of exactly these entries' keys.
+    pub(crate) fn of<K: Hash, V>(entries: &[(K, V)]) -> Self {
+        let mut filter = KeyFilter::EMPTY;
+        for (key, _) in entries {
+            filter.insert(key);
+        }
+        filter
+    }
+
+    /// Whether removals left so many stale bits that rebuilding pays: more than twice the
+    /// bits `len` keys can set.
+    fn is_stale(&self, len: usize) -> bool {
+        self.0.count_ones() as usize > 4 * len
     }
 }
 
@@ -37,7 +93,7 @@ impl<UK: Hash + Eq, UV> SmallMap<UK, UV> {
     pub fn len(&self) -> usize {
         match self {
             SmallMap::One(..) => 1,
-            SmallMap::Inline(v) => v.len(),
+            SmallMap::Inline(v, _) => v.len(),
             SmallMap::Hashed(t) => t.len(),
         }
     }
@@ -52,7 +108,12 @@ impl<UK: Hash + Eq, UV> SmallMap<UK, UV> {
     pub fn get(&self, key: &UK) -> Option<&UV> {
         match self {
             SmallMap::One(k, value) => (k == key).then_some(value),
-            SmallMap::Inline(v) => v.iter().find(|(k, _)| k == key).map(|(_, value)| value),
+            SmallMap::Inline(v, filter) => {
+                if !filter.may_contain(key) {
+                    return None;
+                }
+                v.iter().find(|(k, _)| k == key).map(|(_, value)| value)
+            }
             SmallMap::Hashed(t) => t.get(key),
         }
     }
@@ -64,15 +125,22 @@ impl<UK: Hash + Eq, UV> SmallMap<UK, UV> {
             SmallMap::One(k, old) if *k == key => *old = value,
             SmallMap::One(..) => {
                 self.spill_one();
-                if let SmallMap::Inline(entries) = self {
+                if let SmallMap::Inline(entries, filter) = self {
+                    filter.insert(&key);
                     entries.push((key, value));
                 }
             }
-            SmallMap::Inline(v) if v.is_empty() => *self = SmallMap::One(key, value),
-            SmallMap::Inline(v) => {
-                if let Some(slot) = v.iter_mut().find(|(k, _)| *k == key) {
+            SmallMap::Inline(v, _) if v.is_empty() => *self = SmallMap::One(key, value),
+            SmallMap::Inline(v, filter) => {
+                let slot = if filter.may_contain(&key) {
+                    v.iter_mut().find(|(k, _)| *k == key)
+                } else {
+                    None
+                };
+                if let Some(slot) = slot {
                     slot.1 = value;
                 } else if v.len() < INLINE_MAX {
+                    filter.insert(&key);
                     v.push((key, value));
                 } else {
                     let mut table = ProbeTable::new();
@@ -94,7 +162,12 @@ impl<UK: Hash + Eq, UV> SmallMap<UK, UV> {
     pub fn get_mut(&mut self, key: &UK) -> Option<&mut UV> {
         match self {
             SmallMap::One(k, value) => (k == key).then_some(value),
-            SmallMap::Inline(v) => v.iter_mut().find(|(k, _)| k == key).map(|(_, value)| value),
+            SmallMap::Inline(v, filter) => {
+                if !filter.may_contain(key) {
+                    return None;
+                }
+                v.iter_mut().find(|(k, _)| k == key).map(|(_, value)| value)
+            }
             SmallMap::Hashed(t) => t.get_mut(key),
         }
     }
@@ -117,8 +190,14 @@ impl<UK: Hash + Eq, UV> SmallMap<UK, UV> {
         if matches!(self, SmallMap::One(k, _) if k != key) {
             self.spill_one();
         }
-        if let SmallMap::Inline(v) = self {
-            if v.len() >= INLINE_MAX && !v.iter().any(|(k, _)| k == key) {
+        let found = match self {
+            SmallMap::Inline(v, filter) if filter.may_contain(key) => {
+                v.iter().position(|(k, _)| k == key)
+            }
+            _ => None,
+        };
+        if let SmallMap::Inline(v, _) = self {
+            if found.is_none() && v.len() >= INLINE_MAX {
                 let mut table = ProbeTable::new();
                 for (k, old) in v.drain(..) {
                     table.insert(k, old);
@@ -129,10 +208,11 @@ impl<UK: Hash + Eq, UV> SmallMap<UK, UV> {
         match self {
             // `key`'s entry (another key was spilled above).
             SmallMap::One(_, value) => value,
-            SmallMap::Inline(v) => {
-                let position = match v.iter().position(|(k, _)| k == key) {
+            SmallMap::Inline(v, filter) => {
+                let position = match found {
                     Some(position) => position,
                     None => {
+                        filter.insert(key);
                         v.push((make_key(), default()));
                         v.len() - 1
                     }
@@ -151,9 +231,16 @@ impl<UK: Hash + Eq, UV> SmallMap<UK, UV> {
                 _ => None,
             },
             SmallMap::One(..) => None,
-            SmallMap::Inline(v) => {
+            SmallMap::Inline(v, filter) => {
+                if !filter.may_contain(key) {
+                    return None;
+                }
                 let position = v.iter().position(|(k, _)| k == key)?;
-                Some(v.swap_remove(position).1)
+                let (_, value) = v.swap_remove(position);
+                if filter.is_stale(v.len()) {
+                    *filter = KeyFilter::of(v);
+                }
+                Some(value)
             }
             SmallMap::Hashed(t) => t.remove(key),
         }
@@ -163,7 +250,7 @@ impl<UK: Hash + Eq, UV> SmallMap<UK, UV> {
     pub fn iter(&self) -> Box<dyn Iterator<Item = (&UK, &UV)> + '_> {
         match self {
             SmallMap::One(k, value) => Box::new(std::iter::once((k, value))),
-            SmallMap::Inline(v) => Box::new(v.iter().map(|(k, value)| (k, value))),
+            SmallMap::Inline(v, _) => Box::new(v.iter().map(|(k, value)| (k, value))),
             SmallMap::Hashed(t) => Box::new(t.iter()),
         }
     }
@@ -171,7 +258,7 @@ impl<UK: Hash + Eq, UV> SmallMap<UK, UV> {
     /// Starts loading the first entries and the last one into the CPU caches.
     #[inline]
     pub fn prefetch(&self) {
-        if let SmallMap::Inline(v) = self {
+        if let SmallMap::Inline(v, _) = self {
             // A linear scan reads consecutive lines; the hardware prefetcher follows the first
             // two. Prefetches past the entries would only take memory bandwidth from others.
             let len = v.len();
@@ -194,7 +281,8 @@ impl<UK: Hash + Eq, UV> SmallMap<UK, UV> {
             if let SmallMap::One(k, value) = std::mem::take(self) {
                 let mut entries = Vec::with_capacity(4);
                 entries.push((k, value));
-                *self = SmallMap::Inline(entries);
+                let filter = KeyFilter::of(&entries);
+                *self = SmallMap::Inline(entries, filter);
             }
         }
     }
@@ -254,6 +342,33 @@ mod tests {
         let mut expected: Vec<(u64, u64)> = model.into_iter().collect();
         expected.sort_unstable();
         assert_eq!(entries, expected);
+    }
+
+    #[test]
+    fn the_filter_has_every_key_and_drops_removed_ones_once_stale() {
+        let mut m = SmallMap::default();
+        for k in 0..20u64 {
+            *m.get_or_insert_with(&k, || k, || 0) += 1;
+        }
+        let SmallMap::Inline(entries, filter) = &m else {
+            panic!("20 entries are kept in a vector");
+        };
+        assert!(entries.iter().all(|(k, _)| filter.may_contain(k)));
+        for k in 0..18u64 {
+            assert_eq!(m.remove(&k), Some(1));
+        }
+        let SmallMap::Inline(entries, filter) = &m else {
+            panic!("removals keep the vector form");
+        };
+        assert_eq!(entries.len(), 2);
+        assert!(
+            filter.0.count_ones() <= 4 * 2,
+            "a stale filter is rebuilt: {} bits for 2 keys",
+            filter.0.count_ones()
+        );
+        assert!(filter.may_contain(&18u64) && filter.may_contain(&19u64));
+        assert_eq!(m.get(&18), Some(&1));
+        assert_eq!(m.get(&3), None);
     }
 
     #[test]
