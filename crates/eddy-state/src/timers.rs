@@ -319,13 +319,12 @@ impl<K: Key, N: Namespace> Queue<K, N> {
         }
     }
 
-    /// A timer known to be new: appended unchecked on the heap; RocksDB's put is
-    /// idempotent, so there it is a plain add.
+    /// A timer known to be new: added without looking for it first.
     fn add_new(&mut self, offset: usize, timer: Timer<K, N>) -> Result<()> {
         match self {
             Queue::Heap(queue) => queue.add_new(offset, timer),
             #[cfg(feature = "rocksdb")]
-            Queue::RocksDb(queue) => queue.add(offset, &timer).map(|_| ()),
+            Queue::RocksDb(queue) => queue.add_new(offset, &timer),
         }
     }
 

@@ -116,9 +116,25 @@ impl<K: Key, N: Namespace> RocksTimerQueue<K, N> {
         if self.sequence_of(kg)?.is_some() {
             return Ok(false);
         }
+        self.insert_built(kg, timer.timestamp)?;
+        Ok(true)
+    }
+
+    /// Adds `timer`, which the caller knows is not registered, to the key group at `offset`
+    /// without the read that [`add`](Self::add) makes to find it (see
+    /// `TimerService::register_new_timer`).
+    pub(crate) fn add_new(&mut self, offset: usize, timer: &Timer<K, N>) -> Result<()> {
+        let kg = self.key_group(offset)?;
+        self.build_index_key(kg, &timer.key, &timer.namespace, timer.timestamp)?;
+        self.insert_built(kg, timer.timestamp)
+    }
+
+    /// Writes the timer whose index key was just built, at `timestamp`, to both column
+    /// families.
+    fn insert_built(&mut self, kg: KeyGroup, timestamp: u64) -> Result<()> {
         let sequence = self.next_sequence;
         self.next_sequence += 1;
-        let order_key = order_key(timer.timestamp, sequence);
+        let order_key = order_key(timestamp, sequence);
         let mut batch = WriteBatch::default();
         batch.put_cf(&self.db.cf(&self.order_cf)?, order_key, self.target());
         batch.put_cf(
@@ -137,7 +153,7 @@ impl<K: Key, N: Namespace> RocksTimerQueue<K, N> {
             self.ahead.insert(at, (order_key, self.target().to_vec()));
             self.ahead.truncate(2 * READ_AHEAD);
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Removes the timer (`key`, `namespace`, `timestamp`) of the key group at `offset`;

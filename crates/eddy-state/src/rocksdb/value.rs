@@ -10,7 +10,7 @@ use super::cache::{read_through, Cached, SharedCache};
 use super::core::{now_or_zero, StateCore};
 use super::ttl::TtlRules;
 use crate::descriptor::{AggregateFunction, ReduceFn};
-use crate::handle::{AggregatingStateAccess, ReducingStateAccess, ValueStateAccess};
+use crate::handle::{Added, AggregatingStateAccess, ReducingStateAccess, ValueStateAccess};
 use crate::namespace::{MergeNamespaces, Namespace};
 
 /// One stored value per (key, namespace): `[kg][key][ns]` -> `[TTL header]postcard(T)`.
@@ -147,11 +147,21 @@ impl<K: Key, N: Namespace, T: StateValue> ReducingStateAccess<T> for RocksReduci
     }
 
     fn add(&self, value: T) -> Result<()> {
+        self.add_telling_first(value).map(|_| ())
+    }
+
+    /// An add reads the value anyway (a reduce needs it), so it can tell.
+    fn add_telling_first(&self, value: T) -> Result<Added> {
         let reduce = &self.reduce;
+        let mut added = Added::More;
         self.value.modify(|current| match current {
             Some(current) => reduce(&current, &value),
-            None => value,
-        })
+            None => {
+                added = Added::First;
+                value
+            }
+        })?;
+        Ok(added)
     }
 
     fn clear(&self) -> Result<()> {
@@ -183,12 +193,22 @@ impl<K: Key, N: Namespace, In, F: AggregateFunction<In>> AggregatingStateAccess<
     }
 
     fn add(&self, value: In) -> Result<()> {
+        self.add_telling_first(value).map(|_| ())
+    }
+
+    /// An add reads the accumulator anyway, so it can tell.
+    fn add_telling_first(&self, value: In) -> Result<Added> {
         let function = &self.function;
+        let mut added = Added::More;
         self.value.modify(|current| {
-            let mut acc = current.unwrap_or_else(|| function.create_accumulator());
+            let mut acc = current.unwrap_or_else(|| {
+                added = Added::First;
+                function.create_accumulator()
+            });
             function.add(value, &mut acc);
             acc
-        })
+        })?;
+        Ok(added)
     }
 
     fn clear(&self) -> Result<()> {
