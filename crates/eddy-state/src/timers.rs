@@ -484,18 +484,7 @@ impl<K: Key, N: Namespace> TimerService<K, N> {
         namespace: N,
         timestamp: u64,
     ) -> Result<()> {
-        let mut queue = self.borrow_queue(domain)?;
-        self.context.with_key(&self.name, |key, offset| {
-            queue.add_new(
-                offset,
-                Timer {
-                    timestamp,
-                    key: key.clone(),
-                    namespace,
-                },
-            )
-        })??;
-        Ok(())
+        self.with_current_timer(domain, namespace, timestamp, Queue::add_new)
     }
 
     /// Deletes the current key's event-time timer at `timestamp`, if there is one.
@@ -615,18 +604,29 @@ impl<K: Key, N: Namespace> TimerService<K, N> {
     }
 
     fn register(&self, domain: TimeDomain, namespace: N, timestamp: u64) -> Result<()> {
+        self.with_current_timer(domain, namespace, timestamp, |queue, offset, timer| {
+            queue.add(offset, timer).map(|_| ())
+        })
+    }
+
+    /// Runs `apply` on `domain`'s queue with the current key's timer at `timestamp` under
+    /// `namespace` and its key group offset.
+    fn with_current_timer(
+        &self,
+        domain: TimeDomain,
+        namespace: N,
+        timestamp: u64,
+        apply: impl FnOnce(&mut Queue<K, N>, usize, Timer<K, N>) -> Result<()>,
+    ) -> Result<()> {
         let mut queue = self.borrow_queue(domain)?;
         self.context.with_key(&self.name, |key, offset| {
-            queue.add(
-                offset,
-                Timer {
-                    timestamp,
-                    key: key.clone(),
-                    namespace,
-                },
-            )
-        })??;
-        Ok(())
+            let timer = Timer {
+                timestamp,
+                key: key.clone(),
+                namespace,
+            };
+            apply(&mut queue, offset, timer)
+        })?
     }
 
     fn delete(&self, domain: TimeDomain, namespace: N, timestamp: u64) -> Result<()> {
