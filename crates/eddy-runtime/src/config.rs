@@ -29,18 +29,22 @@ pub enum StateBackendKind {
         /// Take full checkpoints instead of incremental ones
         /// ([`eddy_state::RocksDbConfig::incremental_checkpoints`]).
         full_checkpoints: bool,
+        /// Bytes of the process's RocksDB memory budget: block cache and memtables of every
+        /// instance ([`eddy_state::RocksDbConfig::memory_budget`]).
+        memory_budget: usize,
     },
 }
 
 impl StateBackendKind {
     /// The RocksDB backend with its defaults: the OS temp directory, the default object
-    /// cache, timers in RocksDB and incremental checkpoints ([`eddy_state::RocksDbConfig`]).
+    /// cache and memory budget, timers in RocksDB and incremental checkpoints ([`eddy_state::RocksDbConfig`]).
     pub fn rocksdb() -> Self {
         StateBackendKind::RocksDb {
             working_dir: None,
             object_cache_entries: eddy_state::RocksDbConfig::default().object_cache_entries,
             heap_timers: eddy_state::RocksDbConfig::default().heap_timers,
             full_checkpoints: !eddy_state::RocksDbConfig::default().incremental_checkpoints,
+            memory_budget: eddy_state::RocksDbConfig::default().memory_budget,
         }
     }
 }

@@ -58,6 +58,11 @@ pub struct JobFlags {
     #[arg(long)]
     pub rocksdb_heap_timers: bool,
 
+    /// RocksDB backend: the process's memory budget in MiB, shared by every subtask's
+    /// instance: the block cache, memtables included (Flink's managed memory for RocksDB).
+    #[arg(long, value_name = "MIB", default_value_t = (eddy_state::RocksDbConfig::default().memory_budget >> 20) as u64, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    pub rocksdb_memory_mb: u64,
+
     /// RocksDB backend: write every checkpoint in full (the canonical format) instead of
     /// incrementally (only the SST files earlier checkpoints did not upload; the default).
     #[arg(long)]
@@ -152,6 +157,7 @@ impl Default for JobFlags {
             rocksdb_object_cache_entries: eddy_state::RocksDbConfig::default().object_cache_entries,
             rocksdb_heap_timers: eddy_state::RocksDbConfig::default().heap_timers,
             rocksdb_full_checkpoints: !eddy_state::RocksDbConfig::default().incremental_checkpoints,
+            rocksdb_memory_mb: (eddy_state::RocksDbConfig::default().memory_budget >> 20) as u64,
             epoch_interval_ms: 10,
             checkpoint_dir: None,
             checkpoint_interval_ms: None,
@@ -198,6 +204,7 @@ impl JobFlags {
                     object_cache_entries: self.rocksdb_object_cache_entries,
                     heap_timers: self.rocksdb_heap_timers,
                     full_checkpoints: self.rocksdb_full_checkpoints,
+                    memory_budget: (self.rocksdb_memory_mb as usize).saturating_mul(1 << 20),
                 },
             },
             epoch_interval: std::time::Duration::from_millis(self.epoch_interval_ms),
@@ -301,6 +308,8 @@ mod tests {
             "1000",
             "--rocksdb-heap-timers",
             "--rocksdb-full-checkpoints",
+            "--rocksdb-memory-mb",
+            "512",
         ])
         .ok();
         assert_eq!(
@@ -312,6 +321,7 @@ mod tests {
                 object_cache_entries: 1000,
                 heap_timers: true,
                 full_checkpoints: true,
+                memory_budget: 512 << 20,
             })
         );
     }

@@ -441,12 +441,14 @@ fn rocksdb_full_checkpoints() -> StateBackendKind {
             working_dir,
             object_cache_entries,
             heap_timers,
+            memory_budget,
             ..
         } => StateBackendKind::RocksDb {
             working_dir,
             object_cache_entries,
             heap_timers,
             full_checkpoints: true,
+            memory_budget,
         },
         other => other,
     }

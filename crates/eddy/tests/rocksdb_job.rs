@@ -136,6 +136,7 @@ fn rocksdb_from_the_command_line_gives_the_same_output_as_heap() {
             object_cache_entries: eddy_state::RocksDbConfig::default().object_cache_entries,
             heap_timers: false,
             full_checkpoints: false,
+            memory_budget: eddy_state::RocksDbConfig::default().memory_budget,
         }
     );
     let expected = run(&StreamExecutionEnvironment::from_flags(&heap).unwrap());

@@ -397,9 +397,11 @@ pub(crate) fn keyed_backend<K: Key>(
             object_cache_entries,
             heap_timers,
             full_checkpoints,
+            memory_budget,
         } => {
             let config = eddy_state::RocksDbConfig {
                 working_dir: working_dir.clone(),
+                memory_budget: *memory_budget,
                 object_cache_entries: *object_cache_entries,
                 heap_timers: *heap_timers,
                 incremental_checkpoints: !*full_checkpoints,
