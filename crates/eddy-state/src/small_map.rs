@@ -255,6 +255,15 @@ impl<UK: Hash + Eq, UV> SmallMap<UK, UV> {
         }
     }
 
+    /// The entries with their values mutable, in unspecified order.
+    pub fn iter_mut(&mut self) -> Box<dyn Iterator<Item = (&UK, &mut UV)> + '_> {
+        match self {
+            SmallMap::One(k, value) => Box::new(std::iter::once((&*k, value))),
+            SmallMap::Inline(v, _) => Box::new(v.iter_mut().map(|(k, value)| (&*k, value))),
+            SmallMap::Hashed(t) => Box::new(t.iter_mut()),
+        }
+    }
+
     /// Starts loading the first entries and the last one into the CPU caches.
     #[inline]
     pub fn prefetch(&self) {
@@ -324,6 +333,15 @@ mod tests {
             }
             if (seed >> 32) % 5 == 1 {
                 *model.entry(key).or_insert(0) += 1;
+            }
+            if step % 97 == 0 {
+                m.iter_mut().for_each(|(_, v)| *v += 1);
+                model.values_mut().for_each(|v| *v += 1);
+                let mut all: Vec<(u64, u64)> = m.iter().map(|(k, v)| (*k, *v)).collect();
+                all.sort_unstable();
+                let mut expected: Vec<(u64, u64)> = model.iter().map(|(k, v)| (*k, *v)).collect();
+                expected.sort_unstable();
+                assert_eq!(all, expected);
             }
             assert_eq!(m.len(), model.len());
             if model.len() == 1 && step % 7 == 0 {

@@ -17,6 +17,13 @@
 //!   reach RocksDB in one write batch when their group is evicted, and all of them before
 //!   every snapshot. A known-absent entry is cached too (a miss costs one RocksDB read, not
 //!   one per access), and removing a value RocksDB never held writes nothing.
+//! * **Whole groups.** The first read of a map's group (one key's map in one namespace)
+//!   reads the group from RocksDB with one prefix scan, whole if it has at most
+//!   [`GROUP_READ_MAX`] entries. A group read whole is *complete*: every later write goes
+//!   through it and it is evicted only whole, so a user key it lacks has no value, and
+//!   neither a `get` of a new map key nor `is_empty` asks RocksDB. A map state whose keys
+//!   see a few map keys each (W3: up to 100 per customer) then costs one RocksDB seek per
+//!   key and cache residency instead of one read per new map key.
 //! * **Bounded.** The cache holds at most its capacity in entries plus one group; when it is
 //!   over, it evicts groups not used recently (one key's value, or one key's cached map
 //!   entries, in one namespace) down to 15/16 of its capacity, so evictions are batched.
@@ -25,7 +32,8 @@
 //!   already clear. A strict LRU list relinks two neighbours on every access, which for a
 //!   cache of millions of groups costs two cache misses per state access.
 //! * **One memory access per hit.** Groups live in a linear-probing table keyed by their
-//!   prefix, kept inline when short (any fixed-size key), so a hit reads one table slot, and
+//!   prefix, kept inline when short (any fixed-size key), so a hit on a value state reads
+//!   one table slot (a map's entries sit in a short vector behind it), and
 //!   the runtime can prefetch the slot of a record ahead ([`ObjectCache::prefetch`]) as it
 //!   does for the heap backend.
 //!
@@ -42,13 +50,13 @@ use std::rc::Rc;
 
 use eddy_core::{EddyError, Key, KeyGroup, Result, StateValue};
 use rocksdb::WriteBatch;
-use rustc_hash::FxHashMap;
 
 use super::codec::encode_into;
 use super::core::StateCore;
 use super::db::{rocks_error, Db};
 use crate::namespace::Namespace;
 use crate::probe_table::ProbeTable;
+use crate::small_map::SmallMap;
 
 /// A cached value, or the knowledge that there is none.
 #[derive(Clone)]
@@ -79,95 +87,50 @@ struct Entry<V> {
 }
 
 /// The cached entries of one `[key group][key][namespace]` prefix, by user-key bytes (empty
-/// for value, reducing and aggregating state: one entry per group).
-enum Group<V> {
-    One(Box<[u8]>, Entry<V>),
-    Many(FxHashMap<Box<[u8]>, Entry<V>>),
+/// for value, reducing and aggregating state: one entry per group). A map's few entries
+/// sit in one short vector, scanned behind a Bloom filter, so a lookup of an entry the group
+/// lacks usually reads no entry at all (see [`SmallMap`]).
+type Group<V> = SmallMap<ShortBytes, Entry<V>>;
+
+/// Whether `group` holds a present value.
+fn has_present<V>(group: &Group<V>) -> bool {
+    group
+        .iter()
+        .any(|(_, entry)| matches!(entry.value, Cached::Present(_)))
 }
 
-impl<V> Group<V> {
-    fn get_mut(&mut self, user_key: &[u8]) -> Option<&mut Entry<V>> {
-        match self {
-            Group::One(key, entry) => (**key == *user_key).then_some(entry),
-            Group::Many(entries) => entries.get_mut(user_key),
-        }
-    }
+/// Byte strings up to this long are kept inline (`[kg]` + a postcard `u64` key + a window
+/// namespace is at most 2 + 10 + 20 bytes; most prefixes and user keys are far shorter).
+const INLINE_BYTES: usize = 22;
 
-    /// Inserts or replaces; returns whether the group grew.
-    fn insert(&mut self, user_key: &[u8], entry: Entry<V>) -> bool {
-        if let Some(existing) = self.get_mut(user_key) {
-            *existing = entry;
-            return false;
-        }
-        if let Group::One(..) = self {
-            let Group::One(key, first) = std::mem::replace(self, Group::Many(FxHashMap::default()))
-            else {
-                return false;
-            };
-            if let Group::Many(entries) = self {
-                entries.insert(key, first);
-            }
-        }
-        if let Group::Many(entries) = self {
-            entries.insert(user_key.into(), entry);
-        }
-        true
-    }
-
-    fn len(&self) -> usize {
-        match self {
-            Group::One(..) => 1,
-            Group::Many(entries) => entries.len(),
-        }
-    }
-
-    fn entries_mut(&mut self) -> Box<dyn Iterator<Item = (&[u8], &mut Entry<V>)> + '_> {
-        match self {
-            Group::One(key, entry) => Box::new(std::iter::once((&**key, entry))),
-            Group::Many(entries) => Box::new(entries.iter_mut().map(|(k, e)| (&**k, e))),
-        }
-    }
-
-    fn has_present(&self) -> bool {
-        let present = |e: &Entry<V>| matches!(e.value, Cached::Present(_));
-        match self {
-            Group::One(_, entry) => present(entry),
-            Group::Many(entries) => entries.values().any(present),
-        }
-    }
-}
-
-/// Prefixes up to this many bytes are kept inline (`[kg]` + a postcard `u64` key + a window
-/// namespace is at most 2 + 10 + 20 bytes; most are far shorter).
-const INLINE_PREFIX: usize = 22;
-
-/// The `[key group][key][namespace]` prefix of a cached group: inline when short, so that a
-/// lookup compares bytes in the table slot instead of following a pointer.
+/// A group's `[key group][key][namespace]` prefix, or an entry's user-key bytes: inline when
+/// short, so that a lookup compares bytes in place instead of following a pointer, and a
+/// cached entry allocates nothing for its key.
 #[derive(Clone, PartialEq, Eq, Hash)]
-enum Prefix {
+enum ShortBytes {
     /// The first `len` bytes of `bytes`; the rest are zero, so equal prefixes are equal here.
-    Inline { len: u8, bytes: [u8; INLINE_PREFIX] },
-    /// Longer prefixes (only these allocate).
+    Inline { len: u8, bytes: [u8; INLINE_BYTES] },
+    /// Longer byte strings (only these allocate).
     Boxed(Box<[u8]>),
 }
 
-impl Prefix {
+impl ShortBytes {
     #[inline]
-    fn new(prefix: &[u8]) -> Self {
-        match u8::try_from(prefix.len()) {
-            Ok(len) if prefix.len() <= INLINE_PREFIX => {
-                let mut bytes = [0u8; INLINE_PREFIX];
-                bytes[..prefix.len()].copy_from_slice(prefix);
-                Prefix::Inline { len, bytes }
+    fn new(from: &[u8]) -> Self {
+        match u8::try_from(from.len()) {
+            Ok(len) if from.len() <= INLINE_BYTES => {
+                let mut bytes = [0u8; INLINE_BYTES];
+                bytes[..from.len()].copy_from_slice(from);
+                ShortBytes::Inline { len, bytes }
             }
-            _ => Prefix::Boxed(prefix.into()),
+            _ => ShortBytes::Boxed(from.into()),
         }
     }
 
     fn as_bytes(&self) -> &[u8] {
         match self {
-            Prefix::Inline { len, bytes } => &bytes[..usize::from(*len)],
-            Prefix::Boxed(bytes) => bytes,
+            ShortBytes::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            ShortBytes::Boxed(bytes) => bytes,
         }
     }
 }
@@ -177,9 +140,25 @@ struct Slot<V> {
     group: Group<V>,
     /// Used since the eviction hand last passed.
     referenced: bool,
+    /// The group holds every entry of its prefix (it was read whole from RocksDB when it
+    /// was cached, and every write since went through it): a user key it lacks has no
+    /// value, and RocksDB need not be asked.
+    complete: bool,
 }
 
-type Groups<V> = ProbeTable<Prefix, Slot<V>>;
+type Groups<V> = ProbeTable<ShortBytes, Slot<V>>;
+
+/// What the cache knows of one entry.
+pub(crate) enum Lookup<'a, V> {
+    /// The entry is cached.
+    Cached(&'a Cached<V>),
+    /// The entry's group is cached whole and lacks it: there is no value.
+    Absent,
+    /// The group is cached, but not whole: RocksDB may hold the entry.
+    Unknown,
+    /// Nothing of the entry's prefix is cached.
+    NoGroup,
+}
 
 /// The object cache of one state (see the [module docs](self)).
 pub(crate) struct ObjectCache<V> {
@@ -216,15 +195,22 @@ impl<V: StateValue> ObjectCache<V> {
     /// changes nothing.
     #[inline]
     pub(crate) fn prefetch(&self, prefix: &[u8]) {
-        self.groups.prefetch(&Prefix::new(prefix));
+        self.groups.prefetch(&ShortBytes::new(prefix));
     }
 
-    /// The cached entry of `user_key` under `prefix`, if cached (marking its group used).
+    /// What the cache knows of the entry of `user_key` under `prefix` (marking its group
+    /// used).
     #[inline]
-    pub(crate) fn get(&mut self, prefix: &[u8], user_key: &[u8]) -> Option<&Cached<V>> {
-        let slot = self.groups.get_mut(&Prefix::new(prefix))?;
+    pub(crate) fn get(&mut self, prefix: &[u8], user_key: &[u8]) -> Lookup<'_, V> {
+        let Some(slot) = self.groups.get_mut(&ShortBytes::new(prefix)) else {
+            return Lookup::NoGroup;
+        };
         slot.referenced = true;
-        slot.group.get_mut(user_key).map(|entry| &entry.value)
+        match slot.group.get(&ShortBytes::new(user_key)) {
+            Some(entry) => Lookup::Cached(&entry.value),
+            None if slot.complete => Lookup::Absent,
+            None => Lookup::Unknown,
+        }
     }
 
     /// Caches what RocksDB holds for `user_key` under `prefix` (read on a miss): clean.
@@ -241,15 +227,63 @@ impl<V: StateValue> ObjectCache<V> {
         )
     }
 
+    /// Caches the group under `prefix`, not cached yet, with `entries` as read from RocksDB
+    /// (clean; an `Absent` one is known not to be there); `complete`: `entries` has every
+    /// entry RocksDB holds under `prefix`. An empty group is not cached (it would hold
+    /// memory the capacity does not count).
+    pub(crate) fn fill_group(
+        &mut self,
+        prefix: &[u8],
+        entries: Vec<(Vec<u8>, Cached<V>)>,
+        complete: bool,
+    ) -> Result<()> {
+        let prefix = ShortBytes::new(prefix);
+        if entries.is_empty() {
+            return Ok(());
+        }
+        if self.groups.contains_key(&prefix) {
+            // Replacing a cached group could drop its unwritten changes.
+            return Err(EddyError::Internal(format!(
+                "state \"{}\": an object-cache group was read again while cached",
+                self.state
+            )));
+        }
+        let added = entries.len();
+        let mut group = Group::default();
+        for (user_key, value) in entries {
+            let in_db = matches!(value, Cached::Present(_));
+            let entry = Entry {
+                value,
+                dirty: false,
+                in_db,
+            };
+            group.insert(ShortBytes::new(&user_key), entry);
+        }
+        let slot = Slot {
+            group,
+            referenced: true,
+            complete,
+        };
+        self.groups.insert(prefix, slot);
+        self.entries += added;
+        if self.entries > self.capacity {
+            self.evict()?;
+        }
+        Ok(())
+    }
+
     /// Records a write (`Present`) or removal (`Absent`) of `user_key` under `prefix`: dirty,
     /// written back later.
     pub(crate) fn write(&mut self, prefix: &[u8], user_key: &[u8], value: Cached<V>) -> Result<()> {
-        // Whether RocksDB may hold the key survives from the cached entry; unknown means yes.
-        let in_db = self
-            .groups
-            .get_mut(&Prefix::new(prefix))
-            .and_then(|slot| slot.group.get_mut(user_key))
-            .is_none_or(|e| e.in_db);
+        // Whether RocksDB may hold the key survives from the cached entry; a complete group
+        // without the entry knows RocksDB holds none; unknown means yes.
+        let in_db = match self.groups.get_mut(&ShortBytes::new(prefix)) {
+            Some(slot) => match slot.group.get(&ShortBytes::new(user_key)) {
+                Some(entry) => entry.in_db,
+                None => !slot.complete,
+            },
+            None => true,
+        };
         self.put(
             prefix,
             user_key,
@@ -262,19 +296,24 @@ impl<V: StateValue> ObjectCache<V> {
     }
 
     fn put(&mut self, prefix: &[u8], user_key: &[u8], entry: Entry<V>) -> Result<()> {
-        let prefix = Prefix::new(prefix);
+        let prefix = ShortBytes::new(prefix);
+        let user_key = ShortBytes::new(user_key);
         let grew = match self.groups.get_mut(&prefix) {
             Some(slot) => {
                 slot.referenced = true;
-                slot.group.insert(user_key, entry)
+                let before = slot.group.len();
+                slot.group.insert(user_key, entry);
+                slot.group.len() > before
             }
             None => {
-                let group = Group::One(user_key.into(), entry);
+                let mut group = Group::default();
+                group.insert(user_key, entry);
                 self.groups.insert(
                     prefix,
                     Slot {
                         group,
                         referenced: true,
+                        complete: false,
                     },
                 );
                 true
@@ -289,17 +328,21 @@ impl<V: StateValue> ObjectCache<V> {
         Ok(())
     }
 
-    /// Whether a value is cached under `prefix` (so a map there is not empty).
-    pub(crate) fn has_present(&mut self, prefix: &[u8]) -> bool {
-        self.groups
-            .get(&Prefix::new(prefix))
-            .is_some_and(|slot| slot.group.has_present())
+    /// Whether the map under `prefix` is empty, if the cache knows: `Some(false)` if a value
+    /// is cached there, `Some(true)` if the group is cached whole without one.
+    pub(crate) fn known_empty(&mut self, prefix: &[u8]) -> Option<bool> {
+        let slot = self.groups.get(&ShortBytes::new(prefix))?;
+        match (has_present(&slot.group), slot.complete) {
+            (true, _) => Some(false),
+            (false, true) => Some(true),
+            (false, false) => None,
+        }
     }
 
     /// Drops the entries under `prefix`, dirty or not (their key range is about to be deleted
     /// in RocksDB).
     pub(crate) fn drop_group(&mut self, prefix: &[u8]) {
-        if let Some(slot) = self.groups.remove(&Prefix::new(prefix)) {
+        if let Some(slot) = self.groups.remove(&ShortBytes::new(prefix)) {
             self.entries -= slot.group.len();
         }
     }
@@ -307,7 +350,7 @@ impl<V: StateValue> ObjectCache<V> {
     /// Writes the dirty entries under `prefix` to RocksDB (before RocksDB is read there).
     pub(crate) fn flush_group(&mut self, prefix: &[u8]) -> Result<()> {
         let (groups, mut writer) = self.split();
-        let Some(slot) = groups.get_mut(&Prefix::new(prefix)) else {
+        let Some(slot) = groups.get_mut(&ShortBytes::new(prefix)) else {
             return Ok(());
         };
         let mut batch = WriteBatch::default();
@@ -348,7 +391,7 @@ impl<V: StateValue> ObjectCache<V> {
     /// cache down to `target`: a group whose bit is set gets a second chance (the bit is
     /// cleared), one whose bit is clear is picked. Two full turns clear every bit, so the
     /// sweep ends.
-    fn choose_victims(&mut self, target: usize) -> Vec<Prefix> {
+    fn choose_victims(&mut self, target: usize) -> Vec<ShortBytes> {
         let slots = self.groups.slot_count();
         let mut victims = Vec::new();
         let mut remaining = self.entries;
@@ -406,13 +449,13 @@ impl Writer<'_> {
         group: &mut Group<V>,
     ) -> Result<()> {
         let cf = self.db.cf(self.cf_name)?;
-        for (user_key, entry) in group.entries_mut() {
+        for (user_key, entry) in group.iter_mut() {
             if !entry.dirty {
                 continue;
             }
             self.key_buf.clear();
             self.key_buf.extend_from_slice(prefix);
-            self.key_buf.extend_from_slice(user_key);
+            self.key_buf.extend_from_slice(user_key.as_bytes());
             match &entry.value {
                 Cached::Present(value) => {
                     self.value_buf.clear();
@@ -456,9 +499,16 @@ fn key_group_of(prefix: &[u8]) -> KeyGroup {
         .map_or(0, |b| KeyGroup::from_be_bytes([b[0], b[1]]))
 }
 
+/// The most entries the first read of a map's group takes from RocksDB (fewer if the cache
+/// is smaller). A group read whole is complete: its absent keys are then known absent without
+/// asking RocksDB (W3's first `get` of every map key of a customer). A larger map is cached
+/// in part and read entry by entry beyond that.
+const GROUP_READ_MAX: usize = 64;
+
 /// Reads the value under the stored key `stored_key` (whose first `prefix_len` bytes are the
 /// `[key group][key][namespace]` prefix, the rest the user key) through `cache`: the cached
-/// entry, else RocksDB's value, which is then cached clean.
+/// entry; else, for a map whose group is not cached, the group as RocksDB holds it (up to
+/// [`GROUP_READ_MAX`] entries); else RocksDB's value. What was read is cached clean.
 #[inline]
 pub(crate) fn read_through<K: Key, N: Namespace, V: StateValue>(
     cache: &SharedCache<V>,
@@ -468,8 +518,17 @@ pub(crate) fn read_through<K: Key, N: Namespace, V: StateValue>(
     prefix_len: usize,
 ) -> Result<Option<V>> {
     let (prefix, user_key) = stored_key.split_at(prefix_len.min(stored_key.len()));
-    if let Some(cached) = cache.borrow_mut().get(prefix, user_key) {
-        return Ok(cached.value());
+    let read_group = match cache.borrow_mut().get(prefix, user_key) {
+        Lookup::Cached(cached) => return Ok(cached.value()),
+        Lookup::Absent => return Ok(None),
+        Lookup::Unknown => false,
+        // A value state's group is its one entry: the point read below reads it whole.
+        Lookup::NoGroup => !user_key.is_empty(),
+    };
+    if read_group {
+        if let Some(answer) = read_group_through(cache, core, kg, prefix, user_key)? {
+            return Ok(answer);
+        }
     }
     let loaded = core
         .load::<V>(None, kg, stored_key, 0)?
@@ -480,6 +539,51 @@ pub(crate) fn read_through<K: Key, N: Namespace, V: StateValue>(
     };
     cache.borrow_mut().fill(prefix, user_key, cached)?;
     Ok(loaded)
+}
+
+/// Caches the group under `prefix`, not cached yet, from RocksDB: whole if it has at most
+/// [`GROUP_READ_MAX`] entries (and fits the cache), else its first ones. Returns the value
+/// of `user_key` if that answers it (the entry was read, or the group was read whole and
+/// lacks it), `None` if RocksDB must still be asked.
+fn read_group_through<K: Key, N: Namespace, V: StateValue>(
+    cache: &SharedCache<V>,
+    core: &StateCore<K, N>,
+    kg: KeyGroup,
+    prefix: &[u8],
+    user_key: &[u8],
+) -> Result<Option<Option<V>>> {
+    let most = GROUP_READ_MAX.min(cache.borrow().capacity);
+    let mut iter = core.prefix_iter(kg, prefix)?;
+    let mut entries = Vec::new();
+    let mut found = None;
+    while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
+        if entries.len() == most {
+            break;
+        }
+        let entry_key = key.get(prefix.len()..).unwrap_or_default();
+        let value: V = core.decode(kg, value)?;
+        if entry_key == user_key {
+            found = Some(value.clone());
+        }
+        entries.push((entry_key.to_vec(), Cached::Present(value)));
+        iter.next();
+    }
+    let complete = iter.key().is_none();
+    if complete {
+        core.check_end(kg, &iter)?;
+    }
+    drop(iter);
+    let answer = match (found, complete) {
+        (Some(value), _) => Some(Some(value)),
+        (None, true) => {
+            // Cached absent, so the group is never empty (see `fill_group`).
+            entries.push((user_key.to_vec(), Cached::Absent));
+            Some(None)
+        }
+        (None, false) => None,
+    };
+    cache.borrow_mut().fill_group(prefix, entries, complete)?;
+    Ok(answer)
 }
 
 /// What the backend does with the caches of all its states, whatever their value types.

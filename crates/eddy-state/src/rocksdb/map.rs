@@ -223,8 +223,8 @@ impl<K: Key, N: Namespace, UK: Key, UV: StateValue> MapStateAccess<UK, UV>
         self.core.with_key(None, |prefix, kg| {
             if let Some(cache) = &self.cache {
                 let mut cache = cache.borrow_mut();
-                if cache.has_present(prefix) {
-                    return Ok(false);
+                if let Some(empty) = cache.known_empty(prefix) {
+                    return Ok(empty);
                 }
                 cache.flush_group(prefix)?;
             }
