@@ -498,80 +498,65 @@ fn a_hot_key_is_read_from_rocksdb_once() -> Result<(), EddyError> {
     assert_eq!(map.get(&3)?, Some(1_000));
     assert_eq!(
         rocks(&b).ticker(Ticker::NumberKeysRead),
-        1,
-        "one point read of the value"
-    );
-    assert_eq!(
-        rocks(&b).ticker(Ticker::NumberDbSeek),
-        1,
-        "one seek reading the map whole"
+        0,
+        "nothing was ever written back: the absence is known without a read"
     );
     Ok(())
 }
 
-/// The first access to a key's map reads it from RocksDB whole (one seek); keys the map
-/// lacks are then known absent without asking RocksDB again. A map larger than one such read
-/// is cached in part, and the rest is read entry by entry.
+/// The cache knows which keys it never wrote back to RocksDB: their first access reads
+/// nothing, and a map of such a key answers for the keys it lacks. Once a key's values were
+/// written back and evicted, or came from a restore, RocksDB is asked again.
 #[test]
-fn a_map_read_whole_knows_its_absent_keys() -> Result<(), EddyError> {
-    // Written without a cache and restored into a cached backend: RocksDB holds the maps,
-    // the cache nothing.
-    let mut source = backend(&RocksDbConfig::default());
-    let map = source.map_state(&MapStateDescriptor::<u32, u64>::new("m"))?;
-    source.set_current_key(1)?;
-    map.put_all((0..5).map(|i| (i, u64::from(i) * 10)).collect())?;
-    source.set_current_key(2)?;
-    map.put_all((0..100).map(|i| (i, u64::from(i))).collect())?;
-    let snapshot = source.snapshot()?;
-    let mut b = cached_backend(10_000);
-    b.restore("op", vec![snapshot])?;
+fn keys_never_written_back_are_known_absent_without_rocksdb() -> Result<(), EddyError> {
+    let mut b = cached_backend(64);
+    let value = b.value_state(&ValueStateDescriptor::<u64>::new("v"))?;
     let map = b.map_state(&MapStateDescriptor::<u32, u64>::new("m"))?;
-    b.finish_restore()?;
-    let (seeks0, reads0) = (seeks(&b), point_reads(&b));
-    let rocksdb_asked = |b: &KeyedStateBackend<u64>| (seeks(b) - seeks0, point_reads(b) - reads0);
-
     b.set_current_key(1)?;
-    assert_eq!(map.get(&3)?, Some(30));
-    assert_eq!(rocksdb_asked(&b), (1, 0), "one seek reads the map");
-    assert_eq!(map.get(&7)?, None);
-    assert!(!map.contains(&8)?);
-    assert!(!map.is_empty()?);
-    map.put(7, 70)?;
-    map.remove(&0)?;
-    assert_eq!(map.get(&7)?, Some(70));
-    assert_eq!(map.get(&0)?, None);
-    assert_eq!(rocksdb_asked(&b), (1, 0), "the whole map answers");
-
-    // A key without a map: one seek finds it empty, for good.
-    b.set_current_key(3)?;
+    assert_eq!(value.value()?, None);
     assert_eq!(map.get(&1)?, None);
-    assert_eq!(map.get(&2)?, None);
     assert!(map.is_empty()?);
-    map.put(2, 2)?;
-    map.remove(&2)?;
-    assert_eq!(rocksdb_asked(&b), (2, 0));
-
-    // 100 entries: the first read takes 64 of them (user keys 0..64, in key order).
-    b.set_current_key(2)?;
-    for i in 0..100u32 {
-        assert_eq!(map.get(&i)?, Some(u64::from(i)));
-    }
-    assert_eq!(map.get(&500)?, None);
-    assert_eq!(rocksdb_asked(&b), (3, 100 - 64 + 1));
-
-    // Written back: key 1's changes; nothing for key 3, whose entry never reached RocksDB.
+    value.update(5)?;
+    map.put(1, 10)?;
+    map.put(2, 20)?;
+    assert_eq!(map.get(&3)?, None);
+    assert!(!map.contains(&4)?);
+    // Written back, and still cached: the map still knows its absent keys.
     rocks(&b).flush_object_caches()?;
-    assert_eq!(raw_entries(&b, "m").len(), 5 + 100);
-    b.set_current_key(1)?;
-    let mut entries: Vec<(u32, u64)> = map.entries()?.collect();
-    entries.sort_unstable();
-    assert_eq!(entries, vec![(1, 10), (2, 20), (3, 30), (4, 40), (7, 70)]);
-    Ok(())
-}
+    assert_eq!(map.get(&5)?, None);
+    assert_eq!(point_reads(&b), 0, "no key was ever read from RocksDB");
 
-/// RocksDB seeks so far (statistics on).
-fn seeks(b: &KeyedStateBackend<u64>) -> u64 {
-    rocks(b).ticker(Ticker::NumberDbSeek)
+    // Evicted by a stream of other keys (each new, so none is read either).
+    for key in 100..1_100u64 {
+        b.set_current_key(key)?;
+        value.update(key)?;
+        assert_eq!(map.get(&1)?, None);
+    }
+    assert_eq!(point_reads(&b), 0);
+    // Key 1 was written back: its values come from RocksDB now, absent ones too.
+    b.set_current_key(1)?;
+    assert_eq!(value.value()?, Some(5));
+    assert_eq!(map.get(&2)?, Some(20));
+    assert_eq!(map.get(&3)?, None);
+    assert_eq!(point_reads(&b), 3);
+
+    // A restore writes past the cache: every key is read from RocksDB, restored or not.
+    let snapshot = b.snapshot()?;
+    let mut restored = cached_backend(64);
+    restored.restore("op", vec![snapshot])?;
+    let value = restored.value_state(&ValueStateDescriptor::<u64>::new("v"))?;
+    let map = restored.map_state(&MapStateDescriptor::<u32, u64>::new("m"))?;
+    restored.finish_restore()?;
+    restored.set_current_key(1)?;
+    assert_eq!(value.value()?, Some(5));
+    assert_eq!(map.get(&1)?, Some(10));
+    assert_eq!(map.get(&9)?, None);
+    restored.set_current_key(500)?;
+    assert_eq!(value.value()?, Some(500));
+    restored.set_current_key(5_000)?;
+    assert_eq!(value.value()?, None);
+    assert_eq!(point_reads(&restored), 5);
+    Ok(())
 }
 
 /// RocksDB point reads so far (statistics on).

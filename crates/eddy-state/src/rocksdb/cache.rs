@@ -17,13 +17,13 @@
 //!   reach RocksDB in one write batch when their group is evicted, and all of them before
 //!   every snapshot. A known-absent entry is cached too (a miss costs one RocksDB read, not
 //!   one per access), and removing a value RocksDB never held writes nothing.
-//! * **Whole groups.** The first read of a map's group (one key's map in one namespace)
-//!   reads the group from RocksDB with one prefix scan, whole if it has at most
-//!   [`GROUP_READ_MAX`] entries. A group read whole is *complete*: every later write goes
-//!   through it and it is evicted only whole, so a user key it lacks has no value, and
-//!   neither a `get` of a new map key nor `is_empty` asks RocksDB. A map state whose keys
-//!   see a few map keys each (W3: up to 100 per customer) then costs one RocksDB seek per
-//!   key and cache residency instead of one read per new map key.
+//! * **New keys cost no read.** The cache keeps a Bloom filter of the prefixes it ever
+//!   wrote a value under (RocksDB starts empty for a fresh state; a restore, which writes
+//!   past the cache, turns the filter off). A group first accessed under a prefix not in
+//!   it is known to have nothing in RocksDB: the access reads nothing, and the group is
+//!   *complete*, so a map key it lacks is known absent too (W3: a customer's map keys; W5:
+//!   a new window's accumulator). Everything else is read from RocksDB on a miss, entry by
+//!   entry.
 //! * **Bounded.** The cache holds at most its capacity in entries plus one group; when it is
 //!   over, it evicts groups not used recently (one key's value, or one key's cached map
 //!   entries, in one namespace) down to 15/16 of its capacity, so evictions are batched.
@@ -46,10 +46,13 @@
 
 use std::any::Any;
 use std::cell::RefCell;
+use std::hash::BuildHasher;
 use std::rc::Rc;
 
 use eddy_core::{EddyError, Key, KeyGroup, Result, StateValue};
+
 use rocksdb::WriteBatch;
+use rustc_hash::FxBuildHasher;
 
 use super::codec::encode_into;
 use super::core::StateCore;
@@ -174,21 +177,40 @@ pub(crate) struct ObjectCache<V> {
     /// Reused to build the stored key of an entry being written back.
     key_buf: Vec<u8>,
     value_buf: Vec<u8>,
+    /// The prefixes under which RocksDB may hold a value of this state.
+    written: WrittenPrefixes,
 }
 
 impl<V: StateValue> ObjectCache<V> {
-    pub(crate) fn new(capacity: usize, db: &Rc<Db>, state: &str, cf_name: &str) -> Self {
+    /// An empty cache of `capacity` entries; `db_empty`: RocksDB holds nothing of the state
+    /// yet (a fresh state, not restored), so that only the cache's own write-backs can put
+    /// anything there.
+    pub(crate) fn new(
+        capacity: usize,
+        db: &Rc<Db>,
+        state: &str,
+        cf_name: &str,
+        db_empty: bool,
+    ) -> Self {
+        let capacity = capacity.max(1);
         ObjectCache {
             groups: ProbeTable::new(),
             hand: 0,
             entries: 0,
-            capacity: capacity.max(1),
+            capacity,
             db: Rc::clone(db),
             state: state.into(),
             cf_name: cf_name.into(),
             key_buf: Vec::new(),
             value_buf: Vec::new(),
+            written: WrittenPrefixes::new(capacity, db_empty),
         }
+    }
+
+    /// Forgets which prefixes RocksDB holds nothing under: values reached RocksDB another
+    /// way (a restore writes them directly).
+    pub(crate) fn assume_all_written(&mut self) {
+        self.written = WrittenPrefixes::everything();
     }
 
     /// Starts loading the table slot of the group under `prefix` into the CPU caches;
@@ -227,49 +249,20 @@ impl<V: StateValue> ObjectCache<V> {
         )
     }
 
-    /// Caches the group under `prefix`, not cached yet, with `entries` as read from RocksDB
-    /// (clean; an `Absent` one is known not to be there); `complete`: `entries` has every
-    /// entry RocksDB holds under `prefix`. An empty group is not cached (it would hold
-    /// memory the capacity does not count).
-    pub(crate) fn fill_group(
-        &mut self,
-        prefix: &[u8],
-        entries: Vec<(Vec<u8>, Cached<V>)>,
-        complete: bool,
-    ) -> Result<()> {
-        let prefix = ShortBytes::new(prefix);
-        if entries.is_empty() {
-            return Ok(());
+    /// If RocksDB has never held a value under `prefix` (whose group is not cached), caches
+    /// the group as complete with `user_key` known absent, and returns `true`: the caller
+    /// need not read RocksDB. Returns `false` if RocksDB may hold values there.
+    pub(crate) fn start_unwritten_group(&mut self, prefix: &[u8], user_key: &[u8]) -> Result<bool> {
+        if self.written.may_hold(prefix) {
+            return Ok(false);
         }
-        if self.groups.contains_key(&prefix) {
-            // Replacing a cached group could drop its unwritten changes.
-            return Err(EddyError::Internal(format!(
-                "state \"{}\": an object-cache group was read again while cached",
-                self.state
-            )));
-        }
-        let added = entries.len();
-        let mut group = Group::default();
-        for (user_key, value) in entries {
-            let in_db = matches!(value, Cached::Present(_));
-            let entry = Entry {
-                value,
-                dirty: false,
-                in_db,
-            };
-            group.insert(ShortBytes::new(&user_key), entry);
-        }
-        let slot = Slot {
-            group,
-            referenced: true,
-            complete,
+        let entry = Entry {
+            value: Cached::Absent,
+            dirty: false,
+            in_db: false,
         };
-        self.groups.insert(prefix, slot);
-        self.entries += added;
-        if self.entries > self.capacity {
-            self.evict()?;
-        }
-        Ok(())
+        self.put(prefix, user_key, entry)?;
+        Ok(true)
     }
 
     /// Records a write (`Present`) or removal (`Absent`) of `user_key` under `prefix`: dirty,
@@ -282,7 +275,7 @@ impl<V: StateValue> ObjectCache<V> {
                 Some(entry) => entry.in_db,
                 None => !slot.complete,
             },
-            None => true,
+            None => self.written.may_hold(prefix),
         };
         self.put(
             prefix,
@@ -306,6 +299,8 @@ impl<V: StateValue> ObjectCache<V> {
                 slot.group.len() > before
             }
             None => {
+                // A group starts complete if RocksDB holds nothing under its prefix.
+                let complete = !self.written.may_hold(prefix.as_bytes());
                 let mut group = Group::default();
                 group.insert(user_key, entry);
                 self.groups.insert(
@@ -313,7 +308,7 @@ impl<V: StateValue> ObjectCache<V> {
                     Slot {
                         group,
                         referenced: true,
-                        complete: false,
+                        complete,
                     },
                 );
                 true
@@ -421,6 +416,7 @@ impl<V: StateValue> ObjectCache<V> {
             cf_name: &self.cf_name,
             key_buf: &mut self.key_buf,
             value_buf: &mut self.value_buf,
+            written: &mut self.written,
         };
         (&mut self.groups, writer)
     }
@@ -438,6 +434,7 @@ struct Writer<'a> {
     cf_name: &'a str,
     key_buf: &'a mut Vec<u8>,
     value_buf: &'a mut Vec<u8>,
+    written: &'a mut WrittenPrefixes,
 }
 
 impl Writer<'_> {
@@ -469,6 +466,7 @@ impl Writer<'_> {
                         )
                     })?;
                     batch.put_cf(&cf, &*self.key_buf, &*self.value_buf);
+                    self.written.insert(prefix);
                     entry.in_db = true;
                 }
                 Cached::Absent if entry.in_db => {
@@ -499,16 +497,10 @@ fn key_group_of(prefix: &[u8]) -> KeyGroup {
         .map_or(0, |b| KeyGroup::from_be_bytes([b[0], b[1]]))
 }
 
-/// The most entries the first read of a map's group takes from RocksDB (fewer if the cache
-/// is smaller). A group read whole is complete: its absent keys are then known absent without
-/// asking RocksDB (W3's first `get` of every map key of a customer). A larger map is cached
-/// in part and read entry by entry beyond that.
-const GROUP_READ_MAX: usize = 64;
-
 /// Reads the value under the stored key `stored_key` (whose first `prefix_len` bytes are the
 /// `[key group][key][namespace]` prefix, the rest the user key) through `cache`: the cached
-/// entry; else, for a map whose group is not cached, the group as RocksDB holds it (up to
-/// [`GROUP_READ_MAX`] entries); else RocksDB's value. What was read is cached clean.
+/// entry; else nothing if RocksDB has never held a value under the prefix; else RocksDB's
+/// value. What was learned is cached clean.
 #[inline]
 pub(crate) fn read_through<K: Key, N: Namespace, V: StateValue>(
     cache: &SharedCache<V>,
@@ -518,17 +510,14 @@ pub(crate) fn read_through<K: Key, N: Namespace, V: StateValue>(
     prefix_len: usize,
 ) -> Result<Option<V>> {
     let (prefix, user_key) = stored_key.split_at(prefix_len.min(stored_key.len()));
-    let read_group = match cache.borrow_mut().get(prefix, user_key) {
+    let no_group = match cache.borrow_mut().get(prefix, user_key) {
         Lookup::Cached(cached) => return Ok(cached.value()),
         Lookup::Absent => return Ok(None),
         Lookup::Unknown => false,
-        // A value state's group is its one entry: the point read below reads it whole.
-        Lookup::NoGroup => !user_key.is_empty(),
+        Lookup::NoGroup => true,
     };
-    if read_group {
-        if let Some(answer) = read_group_through(cache, core, kg, prefix, user_key)? {
-            return Ok(answer);
-        }
+    if no_group && cache.borrow_mut().start_unwritten_group(prefix, user_key)? {
+        return Ok(None);
     }
     let loaded = core
         .load::<V>(None, kg, stored_key, 0)?
@@ -541,55 +530,87 @@ pub(crate) fn read_through<K: Key, N: Namespace, V: StateValue>(
     Ok(loaded)
 }
 
-/// Caches the group under `prefix`, not cached yet, from RocksDB: whole if it has at most
-/// [`GROUP_READ_MAX`] entries (and fits the cache), else its first ones. Returns the value
-/// of `user_key` if that answers it (the entry was read, or the group was read whole and
-/// lacks it), `None` if RocksDB must still be asked.
-fn read_group_through<K: Key, N: Namespace, V: StateValue>(
-    cache: &SharedCache<V>,
-    core: &StateCore<K, N>,
-    kg: KeyGroup,
-    prefix: &[u8],
-    user_key: &[u8],
-) -> Result<Option<Option<V>>> {
-    let most = GROUP_READ_MAX.min(cache.borrow().capacity);
-    let mut iter = core.prefix_iter(kg, prefix)?;
-    let mut entries = Vec::new();
-    let mut found = None;
-    while let (Some(key), Some(value)) = (iter.key(), iter.value()) {
-        if entries.len() == most {
-            break;
+/// A Bloom filter of the prefixes under which RocksDB may hold a value of one cached state:
+/// those the cache wrote a value under, or all of them once values arrived another way. A
+/// prefix not in it has nothing in RocksDB, so the first access to a new key (a new
+/// customer's map, a new window's accumulator) needs no RocksDB read, and its group is
+/// complete from the start.
+///
+/// Two bits per prefix in a table of about two bits per cache entry: with as many prefixes
+/// written as the cache holds entries, about one unwritten prefix in three still reads
+/// RocksDB (as it would without the filter); a filter that fills up answers "may hold" for
+/// everything, which is only slower.
+struct WrittenPrefixes {
+    /// The filter's bits; empty when everything may have been written.
+    bits: Vec<u64>,
+}
+
+impl WrittenPrefixes {
+    /// Bounds of the table, in bits: at least a cache line, at most 128 MiB (its pages are
+    /// zero until a prefix is written: the OS maps them lazily).
+    const MIN_BITS: usize = 512;
+    const MAX_BITS: usize = 1 << 30;
+
+    /// An empty filter for a cache of `capacity` entries, or one that holds everything if
+    /// RocksDB is not known to be empty.
+    fn new(capacity: usize, db_empty: bool) -> Self {
+        if !db_empty {
+            return WrittenPrefixes::everything();
         }
-        let entry_key = key.get(prefix.len()..).unwrap_or_default();
-        let value: V = core.decode(kg, value)?;
-        if entry_key == user_key {
-            found = Some(value.clone());
+        let bits = capacity
+            .saturating_mul(2)
+            .next_power_of_two()
+            .clamp(Self::MIN_BITS, Self::MAX_BITS);
+        WrittenPrefixes {
+            bits: vec![0; bits / 64],
         }
-        entries.push((entry_key.to_vec(), Cached::Present(value)));
-        iter.next();
     }
-    let complete = iter.key().is_none();
-    if complete {
-        core.check_end(kg, &iter)?;
+
+    /// A filter that holds every prefix.
+    fn everything() -> Self {
+        WrittenPrefixes { bits: Vec::new() }
     }
-    drop(iter);
-    let answer = match (found, complete) {
-        (Some(value), _) => Some(Some(value)),
-        (None, true) => {
-            // Cached absent, so the group is never empty (see `fill_group`).
-            entries.push((user_key.to_vec(), Cached::Absent));
-            Some(None)
+
+    /// The two bit positions of `prefix` (`bits` is not empty).
+    fn positions(&self, prefix: &[u8]) -> [usize; 2] {
+        let mask = (self.bits.len() * 64 - 1) as u64;
+        let mut h = FxBuildHasher.hash_one(prefix);
+        // Fx leaves its low bits weak for short inputs: finish with a mixer.
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        // `mask` is below 2^30, so both positions fit any usize.
+        [(h & mask) as usize, ((h >> 32) & mask) as usize]
+    }
+
+    /// Whether RocksDB may hold a value under `prefix`.
+    fn may_hold(&self, prefix: &[u8]) -> bool {
+        if self.bits.is_empty() {
+            return true;
         }
-        (None, false) => None,
-    };
-    cache.borrow_mut().fill_group(prefix, entries, complete)?;
-    Ok(answer)
+        self.positions(prefix)
+            .iter()
+            .all(|&bit| self.bits[bit / 64] & (1 << (bit % 64)) != 0)
+    }
+
+    /// Records that a value under `prefix` is being written to RocksDB.
+    fn insert(&mut self, prefix: &[u8]) {
+        if self.bits.is_empty() {
+            return;
+        }
+        for bit in self.positions(prefix) {
+            self.bits[bit / 64] |= 1 << (bit % 64);
+        }
+    }
 }
 
 /// What the backend does with the caches of all its states, whatever their value types.
 pub(crate) trait CacheControl {
     /// Writes every dirty entry to RocksDB.
     fn flush(&self) -> Result<()>;
+    /// Forgets which prefixes RocksDB holds nothing under (values are being written to
+    /// RocksDB directly, by a restore).
+    fn assume_all_written(&self) -> Result<()>;
     /// The number of cached entries.
     fn cached_entries(&self) -> usize;
     /// Starts loading the slot of the group under `prefix` into the CPU caches.
@@ -606,6 +627,13 @@ impl<V: StateValue> CacheControl for SharedCache<V> {
         self.try_borrow_mut()
             .map_err(|_| EddyError::Internal("an object cache is in use during a flush".into()))?
             .flush_all()
+    }
+
+    fn assume_all_written(&self) -> Result<()> {
+        self.try_borrow_mut()
+            .map_err(|_| EddyError::Internal("an object cache is in use during a restore".into()))?
+            .assume_all_written();
+        Ok(())
     }
 
     fn cached_entries(&self) -> usize {

@@ -75,6 +75,19 @@ impl Db {
         Ok(())
     }
 
+    /// Whether the column family `cf_name` (of state `state`) holds no key: one seek.
+    pub(crate) fn cf_is_empty(&self, state: &str, cf_name: &str) -> Result<bool> {
+        let cf = self.cf(cf_name)?;
+        let mut iter = self.rdb.raw_iterator_cf(&cf);
+        iter.seek_to_first();
+        if iter.valid() {
+            return Ok(false);
+        }
+        iter.status()
+            .map_err(|e| EddyError::state(state, format!("RocksDB failed: {e}")))?;
+        Ok(true)
+    }
+
     /// Applies `batch` (WAL off).
     pub(crate) fn write(&self, batch: WriteBatch) -> std::result::Result<(), rocksdb::Error> {
         self.rdb.write_opt(batch, &self.write)

@@ -424,11 +424,15 @@ impl<K: Key> RocksDbKeyedStateBackend<K> {
             return Ok(None);
         }
         let cf_name = &registered.cf_name;
+        // A state restored (or otherwise written) before its cache exists has values in
+        // RocksDB the cache has not seen.
+        let db_empty = registered.cache.is_none() && db.cf_is_empty(name, cf_name)?;
         let mut created = false;
         let control = registered.cache.get_or_insert_with(|| {
             created = true;
-            let cache: Rc<SharedCache<V>> =
-                Rc::new(RefCell::new(ObjectCache::new(capacity, &db, name, cf_name)));
+            let cache: Rc<SharedCache<V>> = Rc::new(RefCell::new(ObjectCache::new(
+                capacity, &db, name, cf_name, db_empty,
+            )));
             cache
         });
         let control = Rc::clone(control);

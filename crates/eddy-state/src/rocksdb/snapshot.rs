@@ -320,6 +320,9 @@ impl<K: Key> RocksDbKeyedStateBackend<K> {
         blocks: &[(KeyGroup, EntryBlock)],
     ) -> Result<()> {
         let registered = self.registered(name)?;
+        if let Some(cache) = &registered.cache {
+            cache.assume_all_written()?;
+        }
         let cf = self.db.cf(&registered.cf_name)?;
         let mut batch = WriteBatch::default();
         let mut key = Vec::with_capacity(64);
