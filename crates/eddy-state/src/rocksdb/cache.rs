@@ -93,7 +93,7 @@ struct Entry<V> {
 /// for value, reducing and aggregating state: one entry per group). A map's few entries
 /// sit in one short vector, scanned behind a Bloom filter, so a lookup of an entry the group
 /// lacks usually reads no entry at all (see [`SmallMap`]).
-type Group<V> = SmallMap<ShortBytes, Entry<V>>;
+type Group<V> = SmallMap<UserKey, Entry<V>>;
 
 /// Whether `group` holds a present value.
 fn has_present<V>(group: &Group<V>) -> bool {
@@ -102,38 +102,44 @@ fn has_present<V>(group: &Group<V>) -> bool {
         .any(|(_, entry)| matches!(entry.value, Cached::Present(_)))
 }
 
-/// Byte strings up to this long are kept inline (`[kg]` + a postcard `u64` key + a window
-/// namespace is at most 2 + 10 + 20 bytes; most prefixes and user keys are far shorter).
-const INLINE_BYTES: usize = 22;
+/// A group's `[key group][key][namespace]` prefix: inline up to 22 bytes (`[kg]` + a
+/// postcard `u64` key + a window namespace is at most 2 + 10 + 20 bytes; most are far
+/// shorter), 24 bytes in all.
+type GroupPrefix = InlineBytes<22>;
 
-/// A group's `[key group][key][namespace]` prefix, or an entry's user-key bytes: inline when
-/// short, so that a lookup compares bytes in place instead of following a pointer, and a
-/// cached entry allocates nothing for its key.
+/// An entry's user-key bytes (empty for value, reducing and aggregating state): inline up to
+/// 14 bytes (any postcard integer), 16 bytes in all, as most of a map cache's memory is its
+/// entry vectors.
+type UserKey = InlineBytes<14>;
+
+/// Bytes kept inline when at most `N` long, so that a lookup compares bytes in place instead
+/// of following a pointer and a cached key allocates nothing; longer ones behind a thin box
+/// (so the enum is `N + 2` bytes rounded up to 8).
 #[derive(Clone, PartialEq, Eq, Hash)]
-enum ShortBytes {
-    /// The first `len` bytes of `bytes`; the rest are zero, so equal prefixes are equal here.
-    Inline { len: u8, bytes: [u8; INLINE_BYTES] },
+enum InlineBytes<const N: usize> {
+    /// The first `len` bytes of `bytes`; the rest are zero, so equal strings are equal here.
+    Inline { len: u8, bytes: [u8; N] },
     /// Longer byte strings (only these allocate).
-    Boxed(Box<[u8]>),
+    Boxed(Box<Box<[u8]>>),
 }
 
-impl ShortBytes {
+impl<const N: usize> InlineBytes<N> {
     #[inline]
     fn new(from: &[u8]) -> Self {
         match u8::try_from(from.len()) {
-            Ok(len) if from.len() <= INLINE_BYTES => {
-                let mut bytes = [0u8; INLINE_BYTES];
+            Ok(len) if from.len() <= N => {
+                let mut bytes = [0u8; N];
                 bytes[..from.len()].copy_from_slice(from);
-                ShortBytes::Inline { len, bytes }
+                InlineBytes::Inline { len, bytes }
             }
-            _ => ShortBytes::Boxed(from.into()),
+            _ => InlineBytes::Boxed(Box::new(from.into())),
         }
     }
 
     fn as_bytes(&self) -> &[u8] {
         match self {
-            ShortBytes::Inline { len, bytes } => &bytes[..usize::from(*len)],
-            ShortBytes::Boxed(bytes) => bytes,
+            InlineBytes::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            InlineBytes::Boxed(bytes) => bytes,
         }
     }
 }
@@ -149,7 +155,7 @@ struct Slot<V> {
     complete: bool,
 }
 
-type Groups<V> = ProbeTable<ShortBytes, Slot<V>>;
+type Groups<V> = ProbeTable<GroupPrefix, Slot<V>>;
 
 /// What the cache knows of one entry.
 pub(crate) enum Lookup<'a, V> {
@@ -217,18 +223,18 @@ impl<V: StateValue> ObjectCache<V> {
     /// changes nothing.
     #[inline]
     pub(crate) fn prefetch(&self, prefix: &[u8]) {
-        self.groups.prefetch(&ShortBytes::new(prefix));
+        self.groups.prefetch(&GroupPrefix::new(prefix));
     }
 
     /// What the cache knows of the entry of `user_key` under `prefix` (marking its group
     /// used).
     #[inline]
     pub(crate) fn get(&mut self, prefix: &[u8], user_key: &[u8]) -> Lookup<'_, V> {
-        let Some(slot) = self.groups.get_mut(&ShortBytes::new(prefix)) else {
+        let Some(slot) = self.groups.get_mut(&GroupPrefix::new(prefix)) else {
             return Lookup::NoGroup;
         };
         slot.referenced = true;
-        match slot.group.get(&ShortBytes::new(user_key)) {
+        match slot.group.get(&UserKey::new(user_key)) {
             Some(entry) => Lookup::Cached(&entry.value),
             None if slot.complete => Lookup::Absent,
             None => Lookup::Unknown,
@@ -270,8 +276,8 @@ impl<V: StateValue> ObjectCache<V> {
     pub(crate) fn write(&mut self, prefix: &[u8], user_key: &[u8], value: Cached<V>) -> Result<()> {
         // Whether RocksDB may hold the key survives from the cached entry; a complete group
         // without the entry knows RocksDB holds none; unknown means yes.
-        let in_db = match self.groups.get_mut(&ShortBytes::new(prefix)) {
-            Some(slot) => match slot.group.get(&ShortBytes::new(user_key)) {
+        let in_db = match self.groups.get_mut(&GroupPrefix::new(prefix)) {
+            Some(slot) => match slot.group.get(&UserKey::new(user_key)) {
                 Some(entry) => entry.in_db,
                 None => !slot.complete,
             },
@@ -289,8 +295,8 @@ impl<V: StateValue> ObjectCache<V> {
     }
 
     fn put(&mut self, prefix: &[u8], user_key: &[u8], entry: Entry<V>) -> Result<()> {
-        let prefix = ShortBytes::new(prefix);
-        let user_key = ShortBytes::new(user_key);
+        let prefix = GroupPrefix::new(prefix);
+        let user_key = UserKey::new(user_key);
         let grew = match self.groups.get_mut(&prefix) {
             Some(slot) => {
                 slot.referenced = true;
@@ -326,7 +332,7 @@ impl<V: StateValue> ObjectCache<V> {
     /// Whether the map under `prefix` is empty, if the cache knows: `Some(false)` if a value
     /// is cached there, `Some(true)` if the group is cached whole without one.
     pub(crate) fn known_empty(&mut self, prefix: &[u8]) -> Option<bool> {
-        let slot = self.groups.get(&ShortBytes::new(prefix))?;
+        let slot = self.groups.get(&GroupPrefix::new(prefix))?;
         match (has_present(&slot.group), slot.complete) {
             (true, _) => Some(false),
             (false, true) => Some(true),
@@ -337,7 +343,7 @@ impl<V: StateValue> ObjectCache<V> {
     /// Drops the entries under `prefix`, dirty or not (their key range is about to be deleted
     /// in RocksDB).
     pub(crate) fn drop_group(&mut self, prefix: &[u8]) {
-        if let Some(slot) = self.groups.remove(&ShortBytes::new(prefix)) {
+        if let Some(slot) = self.groups.remove(&GroupPrefix::new(prefix)) {
             self.entries -= slot.group.len();
         }
     }
@@ -345,7 +351,7 @@ impl<V: StateValue> ObjectCache<V> {
     /// Writes the dirty entries under `prefix` to RocksDB (before RocksDB is read there).
     pub(crate) fn flush_group(&mut self, prefix: &[u8]) -> Result<()> {
         let (groups, mut writer) = self.split();
-        let Some(slot) = groups.get_mut(&ShortBytes::new(prefix)) else {
+        let Some(slot) = groups.get_mut(&GroupPrefix::new(prefix)) else {
             return Ok(());
         };
         let mut batch = WriteBatch::default();
@@ -386,7 +392,7 @@ impl<V: StateValue> ObjectCache<V> {
     /// cache down to `target`: a group whose bit is set gets a second chance (the bit is
     /// cleared), one whose bit is clear is picked. Two full turns clear every bit, so the
     /// sweep ends.
-    fn choose_victims(&mut self, target: usize) -> Vec<ShortBytes> {
+    fn choose_victims(&mut self, target: usize) -> Vec<GroupPrefix> {
         let slots = self.groups.slot_count();
         let mut victims = Vec::new();
         let mut remaining = self.entries;
@@ -649,5 +655,42 @@ impl<V: StateValue> CacheControl for SharedCache<V> {
 
     fn as_any(self: Rc<Self>) -> Rc<dyn Any> {
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inline_bytes_round_trip_and_keep_their_sizes() {
+        assert_eq!(std::mem::size_of::<UserKey>(), 16);
+        assert_eq!(std::mem::size_of::<GroupPrefix>(), 24);
+        for len in [0, 1, 14, 15, 22, 23, 100] {
+            let bytes: Vec<u8> = (0..len).map(|i| i as u8 ^ 0x5a).collect();
+            assert_eq!(UserKey::new(&bytes).as_bytes(), &bytes[..]);
+            assert_eq!(GroupPrefix::new(&bytes).as_bytes(), &bytes[..]);
+            assert!(UserKey::new(&bytes) == UserKey::new(&bytes));
+        }
+        // A shorter key is never equal to a longer one that starts with zeros.
+        assert!(UserKey::new(&[1]) != UserKey::new(&[1, 0]));
+    }
+
+    #[test]
+    fn the_written_filter_has_every_prefix_written_and_few_others() {
+        let mut written = WrittenPrefixes::new(10_000, true);
+        let prefix = |i: u32| i.to_be_bytes();
+        assert!(!written.may_hold(&prefix(1)));
+        for i in 0..2_000u32 {
+            written.insert(&prefix(i));
+        }
+        assert!((0..2_000).all(|i| written.may_hold(&prefix(i))));
+        let false_positives = (2_000..12_000)
+            .filter(|&i| written.may_hold(&prefix(i)))
+            .count();
+        assert!(false_positives < 500, "{false_positives} of 10,000");
+        // Not known empty: everything may be there.
+        assert!(WrittenPrefixes::new(10_000, false).may_hold(&prefix(1)));
+        assert!(WrittenPrefixes::everything().may_hold(&prefix(1)));
     }
 }
