@@ -149,9 +149,9 @@ struct Slot<V> {
     group: Group<V>,
     /// Used since the eviction hand last passed.
     referenced: bool,
-    /// The group holds every entry of its prefix (it was read whole from RocksDB when it
-    /// was cached, and every write since went through it): a user key it lacks has no
-    /// value, and RocksDB need not be asked.
+    /// The group holds every entry of its prefix (RocksDB held nothing under the prefix
+    /// when the group was created, and every write since went through it): a user key it
+    /// lacks has no value, and RocksDB need not be asked.
     complete: bool,
 }
 
