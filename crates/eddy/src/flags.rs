@@ -60,7 +60,7 @@ pub struct JobFlags {
 
     /// RocksDB backend: the process's memory budget in MiB, shared by every subtask's
     /// instance: the block cache, memtables included (Flink's managed memory for RocksDB).
-    #[arg(long, value_name = "MIB", default_value_t = (eddy_state::RocksDbConfig::default().memory_budget >> 20) as u64, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    #[arg(long, value_name = "MIB", default_value_t = default_rocksdb_memory_mb(), value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
     pub rocksdb_memory_mb: u64,
 
     /// RocksDB backend: write every checkpoint in full (the canonical format) instead of
@@ -157,7 +157,7 @@ impl Default for JobFlags {
             rocksdb_object_cache_entries: eddy_state::RocksDbConfig::default().object_cache_entries,
             rocksdb_heap_timers: eddy_state::RocksDbConfig::default().heap_timers,
             rocksdb_full_checkpoints: !eddy_state::RocksDbConfig::default().incremental_checkpoints,
-            rocksdb_memory_mb: (eddy_state::RocksDbConfig::default().memory_budget >> 20) as u64,
+            rocksdb_memory_mb: default_rocksdb_memory_mb(),
             epoch_interval_ms: 10,
             checkpoint_dir: None,
             checkpoint_interval_ms: None,
@@ -180,6 +180,11 @@ impl Default for JobFlags {
 /// Flink's default for a local environment: one subtask per CPU.
 fn default_parallelism() -> u64 {
     std::thread::available_parallelism().map_or(1, |n| n.get() as u64)
+}
+
+/// The RocksDB backend's default memory budget, in MiB.
+fn default_rocksdb_memory_mb() -> u64 {
+    (eddy_state::RocksDbConfig::default().memory_budget >> 20) as u64
 }
 
 impl JobFlags {

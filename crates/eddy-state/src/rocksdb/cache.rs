@@ -252,6 +252,8 @@ impl<V: StateValue> ObjectCache<V> {
                 dirty: false,
                 in_db,
             },
+            // Read because RocksDB may hold values under the prefix.
+            false,
         )
     }
 
@@ -267,7 +269,7 @@ impl<V: StateValue> ObjectCache<V> {
             dirty: false,
             in_db: false,
         };
-        self.put(prefix, user_key, entry)?;
+        self.put(prefix, user_key, entry, true)?;
         Ok(true)
     }
 
@@ -291,10 +293,20 @@ impl<V: StateValue> ObjectCache<V> {
                 dirty: true,
                 in_db,
             },
+            // A new group: complete if RocksDB holds nothing under the prefix.
+            !in_db,
         )
     }
 
-    fn put(&mut self, prefix: &[u8], user_key: &[u8], entry: Entry<V>) -> Result<()> {
+    /// Caches `entry` under `prefix` and `user_key`; a group created for it is complete if
+    /// `complete_if_new` (the caller knows RocksDB holds nothing under `prefix`).
+    fn put(
+        &mut self,
+        prefix: &[u8],
+        user_key: &[u8],
+        entry: Entry<V>,
+        complete_if_new: bool,
+    ) -> Result<()> {
         let prefix = GroupPrefix::new(prefix);
         let user_key = UserKey::new(user_key);
         let grew = match self.groups.get_mut(&prefix) {
@@ -305,8 +317,6 @@ impl<V: StateValue> ObjectCache<V> {
                 slot.group.len() > before
             }
             None => {
-                // A group starts complete if RocksDB holds nothing under its prefix.
-                let complete = !self.written.may_hold(prefix.as_bytes());
                 let mut group = Group::default();
                 group.insert(user_key, entry);
                 self.groups.insert(
@@ -314,7 +324,7 @@ impl<V: StateValue> ObjectCache<V> {
                     Slot {
                         group,
                         referenced: true,
-                        complete,
+                        complete: complete_if_new,
                     },
                 );
                 true
@@ -331,7 +341,7 @@ impl<V: StateValue> ObjectCache<V> {
 
     /// Whether the map under `prefix` is empty, if the cache knows: `Some(false)` if a value
     /// is cached there, `Some(true)` if the group is cached whole without one.
-    pub(crate) fn known_empty(&mut self, prefix: &[u8]) -> Option<bool> {
+    pub(crate) fn known_empty(&self, prefix: &[u8]) -> Option<bool> {
         let slot = self.groups.get(&GroupPrefix::new(prefix))?;
         match (has_present(&slot.group), slot.complete) {
             (true, _) => Some(false),
