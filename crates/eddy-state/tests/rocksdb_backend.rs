@@ -25,13 +25,20 @@ fn rocks(b: &KeyedStateBackend<u64>) -> &RocksDbKeyedStateBackend<u64> {
     b.as_rocksdb().expect("a RocksDB backend")
 }
 
+/// Read options that scan a whole column family in key order, whatever its prefix extractor.
+fn total_order() -> rocksdb::ReadOptions {
+    let mut read = rocksdb::ReadOptions::default();
+    read.set_total_order_seek(true);
+    read
+}
+
 /// Every (key, value) stored in the column family of `state`.
 fn raw_entries(b: &KeyedStateBackend<u64>, state: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
     let r = rocks(b);
     let cf_name = r.column_family_name(state).expect("registered");
     let cf = r.db().cf_handle(cf_name).expect("column family");
     r.db()
-        .iterator_cf(&cf, rocksdb::IteratorMode::Start)
+        .iterator_cf_opt(&cf, total_order(), rocksdb::IteratorMode::Start)
         .map(|item| {
             let (k, v) = item.expect("readable");
             (k.to_vec(), v.to_vec())
@@ -659,7 +666,7 @@ fn column_family_len(b: &KeyedStateBackend<u64>, cf: &str) -> Option<usize> {
     let db = rocks(b).db();
     let handle = db.cf_handle(cf)?;
     Some(
-        db.iterator_cf(&handle, rocksdb::IteratorMode::Start)
+        db.iterator_cf_opt(&handle, total_order(), rocksdb::IteratorMode::Start)
             .count(),
     )
 }
@@ -745,5 +752,98 @@ fn timers_deleted_or_added_after_the_queue_read_ahead_are_seen() -> Result<(), E
     // Equal timestamps fire in registration order: key 7's timer before key 5000's.
     expected.sort_by_key(|(timestamp, key)| (*timestamp, *key == 5_000));
     assert_eq!(fired, expected);
+    Ok(())
+}
+
+/// The newest `OPTIONS-*` file RocksDB wrote for the instance of `b`: the options of every
+/// column family, as RocksDB applied them.
+fn options_file(b: &KeyedStateBackend<u64>) -> String {
+    let mut files: Vec<_> = std::fs::read_dir(rocks(b).path())
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with("OPTIONS-") && !name.ends_with(".dbtmp"))
+        })
+        .collect();
+    files.sort_by_key(|path| {
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        name["OPTIONS-".len()..].parse::<u64>().unwrap_or(0)
+    });
+    std::fs::read_to_string(files.last().expect("an OPTIONS file")).unwrap()
+}
+
+/// Hash memtables (the default) with far fewer buckets than keys, so that buckets are shared:
+/// every key still reads exactly its own value, map entries and list elements, from the
+/// memtable and from flushed files alike, and whole-state scans see every key.
+#[test]
+fn hash_memtables_keep_keys_apart_in_crowded_buckets() -> Result<(), EddyError> {
+    let config = RocksDbConfig {
+        write_buffer_size: 64 * 1024, // 1024 buckets for 3000 keys
+        ..RocksDbConfig::default()
+    };
+    let mut b = backend(&config);
+    let value = b.value_state(&ValueStateDescriptor::<u64>::new("v"))?;
+    let map = b.map_state(&MapStateDescriptor::<u32, u64>::new("m"))?;
+    let list = b.list_state(&ListStateDescriptor::<u64>::new("l"))?;
+    let options = options_file(&b);
+    assert!(options.contains("HashLinkListRepFactory"), "{options}");
+    assert!(options.contains("eddy.key-namespace"), "{options}");
+    const KEYS: u64 = 3000;
+    for key in 0..KEYS {
+        b.set_current_key(key)?;
+        value.update(key * 7)?;
+        map.put_all((0..3).map(|i| (i, key + u64::from(i))).collect())?;
+        list.add(key)?;
+        list.add(key + 1)?;
+        if key == KEYS / 2 {
+            for state in ["v", "m", "l"] {
+                rocks(&b).compact_state(state)?;
+            }
+        }
+    }
+    // Rewrites of the same size go in place; larger ones add a version.
+    for key in (0..KEYS).step_by(2) {
+        b.set_current_key(key)?;
+        value.update(key * 7 + 1)?;
+        map.put(1, key + 1_000_000)?;
+    }
+    for key in 0..KEYS {
+        b.set_current_key(key)?;
+        let even = key % 2 == 0;
+        assert_eq!(value.value()?, Some(key * 7 + u64::from(even)), "key {key}");
+        let mut entries: Vec<(u32, u64)> = map.entries()?.collect();
+        entries.sort_unstable();
+        let second = if even { key + 1_000_000 } else { key + 1 };
+        assert_eq!(
+            entries,
+            vec![(0, key), (1, second), (2, key + 2)],
+            "key {key}"
+        );
+        assert_eq!(map.get(&1)?, Some(second), "key {key}");
+        assert_eq!(map.get(&3)?, None, "key {key}");
+        let elements: Vec<u64> = list.get()?.collect();
+        assert_eq!(elements, vec![key, key + 1], "key {key}");
+    }
+    let r = rocks(&b);
+    for state in ["v", "m", "l"] {
+        assert_eq!(r.state_len(state), Some(KEYS as usize), "state {state}");
+        assert_eq!(r.keys(state)?.len(), KEYS as usize, "state {state}");
+    }
+    Ok(())
+}
+
+/// With hash memtables off, states get RocksDB's skip-list memtable and no prefix extractor.
+#[test]
+fn hash_memtables_can_be_turned_off() -> Result<(), EddyError> {
+    let mut b = backend(&RocksDbConfig::default().with_hash_memtables(false));
+    let map = b.map_state(&MapStateDescriptor::<u32, u64>::new("m"))?;
+    let options = options_file(&b);
+    assert!(!options.contains("HashLinkListRepFactory"), "{options}");
+    assert!(!options.contains("eddy.key-namespace"), "{options}");
+    b.set_current_key(1)?;
+    map.put(1, 2)?;
+    assert_eq!(map.get(&1)?, Some(2));
     Ok(())
 }

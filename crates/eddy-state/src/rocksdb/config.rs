@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock, PoisonError};
 
 use rocksdb::{
-    BlockBasedIndexType, BlockBasedOptions, Cache, DBCompressionType, Options, WriteBufferManager,
+    BlockBasedIndexType, BlockBasedOptions, Cache, DBCompressionType, MemtableFactory, Options,
+    SliceTransform, WriteBufferManager,
 };
 
 const MIB: usize = 1024 * 1024;
@@ -32,9 +33,10 @@ pub(crate) struct SharedMemory {
 /// | setting | default |
 /// | --- | --- |
 /// | [`working_dir`](Self::working_dir) | the OS temp directory |
-/// | [`memory_budget`](Self::memory_budget) | 128 MiB per process |
+/// | [`memory_budget`](Self::memory_budget) | 512 MiB per process |
 /// | [`write_buffer_ratio`](Self::write_buffer_ratio) | 0.5 |
-/// | [`write_buffer_size`](Self::write_buffer_size) | 16 MiB per state |
+/// | [`write_buffer_size`](Self::write_buffer_size) | 64 MiB per state, at most a quarter of the memtables' share |
+/// | [`hash_memtables`](Self::hash_memtables) | on |
 /// | [`max_write_buffer_number`](Self::max_write_buffer_number) | 2 |
 /// | [`bloom_bits_per_key`](Self::bloom_bits_per_key) | 10 |
 /// | [`list_chunk_bytes`](Self::list_chunk_bytes) | 64 MiB |
@@ -63,10 +65,21 @@ pub struct RocksDbConfig {
     /// The share of [`memory_budget`](Self::memory_budget) memtables may use before RocksDB
     /// flushes them (Flink's `state.backend.rocksdb.memory.write-buffer-ratio`).
     pub write_buffer_ratio: f64,
-    /// The memtable size of each state's column family.
+    /// The memtable size of each state's column family, capped at a quarter of the memtables'
+    /// share of the budget ([`effective_write_buffer_size`](Self::effective_write_buffer_size)):
+    /// a memtable larger than the write-buffer manager allows would be flushed long before
+    /// it filled, over and over.
     pub write_buffer_size: usize,
     /// Memtables per column family (one active, the others being flushed).
     pub max_write_buffer_number: i32,
+    /// Hash-indexed memtables with in-place updates for the states' column families (see
+    /// [`MemtableLayout`]): a point read or write of a key the memtable holds costs a hash
+    /// probe instead of a skip-list search, and rewriting a value of the same size reuses its
+    /// memtable entry, so the memtable holds each key once instead of once per write. On by
+    /// default: W1 without the object cache went from 239K to 823K events/s, W2 and W3 gained
+    /// 25-30 % (BENCHMARKS.md, session 17). Timers always use the skip list (they are scanned
+    /// in time order).
+    pub hash_memtables: bool,
     /// Bloom filter bits per key (point lookups skip files without the key); 0 disables them.
     pub bloom_bits_per_key: f64,
     /// The most bytes of one list chunk: a list state's elements are spread over chunks (one
@@ -100,10 +113,11 @@ impl Default for RocksDbConfig {
     fn default() -> Self {
         RocksDbConfig {
             working_dir: None,
-            memory_budget: 128 * MIB,
+            memory_budget: 512 * MIB,
             write_buffer_ratio: 0.5,
-            write_buffer_size: 16 * MIB,
+            write_buffer_size: 64 * MIB,
             max_write_buffer_number: 2,
+            hash_memtables: true,
             bloom_bits_per_key: 10.0,
             list_chunk_bytes: 64 * MIB,
             statistics: false,
@@ -133,6 +147,13 @@ impl RocksDbConfig {
         self
     }
 
+    /// Uses hash memtables with in-place updates for states (`true`, the default) or
+    /// RocksDB's default skip-list memtables.
+    pub fn with_hash_memtables(mut self, on: bool) -> Self {
+        self.hash_memtables = on;
+        self
+    }
+
     /// Turns RocksDB statistics on or off.
     pub fn with_statistics(mut self, on: bool) -> Self {
         self.statistics = on;
@@ -155,6 +176,21 @@ impl RocksDbConfig {
     pub fn with_incremental_checkpoints(mut self, incremental: bool) -> Self {
         self.incremental_checkpoints = incremental;
         self
+    }
+
+    /// The memtable size each state's column family gets: [`write_buffer_size`](Self::write_buffer_size),
+    /// capped at a quarter of the memtables' share of the budget (64 KiB at least).
+    ///
+    /// ```
+    /// use eddy_state::rocksdb::RocksDbConfig;
+    ///
+    /// let config = RocksDbConfig::default().with_memory_budget(128 << 20);
+    /// assert_eq!(config.effective_write_buffer_size(), 16 << 20);
+    /// ```
+    pub fn effective_write_buffer_size(&self) -> usize {
+        // `as` is exact enough here: a share of a byte count, rounded down.
+        let share = (self.memory_budget as f64 * self.write_buffer_ratio) as usize;
+        self.write_buffer_size.min(share / 4).max(64 * 1024)
     }
 
     /// Checks the settings; every error names the setting.
@@ -221,6 +257,10 @@ impl RocksDbConfig {
         if self.statistics {
             opts.enable_statistics();
         }
+        // Hash memtables cannot take concurrent inserts. Nothing is lost: one subtask's
+        // thread is the only writer of its instance.
+        opts.set_allow_concurrent_memtable_write(false);
+        opts.set_enable_write_thread_adaptive_yield(false);
         opts
     }
 
@@ -248,7 +288,7 @@ impl RocksDbConfig {
         table.set_format_version(5);
         let mut opts = Options::default();
         opts.set_block_based_table_factory(&table);
-        opts.set_write_buffer_size(self.write_buffer_size);
+        opts.set_write_buffer_size(self.effective_write_buffer_size());
         opts.set_max_write_buffer_number(self.max_write_buffer_number);
         // A bloom filter over the memtable's whole keys: a point lookup of a key the memtable
         // does not hold skips the skip-list search (measured on W1 below).
@@ -256,5 +296,75 @@ impl RocksDbConfig {
         opts.set_memtable_whole_key_filtering(true);
         opts.set_compression_type(DBCompressionType::Lz4);
         opts
+    }
+}
+
+/// How the memtable of a state's column family is indexed, chosen from the state's kind.
+///
+/// RocksDB's default memtable is one skip list: every point read or write of a memtable of
+/// a few hundred thousand keys is a search of ~20 dependent cache misses, which dominated
+/// the profile of a point-access workload (W1: half of all cycles). A hash memtable finds
+/// a key's bucket from a *prefix* of it instead, which needs a prefix extractor on the
+/// column family; the prefix is chosen so that every read the state makes stays within one
+/// bucket:
+///
+/// - [`WholeKey`](Self::WholeKey) (value, reducing, aggregating state): the prefix is the
+///   whole stored key `[kg][key][ns]`, and a bucket is a short linked list. These states
+///   only read single keys.
+/// - [`KeyNamespace`](Self::KeyNamespace) (map and list state): the prefix is `[kg][key][ns]`,
+///   the stored key without a map's user key or a list's chunk number, so a bucket is one
+///   map or list (RocksDB turns a bucket of more than 256 entries into a skip list), and a
+///   prefix iteration over it (`entries()`, a list's `get()`) seeks within that bucket.
+///
+/// Scans across prefixes (snapshots, [`keys`](super::RocksDbKeyedStateBackend::keys)) must
+/// set `total_order_seek`; RocksDB then sorts the memtable once for the scan. A flush sorts
+/// it too: that is the price of the hash (W2's profile: a fifth of its cycles).
+///
+/// Either layout also turns on in-place updates: a `put` whose value is no larger than the
+/// one in the memtable overwrites it, so a hot key does not fill the memtable with versions.
+/// RocksDB's price is that an iterator may see a value rewritten in place after it was
+/// created. A subtask never writes while a snapshot scan runs (the scan is synchronous, or
+/// reads a flushed checkpoint). A map iterated while its own entries are rewritten may see
+/// the new values in its later batches, as Flink's RocksDB map iterator (which re-reads the
+/// live map every 128 entries) does.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum MemtableLayout {
+    /// One bucket per stored key; the extractor is the identity.
+    WholeKey,
+    /// One bucket per `[kg][key][ns]`, computed by the given extractor.
+    KeyNamespace(fn(&[u8]) -> &[u8]),
+}
+
+impl RocksDbConfig {
+    /// Sets up `opts` (a state's column family options) for `layout`, if hash memtables are
+    /// on.
+    pub(crate) fn apply_memtable_layout(&self, opts: &mut Options, layout: MemtableLayout) {
+        if !self.hash_memtables {
+            return;
+        }
+        match layout {
+            MemtableLayout::WholeKey => {
+                opts.set_prefix_extractor(SliceTransform::create_noop());
+                // One bucket per 256 bytes of memtable: chains of a few small entries, and
+                // the bucket array (in the memtable's arena) 1/32 of it.
+                opts.set_memtable_factory(MemtableFactory::HashLinkList {
+                    bucket_count: (self.effective_write_buffer_size() / 256).max(1024),
+                });
+            }
+            MemtableLayout::KeyNamespace(prefix) => {
+                opts.set_prefix_extractor(SliceTransform::create(
+                    "eddy.key-namespace",
+                    prefix,
+                    None,
+                ));
+                // Linked-list buckets beat a skip list per bucket here too (W2 +25 %, W3
+                // +5-25 %, measured), one per 128 bytes: a bucket holds about one map or
+                // list, whose entries in one memtable are few.
+                opts.set_memtable_factory(MemtableFactory::HashLinkList {
+                    bucket_count: (self.effective_write_buffer_size() / 128).max(1024),
+                });
+            }
+        }
+        opts.set_inplace_update_support(true);
     }
 }

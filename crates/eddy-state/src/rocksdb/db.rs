@@ -78,7 +78,7 @@ impl Db {
     /// Whether the column family `cf_name` (of state `state`) holds no key: one seek.
     pub(crate) fn cf_is_empty(&self, state: &str, cf_name: &str) -> Result<bool> {
         let cf = self.cf(cf_name)?;
-        let mut iter = self.rdb.raw_iterator_cf(&cf);
+        let mut iter = self.rdb.raw_iterator_cf_opt(&cf, total_order());
         iter.seek_to_first();
         if iter.valid() {
             return Ok(false);
@@ -97,6 +97,15 @@ impl Db {
     pub(crate) fn path(&self) -> &Path {
         self._dir.path()
     }
+}
+
+/// Read options for a scan across prefixes (whole column families, in key order). A state's
+/// column family may have a prefix extractor (see `MemtableLayout`), and without
+/// `total_order_seek` RocksDB would then confine an iterator to the prefix of its seek key.
+pub(crate) fn total_order() -> ReadOptions {
+    let mut read = ReadOptions::default();
+    read.set_total_order_seek(true);
+    read
 }
 
 /// The error of a failed RocksDB call on state `name` in key group `kg`.

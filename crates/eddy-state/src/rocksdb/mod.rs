@@ -103,10 +103,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use eddy_core::{EddyError, Key, KeyGroup, Result, StateValue};
 use rocksdb::statistics::Ticker;
-use rocksdb::{Cache, DBWithThreadMode, MultiThreaded, ReadOptions};
+use rocksdb::{Cache, DBWithThreadMode, MultiThreaded};
 
 use self::cache::{CacheControl, ObjectCache, SharedCache};
 use self::codec::{encode_into, start_key};
+use self::config::MemtableLayout;
 pub use self::config::RocksDbConfig;
 use self::core::{FailureSlot, StateCore};
 use self::db::Db;
@@ -180,6 +181,17 @@ fn split_key<K: Key, N: Namespace>(key: &[u8]) -> Option<(usize, usize)> {
     let (_, after_key) = postcard::take_from_bytes::<K>(rest).ok()?;
     let (_, after_ns) = postcard::take_from_bytes::<N>(after_key).ok()?;
     Some((key.len() - after_key.len(), key.len() - after_ns.len()))
+}
+
+/// The `[key group][key][namespace]` prefix of a stored key of a map or list state: the
+/// prefix extractor of their hash memtables ([`MemtableLayout::KeyNamespace`]). RocksDB
+/// calls it on every key it inserts or looks up there, so it must not fail: a key that does
+/// not split (none does, but the bytes come from a file) is its own prefix.
+fn key_namespace_prefix<K: Key, N: Namespace>(stored: &[u8]) -> &[u8] {
+    match split_key::<K, N>(stored) {
+        Some((_, namespace_end)) => &stored[..namespace_end],
+        None => stored,
+    }
 }
 
 /// The namespace cell of plain keyed state: the default namespace, always set.
@@ -328,7 +340,7 @@ impl<K: Key> RocksDbKeyedStateBackend<K> {
         self.flush_object_caches().ok()?;
         let registered = self.states.get(name)?;
         let cf = self.db.cf(&registered.cf_name).ok()?;
-        let mut iter = self.db.rdb.raw_iterator_cf_opt(&cf, ReadOptions::default());
+        let mut iter = self.db.rdb.raw_iterator_cf_opt(&cf, db::total_order());
         iter.seek_to_first();
         let (mut count, mut last) = (0, Vec::new());
         while let Some(key) = iter.key() {
@@ -349,7 +361,7 @@ impl<K: Key> RocksDbKeyedStateBackend<K> {
         self.flush_object_caches()?;
         let registered = self.registered(state_name)?;
         let cf = self.db.cf(&registered.cf_name)?;
-        let mut iter = self.db.rdb.raw_iterator_cf_opt(&cf, ReadOptions::default());
+        let mut iter = self.db.rdb.raw_iterator_cf_opt(&cf, db::total_order());
         iter.seek_to_first();
         let (mut keys, mut last) = (Vec::new(), Vec::new());
         while let Some(stored) = iter.key() {
@@ -530,6 +542,13 @@ impl<K: Key> RocksDbKeyedStateBackend<K> {
         if kind == StateKind::List {
             options.set_merge_operator_associative("eddy-list-append", append_merge);
         }
+        let layout = match kind {
+            StateKind::List | StateKind::Map => {
+                MemtableLayout::KeyNamespace(key_namespace_prefix::<K, N>)
+            }
+            _ => MemtableLayout::WholeKey,
+        };
+        self.config.apply_memtable_layout(&mut options, layout);
         if let (Some(ttl_ms), Some(config)) = (ttl_ms, ttl) {
             let clock = self.clock_for(config);
             options.set_compaction_filter_factory(TtlFilterFactory {

@@ -222,6 +222,8 @@ pub(crate) fn scan_state(
     })?;
     // A snapshot reads everything once: the block cache stays the job's.
     read.fill_cache(false);
+    // Across every prefix, whatever the column family's prefix extractor.
+    read.set_total_order_seek(true);
     let mut iter = rdb.raw_iterator_cf_opt(&cf, read);
     iter.seek_to_first();
     let mut blocks = Blocks {
