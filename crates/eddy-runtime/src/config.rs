@@ -32,6 +32,10 @@ pub enum StateBackendKind {
         /// Bytes of the process's RocksDB memory budget: block cache and memtables of every
         /// instance ([`eddy_state::RocksDbConfig::memory_budget`]).
         memory_budget: usize,
+        /// Hash-indexed memtables with in-place updates
+        /// ([`eddy_state::RocksDbConfig::hash_memtables`]): faster point access, slower
+        /// checkpoints.
+        hash_memtables: bool,
     },
 }
 
@@ -45,6 +49,7 @@ impl StateBackendKind {
             heap_timers: eddy_state::RocksDbConfig::default().heap_timers,
             full_checkpoints: !eddy_state::RocksDbConfig::default().incremental_checkpoints,
             memory_budget: eddy_state::RocksDbConfig::default().memory_budget,
+            hash_memtables: eddy_state::RocksDbConfig::default().hash_memtables,
         }
     }
 }

@@ -162,8 +162,8 @@ conformance_suite!(rocksdb, rocksdb_backend);
 conformance_suite!(rocksdb_cached, rocksdb_cached_backend);
 #[cfg(feature = "rocksdb")]
 conformance_suite!(rocksdb_tiny_cache, rocksdb_tiny_cache_backend);
-// Timers in RocksDB and hash memtables are the defaults; Flink's other choices, timers on
-// the heap and RocksDB's skip-list memtables, too.
+// Timers in RocksDB and skip-list memtables are the defaults; timers on the heap (Flink's
+// other choice) and hash memtables too.
 #[cfg(feature = "rocksdb")]
 conformance_suite!(rocksdb_heap_timers, rocksdb_heap_timers_backend);
 
@@ -185,12 +185,12 @@ fn rocksdb_tiny_cache_backend(range: KeyGroupRange, max: usize) -> KeyedStateBac
     rocksdb_with_cache(range, max, 2)
 }
 
-/// A RocksDB backend that keeps its timers on the heap, with skip-list memtables.
+/// A RocksDB backend that keeps its timers on the heap, with hash memtables.
 #[cfg(feature = "rocksdb")]
 fn rocksdb_heap_timers_backend(range: KeyGroupRange, max: usize) -> KeyedStateBackend<u64> {
     let config = eddy_state::RocksDbConfig::default()
         .with_heap_timers(true)
-        .with_hash_memtables(false);
+        .with_hash_memtables(true);
     KeyedStateBackend::rocksdb(range, max, &config)
         .unwrap_or_else(|e| panic!("RocksDB does not open: {e}"))
 }

@@ -774,13 +774,14 @@ fn options_file(b: &KeyedStateBackend<u64>) -> String {
     std::fs::read_to_string(files.last().expect("an OPTIONS file")).unwrap()
 }
 
-/// Hash memtables (the default) with far fewer buckets than keys, so that buckets are shared:
+/// Hash memtables with far fewer buckets than keys, so that buckets are shared:
 /// every key still reads exactly its own value, map entries and list elements, from the
 /// memtable and from flushed files alike, and whole-state scans see every key.
 #[test]
 fn hash_memtables_keep_keys_apart_in_crowded_buckets() -> Result<(), EddyError> {
     let config = RocksDbConfig {
         write_buffer_size: 64 * 1024, // 1024 buckets for 3000 keys
+        hash_memtables: true,
         ..RocksDbConfig::default()
     };
     let mut b = backend(&config);
@@ -834,10 +835,11 @@ fn hash_memtables_keep_keys_apart_in_crowded_buckets() -> Result<(), EddyError> 
     Ok(())
 }
 
-/// With hash memtables off, states get RocksDB's skip-list memtable and no prefix extractor.
+/// With hash memtables off (the default), states get RocksDB's skip-list memtable and no
+/// prefix extractor.
 #[test]
-fn hash_memtables_can_be_turned_off() -> Result<(), EddyError> {
-    let mut b = backend(&RocksDbConfig::default().with_hash_memtables(false));
+fn hash_memtables_are_off_by_default() -> Result<(), EddyError> {
+    let mut b = backend(&RocksDbConfig::default());
     let map = b.map_state(&MapStateDescriptor::<u32, u64>::new("m"))?;
     let options = options_file(&b);
     assert!(!options.contains("HashLinkListRepFactory"), "{options}");

@@ -442,6 +442,7 @@ fn rocksdb_full_checkpoints() -> StateBackendKind {
             object_cache_entries,
             heap_timers,
             memory_budget,
+            hash_memtables,
             ..
         } => StateBackendKind::RocksDb {
             working_dir,
@@ -449,6 +450,7 @@ fn rocksdb_full_checkpoints() -> StateBackendKind {
             heap_timers,
             full_checkpoints: true,
             memory_budget,
+            hash_memtables,
         },
         other => other,
     }

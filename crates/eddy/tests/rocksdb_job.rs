@@ -137,6 +137,7 @@ fn rocksdb_from_the_command_line_gives_the_same_output_as_heap() {
             heap_timers: false,
             full_checkpoints: false,
             memory_budget: eddy_state::RocksDbConfig::default().memory_budget,
+            hash_memtables: false,
         }
     );
     let expected = run(&StreamExecutionEnvironment::from_flags(&heap).unwrap());

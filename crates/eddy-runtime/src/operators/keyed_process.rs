@@ -398,6 +398,7 @@ pub(crate) fn keyed_backend<K: Key>(
             heap_timers,
             full_checkpoints,
             memory_budget,
+            hash_memtables,
         } => {
             let config = eddy_state::RocksDbConfig {
                 working_dir: working_dir.clone(),
@@ -405,6 +406,7 @@ pub(crate) fn keyed_backend<K: Key>(
                 object_cache_entries: *object_cache_entries,
                 heap_timers: *heap_timers,
                 incremental_checkpoints: !*full_checkpoints,
+                hash_memtables: *hash_memtables,
                 ..eddy_state::RocksDbConfig::default()
             };
             KeyedStateBackend::rocksdb(range, worker.max_parallelism, &config)?

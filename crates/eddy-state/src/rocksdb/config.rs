@@ -36,7 +36,7 @@ pub(crate) struct SharedMemory {
 /// | [`memory_budget`](Self::memory_budget) | 512 MiB per process |
 /// | [`write_buffer_ratio`](Self::write_buffer_ratio) | 0.5 |
 /// | [`write_buffer_size`](Self::write_buffer_size) | 64 MiB per state, at most a quarter of the memtables' share |
-/// | [`hash_memtables`](Self::hash_memtables) | on |
+/// | [`hash_memtables`](Self::hash_memtables) | off |
 /// | [`max_write_buffer_number`](Self::max_write_buffer_number) | 2 |
 /// | [`bloom_bits_per_key`](Self::bloom_bits_per_key) | 10 |
 /// | [`list_chunk_bytes`](Self::list_chunk_bytes) | 64 MiB |
@@ -75,10 +75,15 @@ pub struct RocksDbConfig {
     /// Hash-indexed memtables with in-place updates for the states' column families (see
     /// [`MemtableLayout`]): a point read or write of a key the memtable holds costs a hash
     /// probe instead of a skip-list search, and rewriting a value of the same size reuses its
-    /// memtable entry, so the memtable holds each key once instead of once per write. On by
-    /// default: W1 without the object cache went from 239K to 823K events/s, W2 and W3 gained
-    /// 25-30 % (BENCHMARKS.md, session 17). Timers always use the skip list (they are scanned
-    /// in time order).
+    /// memtable entry, so the memtable holds each key once instead of once per write. Timers
+    /// always use the skip list (they are scanned in time order).
+    ///
+    /// **Off by default, because of checkpoints.** Without checkpoints, W1 without the object
+    /// cache ran 2-3x faster with it, W2 and W3 25-30 % (BENCHMARKS.md, session 17). But a
+    /// checkpoint flushes the memtables, RocksDB sorts a hash memtable to flush it, and with
+    /// in-place updates the memtable holds the whole hot state: W1 with checkpoints every 2 s
+    /// took twice as long, each checkpoint 1-3 s. Turn it on for jobs that checkpoint rarely
+    /// or not at all.
     pub hash_memtables: bool,
     /// Bloom filter bits per key (point lookups skip files without the key); 0 disables them.
     pub bloom_bits_per_key: f64,
@@ -117,7 +122,7 @@ impl Default for RocksDbConfig {
             write_buffer_ratio: 0.5,
             write_buffer_size: 64 * MIB,
             max_write_buffer_number: 2,
-            hash_memtables: true,
+            hash_memtables: false,
             bloom_bits_per_key: 10.0,
             list_chunk_bytes: 64 * MIB,
             statistics: false,
@@ -147,8 +152,8 @@ impl RocksDbConfig {
         self
     }
 
-    /// Uses hash memtables with in-place updates for states (`true`, the default) or
-    /// RocksDB's default skip-list memtables.
+    /// Uses hash memtables with in-place updates for states (`true`) or RocksDB's default
+    /// skip-list memtables (`false`, the default).
     pub fn with_hash_memtables(mut self, on: bool) -> Self {
         self.hash_memtables = on;
         self
