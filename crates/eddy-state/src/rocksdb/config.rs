@@ -193,9 +193,15 @@ impl RocksDbConfig {
     /// assert_eq!(config.effective_write_buffer_size(), 16 << 20);
     /// ```
     pub fn effective_write_buffer_size(&self) -> usize {
+        self.write_buffer_size
+            .min(self.write_buffer_share() / 4)
+            .max(64 * 1024)
+    }
+
+    /// The bytes of the budget memtables may use: what the write-buffer manager allows.
+    fn write_buffer_share(&self) -> usize {
         // `as` is exact enough here: a share of a byte count, rounded down.
-        let share = (self.memory_budget as f64 * self.write_buffer_ratio) as usize;
-        self.write_buffer_size.min(share / 4).max(64 * 1024)
+        (self.memory_budget as f64 * self.write_buffer_ratio) as usize
     }
 
     /// Checks the settings; every error names the setting.
@@ -234,10 +240,8 @@ impl RocksDbConfig {
             .entry(key)
             .or_insert_with(|| {
                 let cache = Cache::new_lru_cache(self.memory_budget);
-                // `as` is exact enough here: a share of a byte count, rounded down.
-                let write_buffers = (self.memory_budget as f64 * self.write_buffer_ratio) as usize;
                 let write_buffers = WriteBufferManager::new_write_buffer_manager_with_cache(
-                    write_buffers,
+                    self.write_buffer_share(),
                     false,
                     cache.clone(),
                 );
