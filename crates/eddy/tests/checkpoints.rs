@@ -436,24 +436,14 @@ fn a_checkpoint_that_cannot_be_written_fails_the_job() {
 
 /// The RocksDB backend with full (non-incremental) checkpoints.
 fn rocksdb_full_checkpoints() -> StateBackendKind {
-    match StateBackendKind::rocksdb() {
-        StateBackendKind::RocksDb {
-            working_dir,
-            object_cache_entries,
-            heap_timers,
-            memory_budget,
-            hash_memtables,
-            ..
-        } => StateBackendKind::RocksDb {
-            working_dir,
-            object_cache_entries,
-            heap_timers,
-            full_checkpoints: true,
-            memory_budget,
-            hash_memtables,
-        },
-        other => other,
+    let mut kind = StateBackendKind::rocksdb();
+    if let StateBackendKind::RocksDb {
+        full_checkpoints, ..
+    } = &mut kind
+    {
+        *full_checkpoints = true;
     }
+    kind
 }
 
 #[test]
